@@ -1,0 +1,189 @@
+"""The model artifact: one TorchScript file that carries everything needed to use it.
+
+The scripted Detector holds the feature front end and the normalisation; `streamdet.json`, an
+extra file inside the same archive, describes them together with the threshold, its calibration,
+the polarity and the provenance.  A file whose description the daemon cannot honour is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .features import FeatureParams
+
+FORMAT = "streamdet-model"
+FORMAT_VERSION = 1
+META_NAME = "streamdet.json"
+POLARITIES = ("high_loss_is_bird", "low_loss_is_bird")
+MODES = ("nobird", "bird", "contrast")
+
+
+class ArtifactError(Exception):
+    pass
+
+
+def bundled_model_path() -> Path:
+    return Path(str(importlib.resources.files("streamdet") / "assets" / "default.pt"))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ArtifactError(f"model.device: {name!r} was asked for, but torch sees no CUDA device (use 'auto' or 'cpu')")
+    return device
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Maps a raw loss to a bird score in (0, 1); 0.5 is exactly the threshold."""
+
+    threshold: float
+    scale: float
+    polarity: str
+
+    def score(self, loss: np.ndarray) -> np.ndarray:
+        sign = 1.0 if self.polarity == "high_loss_is_bird" else -1.0
+        z = np.clip(sign * (np.asarray(loss, dtype=np.float64) - self.threshold) / self.scale, -60, 60)
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def save(detector: torch.nn.Module, meta: dict, path: Path | str) -> Path:
+    """Script `detector`, embed `meta`, write one file, and prove it loads back."""
+    path = Path(path)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    scripted = torch.jit.script(detector.cpu().eval())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.jit.save(scripted, str(tmp), _extra_files={META_NAME: json.dumps(meta, indent=1, sort_keys=True)})
+    load(tmp, "cpu")
+    tmp.replace(path)
+    return path
+
+
+class Model:
+    """A loaded artifact, checked, on its device."""
+
+    def __init__(self, path: Path, module: torch.jit.ScriptModule, meta: dict, device: torch.device):
+        self.path, self.module, self.meta, self.device = path, module, meta, device
+        self.features = FeatureParams.from_dict(meta["features"])
+        s = meta["scoring"]
+        self.calibration = Calibration(float(s["threshold"]), float(s["scale"]), s["polarity"])
+        self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def frontend(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.module.features(samples.to(self.device))
+
+    def losses(self, windows: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return self.module(windows.to(self.device)).float().cpu().numpy()
+
+    def band_errors(self, windows: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return self.module.band_errors(windows.to(self.device)).float().cpu().numpy()
+
+    def describe(self) -> dict:
+        p = self.meta.get("provenance", {})
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256[:16],
+            "mode": self.meta["scoring"]["mode"],
+            "polarity": self.calibration.polarity,
+            "threshold": self.calibration.threshold,
+            "trained_at": p.get("trained_at"),
+            "code_version": p.get("code_version"),
+            "device": str(self.device),
+        }
+
+
+def load(path: Path | str | None, device: str | torch.device = "auto") -> Model:
+    path = bundled_model_path() if path is None else Path(path)
+    where = f"model {path}"
+    if not path.is_file():
+        raise ArtifactError(f"{where}: no such file")
+    device = resolve_device(device) if isinstance(device, str) else device
+    extra = {META_NAME: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as exc:
+        raise ArtifactError(f"{where}: not a TorchScript archive ({' '.join(str(exc).split())[:160]})") from None
+    if not extra[META_NAME]:
+        raise ArtifactError(f"{where}: no {META_NAME} metadata inside; it was not exported by streamdet")
+    try:
+        meta = json.loads(extra[META_NAME])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{where}: {META_NAME} is not valid JSON ({exc})") from None
+    for problem in metadata_problems(meta):
+        raise ArtifactError(f"{where}: {problem}")
+    module.eval()
+    model = Model(path, module, meta, device)
+    _smoke_test(model, where)
+    return model
+
+
+def metadata_problems(meta: dict):
+    """Every reason the daemon cannot honour `meta`, as 'field: expected ..., found ...'."""
+    if not isinstance(meta, dict):
+        yield f"metadata: expected a JSON object, found {type(meta).__name__}"
+        return
+    if meta.get("format") != FORMAT:
+        yield f"format: expected {FORMAT!r}, found {meta.get('format')!r}"
+        return
+    if meta.get("format_version") != FORMAT_VERSION:
+        yield f"format_version: expected {FORMAT_VERSION} (this streamdet's), found {meta.get('format_version')!r}; re-export the model with this version of train/"
+        return
+    for section in ("features", "normalisation", "scoring", "provenance"):
+        if not isinstance(meta.get(section), dict):
+            yield f"{section}: expected an object, found {meta.get(section)!r}"
+            return
+    try:
+        params = FeatureParams.from_dict(meta["features"])
+    except (TypeError, ValueError) as exc:
+        yield f"features: {exc}"
+        return
+    for key, text in params.problems():
+        yield f"features.{key}: {text}"
+    for key in ("mean", "std"):
+        values = meta["normalisation"].get(key)
+        if not isinstance(values, list) or len(values) != params.n_mels:
+            yield f"normalisation.{key}: expected {params.n_mels} numbers (one per mel band), found {_short(values)}"
+    s = meta["scoring"]
+    if s.get("mode") not in MODES:
+        yield f"scoring.mode: expected one of {', '.join(MODES)}, found {s.get('mode')!r}"
+    if s.get("polarity") not in POLARITIES:
+        yield f"scoring.polarity: expected one of {', '.join(POLARITIES)}, found {s.get('polarity')!r}"
+    if not _finite(s.get("threshold")):
+        yield f"scoring.threshold: expected a finite number, found {s.get('threshold')!r}"
+    if not _finite(s.get("scale")) or s["scale"] <= 0:
+        yield f"scoring.scale: expected a positive number, found {s.get('scale')!r}"
+
+
+def _smoke_test(model: Model, where: str) -> None:
+    """The scripted module must agree with its own description: frames and window shapes."""
+    p = model.features
+    try:
+        frames = model.frontend(torch.zeros(p.window_samples))
+        losses = model.losses(torch.zeros(2, p.window_frames, p.n_mels, device=model.device))
+    except Exception as exc:
+        raise ArtifactError(f"{where}: the model rejects windows of {p.window_frames}x{p.n_mels} described by its metadata ({' '.join(str(exc).split())[:160]})") from None
+    if tuple(frames.shape) != (p.window_frames, p.n_mels):
+        raise ArtifactError(f"{where}: features: metadata describes {p.window_frames}x{p.n_mels} frames per window, the embedded front end gives {tuple(frames.shape)}")
+    if losses.shape != (2,):
+        raise ArtifactError(f"{where}: forward: expected one loss per window, found shape {losses.shape}")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) < 50 else f"a {type(value).__name__} of {len(value)} items"

@@ -1,0 +1,163 @@
+"""Command line: `streamdet run | listen | demo | bench`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        print(f"streamdet: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamdet", description="Streaming bird-call detector daemon.")
+    parser.add_argument("--version", action="version", version=f"streamdet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the detector daemon")
+    run.add_argument("--config", type=Path, help="YAML config (see configs/daemon.yaml)")
+    run.add_argument("--replay", type=Path, metavar="DIR", help="replay the audio files of DIR, in sorted order, as one stream")
+    run.add_argument("--pace", help="replay pace: realtime, max, or a speed factor such as 4x")
+    run.add_argument("--loop", action="store_true", default=None, help="replay the directory again and again")
+    run.add_argument("--name", help="source name, used in topics (default: replay)")
+    run.add_argument("--model", type=Path, help="model artifact (default: the bundled model)")
+    run.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--endpoint", help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:5556)")
+    run.add_argument("--wait-subscribers", type=int, metavar="N", help="hold the stream until N subscriptions have arrived")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set detector.on_score=0.6")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.set_defaults(handler=cmd_run)
+
+    listen = sub.add_parser("listen", help="subscribe and show what the daemon publishes")
+    listen.add_argument("--endpoint", default="tcp://127.0.0.1:5556")
+    listen.add_argument("--topic", action="append", default=[], help="topic prefix to subscribe to (repeatable; default: all)")
+    listen.add_argument("--source", action="append", default=[], help="only this source (repeatable)")
+    listen.add_argument("--jsonl", type=Path, help="append every message to this file, one JSON object per line")
+    listen.add_argument("--until-finished", action="store_true", help="exit once every daemon seen reports finished or stopped")
+    listen.add_argument("--timeout", type=float, help="exit after this many seconds without a message")
+    listen.add_argument("--quiet", action="store_true", help="no live view (with --jsonl: record only)")
+    listen.set_defaults(handler=cmd_listen)
+
+    demo = sub.add_parser("demo", help="replay the bundled clips through the daemon and show what a subscriber receives")
+    demo.add_argument("--pace", default="max", help="max (default), realtime, or a factor such as 8x")
+    demo.add_argument("--model", type=Path, help="model artifact (default: the bundled model)")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def build_config(args):
+    from .config import SourceConfig, check_config, load_config
+    from .typedconfig import ConfigError, set_path
+
+    try:
+        config = load_config(args.config)
+        if args.replay is not None:
+            base = next((s for s in config.sources if s.kind == "replay"), SourceConfig())
+            config.sources = [dataclasses.replace(base, kind="replay", path=str(args.replay))]
+        for source in config.sources:
+            if args.pace is not None:
+                source.pace = args.pace
+            if args.loop:
+                source.loop = True
+            if args.name is not None:
+                source.name = args.name
+        if args.model is not None:
+            config.model.path = str(args.model)
+        if args.device is not None:
+            config.model.device = args.device
+        if args.endpoint is not None:
+            config.bus.endpoint = args.endpoint
+        if args.wait_subscribers is not None:
+            config.bus.wait_subscribers = args.wait_subscribers
+        if args.log_level is not None:
+            config.log.level = args.log_level
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {item}: expected KEY=VALUE")
+            set_path(config, key, value)
+        check_config(config, args.config)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    for source in config.sources:
+        if source.kind == "replay" and not source.loop and not Path(source.path).is_dir():
+            raise UserError(f"source {source.name}: replay directory {source.path} does not exist or is not a directory")
+    return config
+
+
+def cmd_run(args) -> int:
+    config = build_config(args)
+    setup_logging(config.log.level)
+    from .artifact import ArtifactError, load
+    from .bus import BusError, Publisher
+    from .daemon import Daemon
+
+    if config.model.threads:
+        import torch
+
+        torch.set_num_threads(config.model.threads)
+    try:
+        model = load(config.model.path, config.model.device)
+    except ArtifactError as exc:
+        raise UserError(str(exc)) from None
+    wait = all(s.kind == "replay" for s in config.sources)
+    try:
+        publisher = Publisher(config.bus.endpoint, config.bus.send_hwm, wait_when_full=wait)
+    except BusError as exc:
+        raise UserError(str(exc)) from None
+    daemon = Daemon(config, model, publisher)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: daemon.request_stop())
+    try:
+        daemon.run()
+    finally:
+        publisher.close()
+    return 0
+
+
+def cmd_listen(args) -> int:
+    from .listen import listen
+
+    topics = tuple(args.topic) or ("",)
+    listen(args.endpoint, topics=topics, sources=tuple(args.source), jsonl=args.jsonl, until_finished=args.until_finished, timeout_s=args.timeout, live=not args.quiet)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(pace=args.pace, model=args.model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The daemon's configuration: what to listen to, which model, how to decide, where to publish."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .typedconfig import ConfigError, build, check, load_yaml
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PACE_PATTERN = re.compile(r"^(realtime|max|\d+(\.\d+)?x)$")
+
+
+def pace_speed(pace: str) -> float:
+    """'realtime' -> 1.0, 'max' -> inf, '4x' -> 4.0."""
+    if pace == "realtime":
+        return 1.0
+    if pace == "max":
+        return float("inf")
+    return float(pace[:-1])
+
+
+@dataclass
+class SourceConfig:
+    kind: str = field(default="replay", metadata={"choices": ("replay",)})
+    name: str = "replay"
+    path: str | None = None
+    pace: str = "realtime"
+    loop: bool = False
+    block_seconds: float = field(default=0.05, metadata={"above": 0.0, "max": 10.0})
+    ring_seconds: float = field(default=30.0, metadata={"above": 0.0})
+
+    def problems(self):
+        if not NAME_PATTERN.match(self.name):
+            yield "name", f"expected 1-64 letters, digits, '_' or '-' (it becomes part of ZeroMQ topics), found {self.name!r}"
+        if not PACE_PATTERN.match(self.pace) or (self.pace.endswith("x") and pace_speed(self.pace) <= 0):
+            yield "pace", f"expected 'realtime', 'max' or a positive speed factor such as '4x', found {self.pace!r}"
+        if self.kind == "replay" and not self.path:
+            yield "path", "expected the directory to replay (or --replay DIR)"
+        if self.ring_seconds < 4 * self.block_seconds:
+            yield "ring_seconds", f"expected at least 4 blocks ({4 * self.block_seconds:g} s), found {self.ring_seconds:g}"
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # None: the model bundled with streamdet
+    device: str = "auto"
+    batch_windows: int = field(default=64, metadata={"min": 1, "max": 4096})
+    threads: int = field(default=0, metadata={"min": 0})  # 0: torch's default
+
+    def problems(self):
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", self.device):
+            yield "device", f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', found {self.device!r}"
+
+
+@dataclass
+class DetectorConfig:
+    """Hysteresis on the calibrated bird score (0..1; 0.5 is the model's calibrated threshold)."""
+
+    on_score: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    off_score: float = field(default=0.35, metadata={"min": 0.0, "max": 1.0})
+    min_event_s: float = field(default=0.5, metadata={"min": 0.0})
+    merge_gap_s: float = field(default=1.0, metadata={"min": 0.0})
+
+    def problems(self):
+        if self.off_score > self.on_score:
+            yield "off_score", f"expected at most on_score ({self.on_score:g}), found {self.off_score:g}"
+
+
+@dataclass
+class BusConfig:
+    endpoint: str = "tcp://127.0.0.1:5556"
+    wait_subscribers: int = field(default=0, metadata={"min": 0})
+    wait_timeout_s: float = field(default=0.0, metadata={"min": 0.0})  # 0: wait forever
+    status_interval_s: float = field(default=5.0, metadata={"above": 0.0})
+    send_hwm: int = field(default=100_000, metadata={"min": 1})
+
+    def problems(self):
+        if not re.match(r"^(tcp|ipc|inproc)://.+", self.endpoint):
+            yield "endpoint", f"expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {self.endpoint!r}"
+
+
+@dataclass
+class LogConfig:
+    level: str = field(default="info", metadata={"choices": ("debug", "info", "warning", "error")})
+
+
+@dataclass
+class Config:
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    model: ModelConfig = field(default_factory=ModelConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def problems(self):
+        if not self.sources:
+            yield "sources", "expected at least one source (a 'sources' list in the config, or --replay DIR)"
+        names = [s.name for s in self.sources]
+        for name in names:
+            if names.count(name) > 1:
+                yield "sources", f"expected unique source names, found {name!r} twice"
+                break
+
+
+def load_config(path: Path | str | None) -> Config:
+    """The config at `path`, or the defaults, not yet checked: overrides come first, then `check_config`."""
+    if path is None:
+        return Config(sources=[])
+    return _in_file(path, lambda: build(Config, load_yaml(path)))
+
+
+def check_config(config: Config, path: Path | str | None = None) -> Config:
+    _in_file(path, lambda: check(config))
+    return config
+
+
+def _in_file(path, action):
+    try:
+        return action()
+    except ConfigError as exc:
+        message = str(exc)
+        if path is None or message.startswith("config "):
+            raise
+        raise ConfigError(f"config {path}: {message}") from None

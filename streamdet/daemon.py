@@ -1,0 +1,98 @@
+"""The daemon: sources, channels and the bus put together, with status, and a clean end."""
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import threading
+import time
+
+from .artifact import Model
+from .bus import Publisher, message
+from .config import Config, SourceConfig
+from .pipeline import Channel
+from .ringbuffer import RingBuffer
+from .sources.replay import ReplaySource
+
+log = logging.getLogger("streamdet.daemon")
+
+IDLE_SLEEP_S = 0.002
+STOP_GRACE_S = 10.0
+
+
+def make_source(config: SourceConfig, sample_rate: int):
+    ring = RingBuffer(int(config.ring_seconds * sample_rate))
+    if config.kind == "replay":
+        return ReplaySource(config, sample_rate, ring), ring
+    raise ValueError(f"source kind {config.kind!r} is not built")
+
+
+class Daemon:
+    def __init__(self, config: Config, model: Model, publisher: Publisher, name: str | None = None):
+        self.config, self.model, self.publisher = config, model, publisher
+        self.name = name or socket.gethostname()
+        self.run_id = secrets.token_hex(4)
+        self.channels = []
+        for source_config in config.sources:
+            source, ring = make_source(source_config, model.features.sample_rate)
+            self.channels.append(Channel(source, ring, model, config.detector, publisher, config.model.batch_windows, self.run_id))
+        self._stop = threading.Event()
+        self.started_at = time.monotonic()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> str:
+        """Run until every source is finished or a stop is requested; returns the final state."""
+        bus = self.config.bus
+        if bus.wait_subscribers:
+            log.info("waiting for %d subscriber(s) on %s", bus.wait_subscribers, self.publisher.endpoint)
+            if not self.publisher.wait_for_subscribers(bus.wait_subscribers, bus.wait_timeout_s, self._stop.is_set) and not self._stop.is_set():
+                log.warning("only %d of %d subscriber(s) after %g s; starting anyway", self.publisher.subscriptions, bus.wait_subscribers, bus.wait_timeout_s)
+        for channel in self.channels:
+            channel.started_at = time.monotonic()
+            channel.source.start()
+        log.info("running: %s; model %s on %s", ", ".join(f"{c.name} ({c.source.kind})" for c in self.channels), self.model.path, self.model.device)
+        self._publish_status("running")
+        next_status = time.monotonic() + bus.status_interval_s
+        state = "stopped"
+        while not self._stop.is_set():
+            did = False
+            for channel in self.channels:
+                did |= channel.pump()
+            now = time.monotonic()
+            if now >= next_status or any(c.report_pending for c in self.channels):
+                self._publish_status("running")
+                next_status = now + bus.status_interval_s
+            if all(c.finished for c in self.channels):
+                state = "finished"
+                break
+            if not did:
+                time.sleep(IDLE_SLEEP_S)
+        if state == "stopped":
+            self._drain()
+        self._publish_status(state)
+        log.info("%s after %.1f s: %s", state, time.monotonic() - self.started_at, ", ".join(f"{c.name}: {c.seq} windows, {c.events} events" for c in self.channels))
+        return state
+
+    def _drain(self) -> None:
+        """Stop the sources, then score and publish what they had already delivered."""
+        for channel in self.channels:
+            channel.source.stop()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for channel in self.channels:
+            channel.source.join(max(0.0, deadline - time.monotonic()))
+        while time.monotonic() < deadline and any([c.pump() for c in self.channels]):
+            pass
+
+    def _publish_status(self, state: str) -> None:
+        for channel in self.channels:
+            channel.report_pending = False
+        self.publisher.poll_subscriptions()
+        body = message(
+            "status", run_id=self.run_id, daemon=self.name, state=state,
+            uptime_s=round(time.monotonic() - self.started_at, 3),
+            model=self.model.describe(),
+            sources={c.name: c.status() for c in self.channels},
+        )
+        self.publisher.send("status", body)

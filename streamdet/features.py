@@ -1,0 +1,194 @@
+"""Log-mel front end: parameters, the frame transform, and sliding windows over a frame stream.
+
+A frame is computed once, when its last sample arrives; windows of `window_frames` frames every
+`hop_frames` frames are views over the frames, never recomputed.  Framing is `center=False`, so a
+frame depends only on its own samples and the streaming result equals the offline one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torchaudio.transforms import AmplitudeToDB, MelSpectrogram
+
+FEATURE_KIND = "logmel_db"
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    sample_rate: int = 22050
+    n_fft: int = 882  # 40 ms
+    hop_length: int = 441  # 20 ms at 22.05 kHz
+    n_mels: int = 64
+    f_min: float = 150.0
+    f_max: float = 11025.0
+    window_frames: int = 49  # 48 hops + one FFT = exactly 1.000 s at the defaults
+    hop_frames: int = 25  # a new window every 0.5 s
+    kind: str = FEATURE_KIND
+
+    @property
+    def window_samples(self) -> int:
+        """Audio samples spanned by one window, from its first frame's start to its last frame's end."""
+        return (self.window_frames - 1) * self.hop_length + self.n_fft
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / self.sample_rate
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop_frames * self.hop_length / self.sample_rate
+
+    def problems(self):
+        """(field, what was expected) for each thing that makes these parameters unusable."""
+        if self.kind != FEATURE_KIND:
+            yield "kind", f"expected {FEATURE_KIND!r}, found {self.kind!r}"
+        ints = ("sample_rate", "n_fft", "hop_length", "n_mels", "window_frames", "hop_frames")
+        bad = [n for n in ints if isinstance(getattr(self, n), bool) or not isinstance(getattr(self, n), int) or getattr(self, n) <= 0]
+        for name in bad:
+            yield name, f"expected a positive integer, found {getattr(self, name)!r}"
+        if bad:
+            return
+        if self.hop_length > self.n_fft:
+            yield "hop_length", f"expected at most n_fft ({self.n_fft}), found {self.hop_length}"
+        if self.hop_frames > self.window_frames:
+            yield "hop_frames", f"expected at most window_frames ({self.window_frames}), found {self.hop_frames}"
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            yield "f_max", f"expected 0 <= f_min < f_max <= sample_rate/2 ({self.sample_rate / 2:g} Hz), found f_min {self.f_min:g}, f_max {self.f_max:g}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureParams":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown feature parameter(s) {', '.join(unknown)}")
+        return cls(**data)
+
+
+class LogMel(nn.Module):
+    """Samples [T] -> log-mel frames [n_frames, n_mels] in dB. TorchScript-compatible."""
+
+    def __init__(self, params: FeatureParams):
+        super().__init__()
+        self.n_fft = params.n_fft
+        self.mel = MelSpectrogram(
+            sample_rate=params.sample_rate,
+            n_fft=params.n_fft,
+            hop_length=params.hop_length,
+            f_min=params.f_min,
+            f_max=params.f_max,
+            n_mels=params.n_mels,
+            center=False,
+            power=2.0,
+        )
+        # No top_db: it clips relative to the loudest frame of the call, which would make a
+        # frame's value depend on how the stream happened to be chunked.
+        self.to_db = AmplitudeToDB(stype="power", top_db=None)
+
+    def forward(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.to_db(self.mel(samples)).transpose(-1, -2).contiguous()
+
+
+def frame_count(n_samples: int, params: FeatureParams) -> int:
+    if n_samples < params.n_fft:
+        return 0
+    return 1 + (n_samples - params.n_fft) // params.hop_length
+
+
+def window_starts(n_frames: int, params: FeatureParams, final: bool) -> list[int]:
+    """First-frame indices of the windows over `n_frames` frames.
+
+    Windows lie on a grid of `hop_frames`.  When the stream segment is `final`, one more window
+    is aligned to its end if the grid left frames unscored, so no tail of a file goes unheard."""
+    w, h = params.window_frames, params.hop_frames
+    if n_frames < w:
+        return []
+    starts = list(range(0, n_frames - w + 1, h))
+    if final and starts[-1] + w < n_frames:
+        starts.append(n_frames - w)
+    return starts
+
+
+def offline_windows(samples: np.ndarray, params: FeatureParams, frontend: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[int], torch.Tensor]:
+    """All windows of a complete segment at once: (start frames, [n, window_frames, n_mels])."""
+    frontend = frontend or LogMel(params)
+    n = frame_count(len(samples), params)
+    if n == 0:
+        return [], torch.zeros(0, params.window_frames, params.n_mels)
+    with torch.no_grad():
+        frames = frontend(torch.from_numpy(np.ascontiguousarray(samples[: (n - 1) * params.hop_length + params.n_fft])))
+    starts = window_starts(n, params, final=True)
+    if not starts:
+        return [], torch.zeros(0, params.window_frames, params.n_mels)
+    return starts, torch.stack([frames[s : s + params.window_frames] for s in starts])
+
+
+class StreamingWindows:
+    """Samples in, windows out, for one continuous segment of a stream.
+
+    `push` returns the windows completed by the new samples as views over the frame buffer;
+    `finish` returns the end-aligned tail window, if any, and readies the object for a new segment.
+    """
+
+    def __init__(self, params: FeatureParams, frontend: Callable[[torch.Tensor], torch.Tensor] | None = None, device: torch.device | str = "cpu"):
+        """`frontend` maps samples to frames; by default a LogMel of `params` (a model's own `features` in the daemon)."""
+        self.params = params
+        self.device = torch.device(device)
+        self.frontend = frontend or LogMel(params).to(self.device)
+        self.reset()
+
+    def reset(self) -> None:
+        self._samples = torch.zeros(0)
+        self._frames = torch.zeros(0, self.params.n_mels, device=self.device)
+        self._frames_base = 0  # segment index of _frames[0]
+        self._next_grid = 0  # grid index of the next window to emit
+        self.frames_total = 0
+
+    def push(self, samples: np.ndarray) -> tuple[list[int], torch.Tensor]:
+        p = self.params
+        self._samples = torch.cat([self._samples, torch.from_numpy(samples)])
+        n_new = frame_count(len(self._samples), p)
+        if n_new:
+            used = (n_new - 1) * p.hop_length + p.n_fft
+            with torch.no_grad():
+                frames = self.frontend(self._samples[:used].to(self.device))
+            self._frames = torch.cat([self._frames, frames])
+            self._samples = self._samples[n_new * p.hop_length :]
+            self.frames_total += n_new
+        return self._take(final=False)
+
+    def finish(self) -> tuple[list[int], torch.Tensor]:
+        """Close the segment: the end-aligned tail window if the grid left frames unscored."""
+        out = self._take(final=True)
+        self.reset()
+        return out
+
+    def _take(self, final: bool) -> tuple[list[int], torch.Tensor]:
+        w, h, n = self.params.window_frames, self.params.hop_frames, self.frames_total
+        first = self._next_grid
+        grid_count = max(0, (n - w) // h + 1 - first) if n >= w else 0
+        self._next_grid += grid_count
+        starts = [(first + i) * h for i in range(grid_count)]
+        parts = []
+        if grid_count:
+            local = self._frames[first * h - self._frames_base :]
+            parts.append(local.unfold(0, w, h)[:grid_count].transpose(1, 2))
+        last_end = (self._next_grid - 1) * h + w if self._next_grid else 0
+        if final and n >= w and last_end < n:
+            starts.append(n - w)
+            parts.append(self._frames[n - w - self._frames_base : n - self._frames_base].unsqueeze(0))
+        # Keep what the next grid window, or a tail window, could still need.
+        keep_from = max(0, self._next_grid * h - h + 1) if self._next_grid else 0
+        if keep_from > self._frames_base:
+            self._frames = self._frames[keep_from - self._frames_base :]
+            self._frames_base = keep_from
+        if not parts:
+            return [], torch.zeros(0, w, self.params.n_mels, device=self.device)
+        return starts, parts[0] if len(parts) == 1 else torch.cat(parts)

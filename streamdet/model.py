@@ -1,0 +1,82 @@
+"""The VAE, and the Detector that wraps one or more VAEs into the scripted scoring function.
+
+Detector contract (what the daemon relies on, whatever trained it):
+  features(samples [T]) -> log-mel dB frames [n, M]   (the front end travels with the model)
+  forward(windows [B, W, M]) -> loss [B]
+  band_errors(windows) -> [B, M], whose mean over M is the loss
+The loss is a signed sum of per-VAE reconstruction errors: one VAE with sign +1 for the
+single-class modes, or a background VAE (+1) and a bird VAE (-1) for the contrast mode.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+from .features import LogMel
+
+
+class VAE(nn.Module):
+    def __init__(self, n_inputs: int, hidden: int = 256, latent: int = 16):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(n_inputs, hidden), nn.GELU(), nn.Linear(hidden, hidden // 2), nn.GELU())
+        self.to_mu = nn.Linear(hidden // 2, latent)
+        self.to_logvar = nn.Linear(hidden // 2, latent)
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, hidden // 2), nn.GELU(), nn.Linear(hidden // 2, hidden), nn.GELU(), nn.Linear(hidden, n_inputs)
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.to_mu(h), self.to_logvar(h).clamp(-12.0, 12.0)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: (reconstruction, mu, logvar) with a sampled latent."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decoder(z), mu, logvar
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Scoring pass: decode the posterior mean, so a window always gets the same loss."""
+        mu, _ = self.encode(x)
+        return self.decoder(mu)
+
+
+def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float) -> torch.Tensor:
+    reconstruction = (recon - x).pow(2).mean(dim=1)
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1) / x.shape[1]
+    return (reconstruction + beta * kl).mean()
+
+
+class Detector(nn.Module):
+    def __init__(self, frontend: LogMel, vaes: List[VAE], signs: List[float], mean: torch.Tensor, std: torch.Tensor, window_frames: int):
+        super().__init__()
+        if len(vaes) != len(signs):
+            raise ValueError("one sign per VAE")
+        self.frontend = frontend
+        self.vaes = nn.ModuleList(vaes)
+        self.register_buffer("signs", torch.tensor(signs, dtype=torch.float32))
+        self.register_buffer("mean", mean.reshape(1, 1, -1).float())
+        self.register_buffer("std", std.reshape(1, 1, -1).float().clamp_min(1e-3))
+        self.window_frames = window_frames
+        self.n_mels = int(mean.numel())
+
+    @torch.jit.export
+    def features(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.frontend(samples)
+
+    def normalise(self, windows: torch.Tensor) -> torch.Tensor:
+        return ((windows - self.mean) / self.std).reshape(windows.shape[0], -1)
+
+    @torch.jit.export
+    def band_errors(self, windows: torch.Tensor) -> torch.Tensor:
+        x = self.normalise(windows)
+        total = torch.zeros(windows.shape[0], self.n_mels, device=windows.device, dtype=windows.dtype)
+        for i, vae in enumerate(self.vaes):
+            err = (vae.reconstruct(x) - x).pow(2).reshape(windows.shape[0], self.window_frames, self.n_mels).mean(dim=1)
+            total = total + self.signs[i] * err
+        return total
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.band_errors(windows).mean(dim=1)

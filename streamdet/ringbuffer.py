@@ -1,0 +1,110 @@
+"""A preallocated single-producer, single-consumer ring of float32 samples.
+
+Positions are absolute sample counts since the stream began, so a reader always knows exactly
+which samples it got and how many it lost.  The producer never blocks unless asked to: a live
+source overwrites the oldest samples and the loss is counted; a replay source waits for room.
+No locks: each position is written by one thread only, and CPython makes an int store atomic.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class RingBuffer:
+    def __init__(self, capacity: int, arrival_slots: int = 4096):
+        if capacity <= 0:
+            raise ValueError("ring capacity must be positive")
+        self.capacity = int(capacity)
+        self._data = np.zeros(self.capacity, dtype=np.float32)
+        self.write_pos = 0  # written only by the producer
+        self.read_pos = 0  # written only by the consumer
+        self.overwritten = 0  # samples the consumer never saw, counted by the consumer
+        # When each write completed, for latency: (end position, monotonic time), preallocated.
+        self._arrival_pos = np.zeros(arrival_slots, dtype=np.int64)
+        self._arrival_time = np.zeros(arrival_slots, dtype=np.float64)
+        self._arrival_count = 0
+        self._arrival_cursor = 0  # consumer side
+        self.closed = False
+
+    # -- producer side ---------------------------------------------------------------------
+    def write(self, samples: np.ndarray, wait: bool = False, stop=None) -> int:
+        """Copy `samples` in.  With `wait`, block while the consumer has no room for them
+        (until `stop()` is true); otherwise overwrite the oldest unread samples.
+        Returns the number of samples written."""
+        n = len(samples)
+        if n > self.capacity:
+            # Only the newest `capacity` samples can ever be read; the rest count as lost.
+            if wait:
+                written = 0
+                for i in range(0, n, self.capacity):
+                    written += self.write(samples[i : i + self.capacity], wait=True, stop=stop)
+                return written
+            self.write_pos += n - self.capacity
+            samples = samples[n - self.capacity :]
+            n = self.capacity
+        if wait:
+            while self.write_pos + n - self.read_pos > self.capacity:
+                if stop is not None and stop():
+                    return 0
+                time.sleep(0.001)
+        start = self.write_pos % self.capacity
+        first = min(n, self.capacity - start)
+        self._data[start : start + first] = samples[:first]
+        if first < n:
+            self._data[: n - first] = samples[first:]
+        self.write_pos += n
+        slot = self._arrival_count % len(self._arrival_pos)
+        self._arrival_pos[slot] = self.write_pos
+        self._arrival_time[slot] = time.monotonic()
+        self._arrival_count += 1
+        return n
+
+    def skip(self, n: int) -> None:
+        """Advance the stream without data: samples the source knows it lost."""
+        self.write_pos += n
+
+    # -- consumer side ---------------------------------------------------------------------
+    def available(self) -> int:
+        return self.write_pos - self.read_pos
+
+    def read(self, max_samples: int) -> tuple[int, np.ndarray]:
+        """Return (start position, copy of up to `max_samples` samples).
+
+        If the producer lapped the reader, the start position jumps ahead of the previous
+        read's end: that difference is the gap, and it is added to `overwritten`."""
+        write_pos = self.write_pos
+        if write_pos - self.read_pos > self.capacity:
+            lost = write_pos - self.capacity - self.read_pos
+            self.overwritten += lost
+            self.read_pos += lost
+        n = min(max_samples, write_pos - self.read_pos)
+        start_pos = self.read_pos
+        out = np.empty(n, dtype=np.float32)
+        start = start_pos % self.capacity
+        first = min(n, self.capacity - start)
+        out[:first] = self._data[start : start + first]
+        if first < n:
+            out[first:] = self._data[: n - first]
+        # The producer may have overwritten part of what we copied while we copied it.
+        overrun = self.write_pos - self.capacity - start_pos
+        if overrun > 0:
+            lost = min(overrun, n)
+            self.overwritten += lost
+            out = out[lost:]
+            start_pos += lost
+        self.read_pos = start_pos + len(out)
+        return start_pos, out
+
+    def arrival_time(self, position: int) -> float | None:
+        """Monotonic time at which the write covering sample `position - 1` completed.
+
+        Positions asked for must not decrease (the consumer asks in stream order), which lets a
+        cursor walk the arrival records forward in amortised constant time."""
+        count, slots = self._arrival_count, len(self._arrival_pos)
+        cursor = max(self._arrival_cursor, count - slots)
+        while cursor < count and self._arrival_pos[cursor % slots] < position:
+            cursor += 1
+        self._arrival_cursor = cursor
+        return float(self._arrival_time[cursor % slots]) if cursor < count else None

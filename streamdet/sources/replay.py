@@ -1,0 +1,141 @@
+"""Replay a directory of audio files as one stream, paced like a microphone or as fast as possible."""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import AudioError, FileDecoder, list_audio_candidates
+from ..config import SourceConfig, pace_speed
+from ..ringbuffer import RingBuffer
+from . import Finished, Notice, SegmentEnd, SegmentStart, Skipped
+
+log = logging.getLogger("streamdet.replay")
+
+# At most one 16-bit LSB: a file this quiet throughout is digital silence, not a recording.
+SILENCE_PEAK = 1.0 / 32768
+RESCAN_SECONDS = 2.0
+
+
+class ReplaySource:
+    kind = "replay"
+
+    def __init__(self, config: SourceConfig, sample_rate: int, ring: RingBuffer):
+        self.name = config.name
+        self.directory = Path(config.path)
+        self.speed = pace_speed(config.pace)
+        self.loop = config.loop
+        self.sample_rate = sample_rate
+        self.ring = ring
+        self.block = max(1, int(config.block_seconds * sample_rate))
+        self.markers: deque = deque()
+        self.current_file: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"replay-{self.name}", daemon=True)
+        self._t0 = 0.0
+        self._pos0 = 0
+
+    def start(self) -> None:
+        self._t0, self._pos0 = time.monotonic(), self.ring.write_pos
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                played = self._one_pass()
+                if not self.loop:
+                    break
+                if not played:
+                    self._stop.wait(RESCAN_SECONDS)
+        except Exception as exc:  # a bug must still end the stream properly, and be seen
+            log.exception("replay source %s failed", self.name)
+            self.markers.append(Skipped(self.ring.write_pos, str(self.directory), f"replay failed: {exc}"))
+        finally:
+            self.current_file = None
+            self.markers.append(Finished(self.ring.write_pos))
+
+    def _one_pass(self) -> int:
+        """Play every file once, in sorted order; returns how many produced audio."""
+        if not self.directory.is_dir():
+            self.markers.append(Skipped(self.ring.write_pos, str(self.directory), "directory missing"))
+            return 0
+        files = list_audio_candidates(self.directory)
+        if not files:
+            self.markers.append(Skipped(self.ring.write_pos, str(self.directory), "no files in directory"))
+        played = 0
+        for path in files:
+            if self._stop.is_set():
+                break
+            played += self._play(path)
+        return played
+
+    def _play(self, path: Path) -> int:
+        shown = str(path.relative_to(self.directory))
+        self.current_file = shown
+        try:
+            decoder = FileDecoder(path, self.sample_rate)
+        except (AudioError, OSError) as exc:
+            self.markers.append(Skipped(self.ring.write_pos, shown, str(exc)))
+            return 0
+        info = {"duration_s": round(decoder.info.duration, 3), "sample_rate": decoder.info.samplerate, "channels": decoder.info.channels, "format": decoder.info.format}
+        started, silent, decoded = False, 0, 0
+        try:
+            for block in decoder.blocks():
+                if self._stop.is_set():
+                    break
+                bad = ~np.isfinite(block)
+                if bad.any():
+                    at = (decoded + int(np.argmax(bad))) / self.sample_rate
+                    self._end(started, shown, f"contains NaN or infinite samples from {at:.2f} s; the rest of the file was skipped")
+                    return int(started)
+                decoded += len(block)
+                if not started and np.abs(block).max() <= SILENCE_PEAK:
+                    silent += len(block)  # held back: nothing is pushed until the file proves to be more than silence
+                    continue
+                if not started:
+                    self.markers.append(SegmentStart(self.ring.write_pos, shown, info))
+                    started = True
+                    if silent:
+                        self._write(np.zeros(silent, dtype=np.float32))
+                self._write(block)
+        except AudioError as exc:
+            self._end(started, shown, str(exc))
+            return int(started)
+        if not started:
+            if not self._stop.is_set():
+                self.markers.append(Skipped(self.ring.write_pos, shown, "digital silence throughout"))
+            return 0
+        self.markers.append(SegmentEnd(self.ring.write_pos))
+        truncated = decoder.truncation()
+        if truncated and not self._stop.is_set():
+            self.markers.append(Notice(self.ring.write_pos, shown, truncated))
+        return 1
+
+    def _end(self, started: bool, shown: str, reason: str) -> None:
+        if started:
+            self.markers.append(SegmentEnd(self.ring.write_pos))
+        self.markers.append(Skipped(self.ring.write_pos, shown, reason))
+
+    def _write(self, samples: np.ndarray) -> None:
+        if math.isinf(self.speed):
+            self.ring.write(samples, wait=True, stop=self._stop.is_set)
+            return
+        for i in range(0, len(samples), self.block):
+            chunk = samples[i : i + self.block]
+            # A block is released when its last sample would have been heard, like a sound card would.
+            due = self._t0 + (self.ring.write_pos + len(chunk) - self._pos0) / (self.sample_rate * self.speed)
+            delay = due - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
+            self.ring.write(chunk, wait=True, stop=self._stop.is_set)

@@ -1,0 +1,158 @@
+"""YAML into typed dataclasses, with one-line errors that name the key and what was expected.
+
+A field may carry metadata: `choices` (allowed values), `min` / `max` (inclusive bounds), or
+`above` (exclusive lower bound).  Cross-field rules live in a dataclass's `problems()` method.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    pass
+
+
+def load_yaml(path: Path | str) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping of sections at the top level, found {type(data).__name__}")
+    return data
+
+
+def build(cls: type[T], data: Any, where: str = "") -> T:
+    """Make a `cls` from plain YAML data, checking keys, types and bounds.
+
+    Cross-field rules are left to `check`, run once command-line overrides are applied."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, found {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key (expected one of: {', '.join(fields)})")
+    values = {}
+    for name, value in data.items():
+        values[name] = _coerce(hints[name], value, _join(where, name), fields[name].metadata)
+    return cls(**values)
+
+
+def check(obj: Any, where: str = "") -> None:
+    """Check types, bounds and every `problems()` rule, recursively."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check(value, _join(where, f.name))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    check(item, f"{_join(where, f.name)}[{i}]")
+        else:
+            _coerce(hints[f.name], value, _join(where, f.name), f.metadata)
+    problems = getattr(obj, "problems", None)
+    if problems:
+        for key, message in problems():
+            raise ConfigError(f"{_join(where, key)}: {message}")
+
+
+def set_path(obj: Any, dotted: str, raw: str) -> None:
+    """Apply `section.key=value` from the command line; the value is parsed as YAML."""
+    parts = dotted.split(".")
+    target = obj
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+            raise ConfigError(f"--set {dotted}: unknown key {part!r}")
+        target = getattr(target, part)
+    name = parts[-1]
+    names = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
+    if name not in names:
+        raise ConfigError(f"--set {dotted}: unknown key {name!r} (expected one of: {', '.join(names)})")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    hint = typing.get_type_hints(type(target))[name]
+    setattr(target, name, _coerce(hint, value, dotted, names[name].metadata))
+
+
+def to_plain(obj: Any) -> Any:
+    return dataclasses.asdict(obj)
+
+
+def _coerce(hint: Any, value: Any, key: str, meta: typing.Mapping) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            if type(None) in typing.get_args(hint):
+                return None
+        for option in options:
+            try:
+                return _coerce(option, value, key, meta)
+            except ConfigError:
+                if option is options[-1]:
+                    raise
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, found {_describe(value)}")
+        return [_coerce(item, v, f"{key}[{i}]", {}) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else build(hint, value, key)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, found {_describe(value)}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, found {_describe(value)}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, found {_describe(value)}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}: expected a finite number, found {value}")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, found {_describe(value)}")
+    elif hint is typing.Any or hint is dict:
+        return value
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}: expected one of {', '.join(map(repr, meta['choices']))}, found {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{key}: expected at least {meta['min']}, found {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{key}: expected at most {meta['max']}, found {value!r}")
+    if "above" in meta and value <= meta["above"]:
+        raise ConfigError(f"{key}: expected more than {meta['above']}, found {value!r}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) < 40 else text[:37] + '...'}"
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key

@@ -1,0 +1,1 @@
+"""Offline training for streamdet: `python -m train fit --config configs/train.yaml`."""

@@ -1,0 +1,126 @@
+"""Labelled clip lists from the layouts found in the wild.
+
+Every problem with a row is reported with the file and line it came from.  By default a
+single bad row stops the run before any training; `skip_bad_rows` drops them with a warning.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import DataConfig
+
+log = logging.getLogger("train.datasets")
+
+CONFIDENCE_RANK = {"low": 0, "medium": 1, "high": 2}
+
+
+class DatasetError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    label: int  # 1: bird, 0: no bird
+    dataset: str  # the block results are stratified and reported by
+    itemid: str
+
+
+def read_dataset(config: DataConfig) -> list[Item]:
+    if config.kind == "bad":
+        return read_bad(Path(config.audio_dir), Path(config.labels), config.name, config.skip_bad_rows)
+    return read_manifest(Path(config.labels), config.split, config.min_confidence, Path(config.audio_dir) if config.audio_dir else None, config.skip_bad_rows)
+
+
+def read_bad(audio_dir: Path, labels: Path, name: str | None = None, skip_bad_rows: bool = False) -> list[Item]:
+    """A BAD 2018 CSV: `itemid,hasbird` or `itemid,datasetid,hasbird`; item ids with or without `.wav`."""
+    rows = _read_rows(labels, ",", required=("itemid", "hasbird"))
+    items, problems, seen = [], [], {}
+    for line, row in rows:
+        itemid = (row.get("itemid") or "").strip()
+        where = f"{labels} line {line}"
+        if not itemid:
+            problems.append(f"{where}: empty itemid")
+            continue
+        if itemid in seen:
+            problems.append(f"{where}: duplicate itemid {itemid!r} (first on line {seen[itemid]})")
+            continue
+        seen[itemid] = line
+        label = (row.get("hasbird") or "").strip()
+        if label not in ("0", "1"):
+            problems.append(f"{where}: hasbird for {itemid!r} must be 0 or 1, found {label!r}")
+            continue
+        path = _find_clip(audio_dir, itemid)
+        if path is None:
+            problems.append(f"{where}: no audio file for {itemid!r} in {audio_dir} (tried {itemid}, {itemid}.wav)")
+            continue
+        dataset = (row.get("datasetid") or "").strip() or name or labels.stem
+        items.append(Item(path, int(label), dataset, Path(itemid).stem))
+    return _settle(items, problems, labels, skip_bad_rows)
+
+
+def read_manifest(manifest: Path, split: str | None, min_confidence: str = "medium", root: Path | None = None, skip_bad_rows: bool = False) -> list[Item]:
+    """A MANIFEST.tsv of ../shared/data/clips; `unknown` labels are left out, as are rows below `min_confidence`."""
+    rows = _read_rows(manifest, "\t", required=("file", "label"))
+    root = root or manifest.parent
+    items, problems = [], []
+    for line, row in rows:
+        if split and row.get("split") != split:
+            continue
+        label = row.get("label")
+        if label == "unknown":
+            continue
+        where = f"{manifest} line {line}"
+        if label not in ("bird", "nobird"):
+            problems.append(f"{where}: label must be bird, nobird or unknown, found {label!r}")
+            continue
+        if CONFIDENCE_RANK.get(row.get("label_confidence", "high"), 0) < CONFIDENCE_RANK[min_confidence]:
+            continue
+        path = root / row["file"]
+        if not path.is_file():
+            problems.append(f"{where}: no audio file {path}")
+            continue
+        items.append(Item(path, int(label == "bird"), clip_block(path.name), path.stem))
+    return _settle(items, problems, manifest, skip_bad_rows)
+
+
+def clip_block(filename: str) -> str:
+    """The blocks the clips README asks results to be reported by."""
+    if filename.startswith("maad24h__"):
+        return "maad24h"
+    if filename.startswith("bad_"):
+        return "bad"
+    return "other"
+
+
+def _find_clip(audio_dir: Path, itemid: str) -> Path | None:
+    for candidate in (audio_dir / itemid, audio_dir / f"{itemid}.wav"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_rows(path: Path, delimiter: str, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DatasetError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(reader.fieldnames or []) or 'nothing'})")
+            return [(i + 2, row) for i, row in enumerate(reader)]
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _settle(items: list[Item], problems: list[str], source: Path, skip_bad_rows: bool) -> list[Item]:
+    if problems and not skip_bad_rows:
+        more = f" (and {len(problems) - 1} more; skip_bad_rows: true drops them)" if len(problems) > 1 else " (skip_bad_rows: true drops such rows)"
+        raise DatasetError(problems[0] + more)
+    for problem in problems:
+        log.warning("skipped: %s", problem)
+    if not items:
+        raise DatasetError(f"{source}: no usable rows")
+    return items
