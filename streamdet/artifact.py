@@ -140,7 +140,7 @@ def metadata_problems(meta: dict):
     if meta.get("format_version") != FORMAT_VERSION:
         yield f"format_version: expected {FORMAT_VERSION} (this streamdet's), found {meta.get('format_version')!r}; re-export the model with this version of train/"
         return
-    for section in ("features", "normalisation", "scoring", "provenance"):
+    for section in ("features", "normalisation", "model", "scoring", "provenance"):
         if not isinstance(meta.get(section), dict):
             yield f"{section}: expected an object, found {meta.get(section)!r}"
             return

@@ -144,7 +144,11 @@ class FileDecoder:
     def truncation(self) -> str | None:
         """After `blocks()` ran out: a description of missing audio, or None if the file was whole."""
         missing = self.declared_frames - self.frames_read
-        if missing <= self.info.samplerate // 100:  # compressed formats estimate their length; allow 10 ms
+        if self.info.format in ("MP3", "OGG"):
+            # Lossy headers only estimate the length (encoder delay, padding, VBR): report gross losses only.
+            if missing <= max(self.info.samplerate // 2, self.declared_frames // 4):
+                return None
+        elif missing <= self.info.samplerate // 100:
             return None
         rate = self.info.samplerate
         return f"truncated: the header promises {self.declared_frames / rate:.2f} s, only {self.frames_read / rate:.2f} s could be read"

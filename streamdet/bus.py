@@ -55,7 +55,7 @@ class Publisher:
             self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self.socket.close(0)
-            raise BusError(f"bus.endpoint: cannot bind {endpoint} ({exc.strerror})") from None
+            raise BusError(f"bus.endpoint: cannot bind {endpoint} ({zmq.strerror(exc.errno)})") from None
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def poll_subscriptions(self) -> int:

@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pace", default="max", help="max (default), realtime, or a factor such as 8x")
     demo.add_argument("--model", type=Path, help="model artifact (default: the bundled model)")
     demo.set_defaults(handler=cmd_demo)
+
+    bench = sub.add_parser("bench", help="measure throughput and latency (prints figures)")
+    bench.add_argument("--data", type=Path, help="directory of audio to replay (default: the bundled clips)")
+    bench.add_argument("--model", type=Path, help="model artifact (default: the bundled model)")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--passes", type=int, default=3, help="end-to-end replays; the first is reported as cold")
+    bench.add_argument("--threads", type=int, default=1, help="torch intra-op threads, as model.threads (default 1)")
+    bench.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 
@@ -157,6 +166,28 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(pace=args.pace, model=args.model)
+
+
+def cmd_bench(args) -> int:
+    import json
+
+    from .artifact import ArtifactError
+    from .bench import run_bench
+
+    setup_logging("error")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.data is not None and not args.data.is_dir():
+        raise UserError(f"--data {args.data}: not a directory")
+    try:
+        results = run_bench(args.data, args.model, args.device, max(1, args.passes))
+    except ArtifactError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

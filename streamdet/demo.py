@@ -40,12 +40,14 @@ def run_demo(pace: str = "max", model: Path | None = None) -> int:
     finally:
         if daemon.poll() is None:
             daemon.kill()
-    summary = Table(title="what the subscriber received")
-    for col in ("source", "windows", "missed", "windows scored bird", "events"):
-        summary.add_column(col, justify="right")
-    for name, v in view.sources.items():
-        summary.add_row(name, str(v.received), str(v.missed), str(v.anomalous), str(v.events))
+    summary = Table(title="what the subscriber received, file by file")
+    for col in ("file", "windows", "windows scored bird", "top score", "events"):
+        summary.add_column(col, justify="left" if col == "file" else "right")
+    for (_, file), f in sorted(view.files.items()):
+        summary.add_row(file, str(f["windows"]), str(f["bird_windows"]), f"{f['top_score']:.2f}", str(f["events"]))
     console.print(summary)
+    for name, v in view.sources.items():
+        console.print(f"source {name}: {v.received} windows received, {v.missed} missed (from gaps in seq)")
     if code != 0 or not view.all_final():
         console.print(f"[red]the daemon exited with status {code}[/]" if code else "[red]no final status arrived[/]")
         return 1

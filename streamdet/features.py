@@ -25,7 +25,7 @@ class FeatureParams:
     hop_length: int = 441  # 20 ms at 22.05 kHz
     n_mels: int = 64
     f_min: float = 150.0
-    f_max: float = 11025.0
+    f_max: float = 10000.0  # below the resampler roll-off (0.99 x Nyquist) of 22.05 kHz audio made from 44.1 kHz
     window_frames: int = 49  # 48 hops + one FFT = exactly 1.000 s at the defaults
     hop_frames: int = 25  # a new window every 0.5 s
     kind: str = FEATURE_KIND

@@ -33,6 +33,7 @@ class StreamView:
 
     def __init__(self):
         self.sources: dict[str, SourceView] = {}
+        self.files: dict[tuple[str, str], dict] = {}  # (source, file) -> windows, bird windows, top score, events
         self.events: deque = deque(maxlen=12)
         self.status: dict[str, dict] = {}
         self.messages = 0
@@ -53,13 +54,23 @@ class StreamView:
             view.received += 1
             view.anomalous += bool(msg.get("anomaly"))
             view.last = msg
+            if "file" in msg:
+                f = self._file(msg)
+                f["windows"] += 1
+                f["bird_windows"] += bool(msg.get("anomaly"))
+                f["top_score"] = max(f["top_score"], msg["score"])
         elif kind == "event":
             view = self.sources.setdefault(msg["source"], SourceView())
             if msg.get("state") == "end":
                 view.events += 1
                 self.events.append(msg)
+                if "file" in msg:
+                    self._file(msg)["events"] += 1
         elif kind == "status":
             self.status[msg.get("daemon", "?")] = msg
+
+    def _file(self, msg: dict) -> dict:
+        return self.files.setdefault((msg["source"], msg["file"]), {"windows": 0, "bird_windows": 0, "top_score": 0.0, "events": 0})
 
     def all_final(self) -> bool:
         return bool(self.status) and all(s.get("state") in FINAL_STATES for s in self.status.values())

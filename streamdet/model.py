@@ -80,3 +80,17 @@ class Detector(nn.Module):
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         return self.band_errors(windows).mean(dim=1)
+
+
+def architecture(detector: Detector, hidden: int, latent: int) -> dict:
+    """The description stored in an artifact's metadata, enough to rebuild the module eagerly."""
+    return {"kind": "mlp_vae", "hidden": hidden, "latent": latent, "signs": detector.signs.tolist()}
+
+
+def rebuild_eager(scripted: torch.nn.Module, arch: dict, frontend: LogMel, window_frames: int, n_mels: int) -> Detector:
+    """An eager Detector with a scripted one's weights (for benchmarks and debugging)."""
+    vaes = [VAE(window_frames * n_mels, arch["hidden"], arch["latent"]) for _ in arch["signs"]]
+    state = scripted.state_dict()
+    detector = Detector(frontend, vaes, arch["signs"], state["mean"], state["std"], window_frames)
+    detector.load_state_dict(state)
+    return detector.eval()

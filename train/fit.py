@@ -19,7 +19,7 @@ import streamdet
 from streamdet import artifact
 from streamdet.audio import AudioError, load_resampled
 from streamdet.features import FeatureParams, LogMel, offline_windows
-from streamdet.model import VAE, Detector, vae_loss
+from streamdet.model import VAE, Detector, architecture, vae_loss
 
 from .config import TrainConfig
 from .datasets import Item, read_dataset
@@ -129,6 +129,7 @@ def fit(config: TrainConfig, output: Path | None = None) -> tuple[Path, dict]:
     meta = {
         "features": params.to_dict(),
         "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
+        "model": architecture(detector, config.model.hidden, config.model.latent),
         "scoring": {"mode": config.normal, "polarity": polarity, "threshold": threshold, "scale": scale, "strategy": config.calibration.strategy, "percentile": config.calibration.percentile},
         "provenance": {
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

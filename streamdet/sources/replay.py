@@ -89,30 +89,23 @@ class ReplaySource:
             self.markers.append(Skipped(self.ring.write_pos, shown, str(exc)))
             return 0
         info = {"duration_s": round(decoder.info.duration, 3), "sample_rate": decoder.info.samplerate, "channels": decoder.info.channels, "format": decoder.info.format}
-        started, silent, decoded = False, 0, 0
+        self._started, self._silent = False, 0
+        decoded = 0
         try:
             for block in decoder.blocks():
                 if self._stop.is_set():
                     break
                 bad = ~np.isfinite(block)
-                if bad.any():
-                    at = (decoded + int(np.argmax(bad))) / self.sample_rate
-                    self._end(started, shown, f"contains NaN or infinite samples from {at:.2f} s; the rest of the file was skipped")
-                    return int(started)
-                decoded += len(block)
-                if not started and np.abs(block).max() <= SILENCE_PEAK:
-                    silent += len(block)  # held back: nothing is pushed until the file proves to be more than silence
-                    continue
-                if not started:
-                    self.markers.append(SegmentStart(self.ring.write_pos, shown, info))
-                    started = True
-                    if silent:
-                        self._write(np.zeros(silent, dtype=np.float32))
-                self._write(block)
+                cut = int(np.argmax(bad)) if bad.any() else len(block)
+                self._push(block[:cut], shown, info)
+                decoded += cut
+                if cut < len(block):
+                    self._end(f"contains NaN or infinite samples from {decoded / self.sample_rate:.2f} s; the rest of the file was skipped", shown)
+                    return int(self._started)
         except AudioError as exc:
-            self._end(started, shown, str(exc))
-            return int(started)
-        if not started:
+            self._end(str(exc), shown)
+            return int(self._started)
+        if not self._started:
             if not self._stop.is_set():
                 self.markers.append(Skipped(self.ring.write_pos, shown, "digital silence throughout"))
             return 0
@@ -122,8 +115,22 @@ class ReplaySource:
             self.markers.append(Notice(self.ring.write_pos, shown, truncated))
         return 1
 
-    def _end(self, started: bool, shown: str, reason: str) -> None:
-        if started:
+    def _push(self, samples: np.ndarray, shown: str, info: dict) -> None:
+        """Write a file's samples, holding back leading digital silence until the file proves to be more."""
+        if not len(samples):
+            return
+        if not self._started:
+            if np.abs(samples).max() <= SILENCE_PEAK:
+                self._silent += len(samples)
+                return
+            self.markers.append(SegmentStart(self.ring.write_pos, shown, info))
+            self._started = True
+            if self._silent:
+                self._write(np.zeros(self._silent, dtype=np.float32))
+        self._write(samples)
+
+    def _end(self, reason: str, shown: str) -> None:
+        if self._started:
             self.markers.append(SegmentEnd(self.ring.write_pos))
         self.markers.append(Skipped(self.ring.write_pos, shown, reason))
 

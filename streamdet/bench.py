@@ -1,0 +1,159 @@
+"""`streamdet bench`: throughput and latency figures from one run, printed (not asserted)."""
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .artifact import load
+from .audio import AudioError, FileDecoder, list_audio_candidates
+from .bus import Publisher, Subscriber
+from .config import BusConfig, Config, ModelConfig, SourceConfig
+from .daemon import Daemon
+from .demo import demo_clips_dir, free_tcp_endpoint
+from .features import LogMel, StreamingWindows
+from .model import rebuild_eager
+
+
+def run_bench(data: Path | None, model_path: Path | None, device: str, passes: int, console: Console | None = None) -> dict:
+    console = console or Console()
+    data = data or demo_clips_dir()
+    model = load(model_path, device)
+    p = model.features
+    files = [f for f in list_audio_candidates(data)]
+    console.print(f"bench: {len(files)} files from {data}; model {model.path} on {model.device}; torch threads {torch.get_num_threads()}")
+    results: dict = {"data": str(data), "device": str(model.device), "threads": torch.get_num_threads()}
+
+    # End to end: the daemon itself, replaying at max pace to a real subscriber on loopback.
+    e2e = []
+    for _ in range(passes):
+        e2e.append(_end_to_end(data, model_path, device))
+    results["end_to_end_x_first"] = e2e[0]["x"]
+    results["end_to_end_x"] = max(r["x"] for r in e2e[1:]) if len(e2e) > 1 else e2e[0]["x"]
+    results["end_to_end_missed"] = sum(r["missed"] for r in e2e)
+    results["end_to_end_latency_ms"] = e2e[-1]["latency_ms"]
+
+    results["peak_rss_mib_daemon"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    # Stage by stage, each on the output of the one before.
+    t = time.perf_counter()
+    decoded = []
+    for f in files:
+        try:
+            decoded.append(np.concatenate(list(FileDecoder(f, p.sample_rate).blocks())))
+        except (AudioError, ValueError):
+            pass
+    decode_s = time.perf_counter() - t
+    audio_s = sum(len(x) for x in decoded) / p.sample_rate
+    results["audio_s"] = round(audio_s, 1)
+    results["decode_resample_x"] = round(audio_s / decode_s, 1)
+
+    t = time.perf_counter()
+    windows = []
+    for x in decoded:
+        framer = StreamingWindows(p, frontend=model.frontend, device=model.device)
+        for i in range(0, len(x), p.sample_rate * 4):
+            windows.append(framer.push(x[i : i + p.sample_rate * 4])[1].contiguous())
+        windows.append(framer.finish()[1].contiguous())
+    features_s = time.perf_counter() - t
+    results["logmel_x"] = round(audio_s / features_s, 1)
+    all_windows = torch.cat([w for w in windows if len(w)])
+    results["windows"] = len(all_windows)
+
+    t = time.perf_counter()
+    for i in range(0, len(all_windows), 256):
+        model.losses(all_windows[i : i + 256])
+    model_s = time.perf_counter() - t
+    results["model_windows_per_s_batch256"] = round(len(all_windows) / model_s)
+
+    # Per-window latency of the model alone, one window at a time (the live case).
+    arch = model.meta["model"]
+    eager = rebuild_eager(model.module.cpu(), arch, LogMel(p), p.window_frames, p.n_mels).to(model.device)
+    model.module.to(model.device)
+    one = all_windows[:1].to(model.device)
+    for name, module in (("eager", eager), ("scripted", model.module)):
+        results[f"latency_ms_{name}"] = _latency(module, one)
+
+    _print(console, results)
+    return results
+
+
+def _end_to_end(data: Path, model_path: Path | None, device: str) -> dict:
+    endpoint = free_tcp_endpoint()
+    config = Config(
+        sources=[SourceConfig(kind="replay", name="bench", path=str(data), pace="max")],
+        model=ModelConfig(path=None if model_path is None else str(model_path), device=device, batch_windows=64),
+        bus=BusConfig(endpoint=endpoint, wait_subscribers=1, wait_timeout_s=10, status_interval_s=60),
+    )
+    model = load(config.model.path, config.model.device)
+    publisher = Publisher(endpoint, config.bus.send_hwm, wait_when_full=True)
+    daemon = Daemon(config, model, publisher, name="bench")
+    counts = {"loss": 0, "missed": 0, "status": None}
+
+    def subscribe():
+        sub = Subscriber(endpoint)
+        expected = 0
+        try:
+            for _, msg in sub.messages(idle_timeout_s=30):
+                if msg["type"] == "loss":
+                    counts["missed"] += msg["seq"] - expected
+                    expected = msg["seq"] + 1
+                    counts["loss"] += 1
+                elif msg["type"] == "status" and msg["state"] != "running":
+                    counts["status"] = msg
+                    return
+        finally:
+            sub.close()
+
+    listener = threading.Thread(target=subscribe, daemon=True)
+    listener.start()
+    t = time.perf_counter()
+    daemon.run()
+    wall = time.perf_counter() - t
+    listener.join(30)
+    publisher.close()
+    channel = daemon.channels[0]
+    audio_s = channel.samples_scored / model.features.sample_rate
+    status = counts["status"] or {}
+    return {"x": round(audio_s / wall, 1), "missed": counts["missed"], "latency_ms": status.get("sources", {}).get("bench", {}).get("latency_ms")}
+
+
+def _latency(module, window: torch.Tensor, calls: int = 500) -> dict:
+    times = []
+    with torch.no_grad():
+        for _ in range(20):
+            module(window)
+        for _ in range(calls):
+            t = time.perf_counter()
+            module(window)
+            if window.is_cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+    ms = np.array(times) * 1000
+    return {"p50": round(float(np.percentile(ms, 50)), 3), "p99": round(float(np.percentile(ms, 99)), 3)}
+
+
+def _print(console: Console, r: dict) -> None:
+    table = Table(title="streamdet bench")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("audio in the data set", f"{r['audio_s']:.1f} s in {r['windows']} windows")
+    table.add_row("decode + resample alone", f"{r['decode_resample_x']:.0f}x real time")
+    table.add_row("log-mel + windows alone", f"{r['logmel_x']:.0f}x real time")
+    table.add_row("model alone (batches of 256)", f"{r['model_windows_per_s_batch256']} windows/s")
+    table.add_row("end to end, first pass (cold)", f"{r['end_to_end_x_first']:.0f}x real time")
+    table.add_row("end to end, steady state", f"{r['end_to_end_x']:.0f}x real time")
+    table.add_row("windows missed by the subscriber", str(r["end_to_end_missed"]))
+    if r["end_to_end_latency_ms"]:
+        table.add_row("end to end latency p50 / p99", f"{r['end_to_end_latency_ms']['p50']:.1f} / {r['end_to_end_latency_ms']['p99']:.1f} ms")
+    for name in ("eager", "scripted"):
+        lat = r[f"latency_ms_{name}"]
+        table.add_row(f"one window, {name} model, p50 / p99", f"{lat['p50']:.3f} / {lat['p99']:.3f} ms")
+    table.add_row("peak memory (RSS) after the end-to-end runs", f"{r['peak_rss_mib_daemon']:.0f} MiB")
+    console.print(table)

@@ -1,0 +1,122 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from streamdet import artifact
+from streamdet.features import FeatureParams, LogMel, offline_windows
+from streamdet.model import VAE, Detector, architecture
+
+P = FeatureParams()
+
+
+def make_detector(signs=(1.0,)):
+    torch.manual_seed(0)
+    vaes = [VAE(P.window_frames * P.n_mels, hidden=32, latent=4) for _ in signs]
+    return Detector(LogMel(P), vaes, list(signs), torch.full((P.n_mels,), -60.0), torch.full((P.n_mels,), 12.0), P.window_frames).eval()
+
+
+def make_meta(detector, **scoring):
+    return {
+        "features": P.to_dict(),
+        "normalisation": {"mean": detector.mean.flatten().tolist(), "std": detector.std.flatten().tolist()},
+        "model": architecture(detector, 32, 4),
+        "scoring": {"mode": "nobird", "polarity": "high_loss_is_bird", "threshold": 1.5, "scale": 0.25, **scoring},
+        "provenance": {"trained_at": "2026-11-25T00:00:00+00:00", "code_version": "test", "data": {"clips": 0}},
+    }
+
+
+def windows_of_noise(seconds=3.0):
+    rng = np.random.default_rng(0)
+    return offline_windows((rng.standard_normal(int(seconds * P.sample_rate)) * 0.05).astype(np.float32), P)[1]
+
+
+@pytest.mark.parametrize("signs", [(1.0,), (1.0, -1.0)])
+def test_round_trip_keeps_outputs_and_metadata(tmp_path, signs):
+    detector = make_detector(signs)
+    meta = make_meta(detector)
+    path = artifact.save(detector, meta, tmp_path / "m.pt")
+    model = artifact.load(path, "cpu")
+    w = windows_of_noise()
+    with torch.no_grad():
+        expected = detector(w).numpy()
+    np.testing.assert_allclose(model.losses(w), expected, rtol=1e-5, atol=1e-6)
+    assert model.band_errors(w).shape == (len(w), P.n_mels)
+    for key in ("features", "normalisation", "model", "scoring", "provenance"):
+        assert model.meta[key] == meta[key]
+    assert model.meta["format"] == artifact.FORMAT and model.meta["format_version"] == artifact.FORMAT_VERSION
+    assert model.features == P
+    # The front end travels inside the artifact and equals streamdet's own.
+    x = torch.from_numpy((np.random.default_rng(1).standard_normal(P.window_samples) * 0.1).astype(np.float32))
+    assert torch.allclose(model.frontend(x), LogMel(P)(x), atol=1e-4)
+
+
+def test_calibrated_score_is_one_half_at_the_threshold_and_follows_polarity():
+    high = artifact.Calibration(threshold=2.0, scale=0.5, polarity="high_loss_is_bird")
+    low = artifact.Calibration(threshold=2.0, scale=0.5, polarity="low_loss_is_bird")
+    assert high.score(np.array([2.0]))[0] == pytest.approx(0.5)
+    assert high.score(np.array([3.0]))[0] > 0.8 and high.score(np.array([1.0]))[0] < 0.2
+    assert low.score(np.array([1.0]))[0] > 0.8 and low.score(np.array([3.0]))[0] < 0.2
+    assert np.isfinite(high.score(np.array([1e30, -1e30]))).all()
+
+
+def rewrite_meta(src, dst, change):
+    extra = {artifact.META_NAME: ""}
+    module = torch.jit.load(str(src), _extra_files=extra)
+    meta = json.loads(extra[artifact.META_NAME])
+    change(meta)
+    torch.jit.save(module, str(dst), _extra_files={artifact.META_NAME: json.dumps(meta)})
+    return dst
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (lambda m: m["scoring"].update(polarity="up"), "scoring.polarity: expected one of high_loss_is_bird, low_loss_is_bird, found 'up'"),
+        (lambda m: m.update(format_version=99), "format_version: expected 1"),
+        (lambda m: m.update(format="something-else"), "format: expected 'streamdet-model'"),
+        (lambda m: m["scoring"].update(threshold=float("nan")), "scoring.threshold: expected a finite number"),
+        (lambda m: m["scoring"].update(scale=0), "scoring.scale: expected a positive number"),
+        (lambda m: m["features"].update(kind="pcen"), "features.kind: expected 'logmel_db'"),
+        (lambda m: m["features"].update(n_mels=40), "normalisation.mean: expected 40 numbers"),
+        (lambda m: m["features"].update(unknown_param=3), "features: unknown feature parameter"),
+        (lambda m: m.pop("provenance"), "provenance: expected an object"),
+    ],
+)
+def test_metadata_the_daemon_cannot_honour_is_refused(tmp_path, change, expected):
+    good = artifact.save(make_detector(), make_meta(make_detector()), tmp_path / "good.pt")
+    bad = rewrite_meta(good, tmp_path / "bad.pt", change)
+    with pytest.raises(artifact.ArtifactError) as err:
+        artifact.load(bad, "cpu")
+    assert str(err.value).startswith(f"model {bad}: ") and expected in str(err.value)
+
+
+def test_metadata_that_disagrees_with_the_module_is_refused(tmp_path):
+    good = artifact.save(make_detector(), make_meta(make_detector()), tmp_path / "good.pt")
+
+    def claim_other_window(m):
+        m["features"]["window_frames"] = 30
+        m["features"]["hop_frames"] = 10
+
+    bad = rewrite_meta(good, tmp_path / "bad.pt", claim_other_window)
+    with pytest.raises(artifact.ArtifactError, match="rejects windows of 30x64"):
+        artifact.load(bad, "cpu")
+
+
+def test_files_that_are_not_artifacts_are_refused(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(artifact.ArtifactError, match="not a TorchScript archive"):
+        artifact.load(tmp_path / "junk.pt", "cpu")
+    torch.jit.save(torch.jit.script(make_detector()), str(tmp_path / "bare.pt"))
+    with pytest.raises(artifact.ArtifactError, match="no streamdet.json metadata"):
+        artifact.load(tmp_path / "bare.pt", "cpu")
+    with pytest.raises(artifact.ArtifactError, match="no such file"):
+        artifact.load(tmp_path / "missing.pt", "cpu")
+
+
+def test_the_bundled_model_loads_and_describes_itself():
+    model = artifact.load(None, "cpu")
+    d = model.describe()
+    assert d["mode"] in artifact.MODES and d["trained_at"] and d["sha256"]
+    assert model.meta["provenance"]["data"]["clips"] > 0

@@ -1,0 +1,92 @@
+import subprocess
+
+import pytest
+
+from conftest import REPO, streamdet_command
+from streamdet.config import check_config, load_config
+from streamdet.typedconfig import ConfigError
+
+
+def load_text(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return check_config(load_config(path), path)
+
+
+def test_a_good_config_loads_into_typed_objects(tmp_path):
+    c = load_text(tmp_path, "sources:\n  - {kind: replay, name: yard, path: /tmp, pace: 4x}\ndetector: {on_score: 0.6, off_score: 0.4}\nbus: {endpoint: 'tcp://127.0.0.1:6000'}\n")
+    assert c.sources[0].name == "yard" and c.sources[0].pace == "4x"
+    assert c.detector.on_score == 0.6 and isinstance(c.detector.on_score, float)
+    assert c.bus.endpoint == "tcp://127.0.0.1:6000"
+
+
+@pytest.mark.parametrize(
+    "text,key,expected",
+    [
+        ("detector: {on_scor: 0.5}\n", "detector.on_scor", "unknown key"),
+        ("bus: {wait_subscribers: two}\n", "bus.wait_subscribers", "expected an integer"),
+        ("sources:\n  - {path: /tmp, block_seconds: -1}\n", "sources[0].block_seconds", "expected more than 0"),
+        ("detector: {on_score: 0.3, off_score: 0.4}\nsources: [{path: /tmp}]\n", "detector.off_score", "at most on_score"),
+        ("sources:\n  - {path: /tmp, pace: fast}\n", "sources[0].pace", "'realtime', 'max' or a positive speed factor"),
+        ("sources:\n  - {path: /tmp, name: 'a b'}\n", "sources[0].name", "letters, digits"),
+        ("sources:\n  - {kind: radio, path: /tmp}\n", "sources[0].kind", "expected one of 'replay'"),
+        ("sources: [{path: /tmp}, {path: /tmp}]\n", "sources", "unique source names"),
+        ("model: {device: gpu}\nsources: [{path: /tmp}]\n", "model.device", "'auto', 'cpu'"),
+        ("- just\n- a list\n", "config", "mapping"),
+        ("detector: {on_score: [\n", "config", "not valid YAML"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_was_expected(tmp_path, text, key, expected):
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, text)
+    message = str(err.value)
+    assert message.startswith(f"config {tmp_path / 'c.yaml'}: ")
+    assert key in message and expected in message
+    assert "\n" not in message
+
+
+def test_daemon_exits_nonzero_with_one_line_before_starting(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources:\n  - {path: /tmp, ring_seconds: -5}\n")
+    result = subprocess.run(streamdet_command("run", "--config", str(bad)), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sources[0].ring_seconds" in lines[0] and "expected more than 0" in lines[0]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--replay", "/nonexistent/dir"], "replay directory /nonexistent/dir does not exist"),
+        (["--replay", ".", "--model", "/nonexistent/model.pt"], "model /nonexistent/model.pt: no such file"),
+        (["--replay", ".", "--set", "detector.nope=1"], "--set detector.nope: unknown key"),
+        (["--replay", ".", "--pace", "slow"], "pace"),
+        ([], "expected at least one source"),
+    ],
+)
+def test_command_line_errors_are_one_line(args, expected):
+    result = subprocess.run(streamdet_command("run", *args), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
+
+
+def test_command_line_flags_override_the_file(tmp_path):
+    from streamdet.cli import build_config, build_parser
+
+    path = tmp_path / "c.yaml"
+    path.write_text("sources:\n  - {kind: replay, name: yard, path: /tmp, pace: realtime}\nbus: {endpoint: 'tcp://127.0.0.1:6000'}\n")
+    args = build_parser().parse_args(["run", "--config", str(path), "--pace", "max", "--endpoint", "tcp://127.0.0.1:7000", "--set", "detector.min_event_s=2"])
+    config = build_config(args)
+    assert config.sources[0].pace == "max" and config.sources[0].name == "yard"
+    assert config.bus.endpoint == "tcp://127.0.0.1:7000"
+    assert config.detector.min_event_s == 2.0
+
+
+def test_the_shipped_configs_are_valid():
+    from train.config import load_train_config
+
+    daemon = check_config(load_config(REPO / "configs" / "daemon.yaml"))
+    assert daemon.sources[0].path == str(REPO / "streamdet" / "assets" / "demo")
+    train = load_train_config(REPO / "configs" / "train.yaml")
+    assert train.output == str(REPO / "runs" / "default.pt")

@@ -1,0 +1,156 @@
+"""The daemon as a real process, replaying generated clips to real subscribers over loopback TCP."""
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from audiogen import clip, write
+from conftest import REPO, collect, start_daemon, streamdet_command
+
+# Chirp trains per file, as (start, duration) in file seconds.
+CALLS = {"a_chirps.wav": [(3.0, 1.5), (9.0, 1.0)], "c_chirps.flac": [(2.0, 2.0)]}
+
+
+def bad_files(d):
+    (d / "b_notes.txt").write_text("field notes, not audio\n")
+    (d / "b_zero.wav").write_bytes(b"")
+    write(d / "d_silence.wav", np.zeros(22050 * 2, dtype=np.float32), 22050, subtype="PCM_16")
+    nan = clip(3.0, 22050, seed=9)
+    nan[int(1.5 * 22050) :] = np.nan
+    write(d / "e_nan.wav", nan, 22050, subtype="FLOAT")
+    trunc = write(d / "f_truncated.wav", clip(4.0, 22050, seed=10), 22050, subtype="PCM_16")
+    trunc.write_bytes(trunc.read_bytes()[: 44 + 2 * 22050 * 2])  # header promises 4 s, 2 s remain
+
+
+@pytest.fixture
+def replay_dir(tmp_path):
+    d = tmp_path / "replay"
+    d.mkdir()
+    write(d / "a_chirps.wav", clip(12.0, 44100, CALLS["a_chirps.wav"], seed=1), 44100, channels=2, subtype="PCM_16")
+    write(d / "c_chirps.flac", clip(6.0, 16000, CALLS["c_chirps.flac"], seed=2), 16000)
+    bad_files(d)
+    return d
+
+
+def split(messages):
+    kinds = {"loss": [], "event": [], "status": []}
+    for topic, msg, _ in messages:
+        kinds[msg["type"]].append(msg)
+        assert msg["v"] == 1
+        assert topic == (msg["type"] if msg["type"] == "status" else f"{msg['type']}.{msg['source']}")
+    return kinds
+
+
+def test_replay_publishes_every_window_events_at_the_calls_and_a_final_status(tiny_model, replay_dir, endpoint):
+    # Every call lasts over a second, so events shorter than two windows are blips of the background.
+    daemon = start_daemon("--replay", str(replay_dir), "--pace", "max", "--model", str(tiny_model), "--endpoint", endpoint, "--wait-subscribers", "1", "--set", "detector.min_event_s=1.4")
+    got = split(collect(endpoint))
+    _, stderr = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, stderr
+
+    losses = got["loss"]
+    assert [m["seq"] for m in losses] == list(range(len(losses)))
+    final = got["status"][-1]
+    assert final["state"] == "finished"
+    source = final["sources"]["replay"]
+    assert source["windows"] == len(losses)
+    # The NaN file contributes its first 1.5 s, the truncated file its 2 s, the good files all of theirs.
+    files = {m["file"] for m in losses}
+    assert files == {"a_chirps.wav", "c_chirps.flac", "e_nan.wav", "f_truncated.wav"}
+    assert all(m["t_end"] > m["t_start"] and 0 <= m["score"] <= 1 and m["anomaly"] == (m["score"] >= 0.5) for m in losses)
+    assert all(b["t_start"] >= a["t_start"] for a, b in zip(losses, losses[1:]))
+
+    # Every bad file is reported with its reason, and the stream went on past each of them.
+    reports = {r["file"]: r for r in source["reports"]}
+    assert "not an audio file" in reports["b_notes.txt"]["reason"]
+    assert "empty file" in reports["b_zero.wav"]["reason"]
+    assert "digital silence" in reports["d_silence.wav"]["reason"]
+    assert "NaN" in reports["e_nan.wav"]["reason"] and "1.50 s" in reports["e_nan.wav"]["reason"]
+    assert reports["f_truncated.wav"]["kind"] == "notice" and "truncated" in reports["f_truncated.wav"]["reason"]
+    assert source["files_skipped"] == 4 and source["files_played"] == 4
+    for name in ("b_notes.txt", "b_zero.wav", "d_silence.wav", "e_nan.wav"):
+        assert name in stderr
+
+    # Events: each chirp train is found, and nothing else is.
+    ends = [e for e in got["event"] if e["state"] == "end"]
+    starts = [e for e in got["event"] if e["state"] == "start"]
+    assert len(starts) == len(ends)
+    found = {(e["file"], e["file_onset"], e["file_onset"] + e["duration"]) for e in ends}
+    expected = [(f, s, s + d) for f, calls in CALLS.items() for s, d in calls]
+    for f, s, e in expected:
+        # Windows are 1 s long with a 0.5 s hop: an event edge lies within a window of the call's edge.
+        assert any(ff == f and s - 1.01 <= on <= s + 0.51 and e - 0.51 <= off <= e + 1.01 for ff, on, off in found), (f, s, e, found)
+    assert len(ends) == len(expected), found
+
+
+def test_realtime_pace_releases_audio_as_a_microphone_would(tiny_model, tmp_path, endpoint):
+    write(tmp_path / "one.wav", clip(3.0, 22050, seed=3), 22050)
+    daemon = start_daemon("--replay", str(tmp_path), "--pace", "realtime", "--model", str(tiny_model), "--endpoint", endpoint, "--wait-subscribers", "1")
+    got = collect(endpoint)
+    daemon.communicate(timeout=30)
+    times = [t for _, m, t in got if m["type"] == "loss"]
+    assert len(times) == 5  # windows at 0, 0.5, 1.0, 1.5, 2.0 s in a 3 s file
+    # The last window ends at 3 s of audio; the first at 1 s: about 2 s apart in wall time.
+    assert 1.6 < times[-1] - times[0] < 3.0
+    final = got[-1][1]
+    assert 0.7 < final["sources"]["replay"]["rtf"] <= 1.1
+
+
+def test_loop_repeats_until_stopped_and_stop_publishes_the_last_windows(tiny_model, tmp_path, endpoint):
+    write(tmp_path / "short.wav", clip(2.0, 22050, seed=4), 22050)
+    seen = {"windows": 0}
+    daemon = start_daemon("--replay", str(tmp_path), "--pace", "4x", "--loop", "--model", str(tiny_model), "--endpoint", endpoint, "--wait-subscribers", "1")
+
+    def stop_after_three_passes(topic, msg):
+        if msg["type"] == "loss":
+            seen["windows"] += 1
+            if seen["windows"] == 9:  # 3 windows a pass
+                daemon.send_signal(signal.SIGTERM)
+
+    got = split(collect(endpoint, on_message=stop_after_three_passes, timeout_s=30))
+    daemon.communicate(timeout=30)
+    assert daemon.returncode == 0
+    assert got["status"][-1]["state"] == "stopped"
+    seqs = [m["seq"] for m in got["loss"]]
+    assert seqs == list(range(len(seqs))) and len(seqs) >= 9
+    assert got["status"][-1]["sources"]["replay"]["windows"] == len(seqs)
+
+
+def test_listen_records_every_message_as_jsonl(tiny_model, replay_dir, endpoint, tmp_path):
+    record = tmp_path / "got.jsonl"
+    listener = subprocess.Popen(streamdet_command("listen", "--endpoint", endpoint, "--jsonl", str(record), "--until-finished", "--timeout", "60", "--quiet"), cwd=REPO)
+    daemon = start_daemon("--replay", str(replay_dir), "--pace", "max", "--model", str(tiny_model), "--endpoint", endpoint, "--wait-subscribers", "1")
+    daemon.communicate(timeout=60)
+    assert listener.wait(timeout=60) == 0
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    losses = [l["message"] for l in lines if l["topic"].startswith("loss.")]
+    assert [m["seq"] for m in losses] == list(range(len(losses))) and len(losses) > 20
+    assert lines[-1]["topic"] == "status" and lines[-1]["message"]["state"] == "finished"
+
+
+def test_empty_directory_finishes_with_a_report(tiny_model, tmp_path, endpoint):
+    (tmp_path / "empty").mkdir()
+    daemon = start_daemon("--replay", str(tmp_path / "empty"), "--pace", "max", "--model", str(tiny_model), "--endpoint", endpoint, "--wait-subscribers", "1")
+    got = split(collect(endpoint, timeout_s=30))
+    daemon.communicate(timeout=30)
+    assert daemon.returncode == 0
+    final = got["status"][-1]
+    assert final["state"] == "finished" and final["sources"]["replay"]["windows"] == 0
+    assert final["sources"]["replay"]["reports"][0]["reason"] == "no files in directory"
+
+
+def test_an_endpoint_already_in_use_is_a_clear_startup_error(tiny_model, tmp_path, endpoint):
+    import zmq
+
+    write(tmp_path / "one.wav", clip(2.0, 22050), 22050)
+    holder = zmq.Context.instance().socket(zmq.PUB)
+    holder.bind(endpoint)
+    try:
+        result = subprocess.run(streamdet_command("run", "--replay", str(tmp_path), "--model", str(tiny_model), "--endpoint", endpoint), capture_output=True, text=True, cwd=REPO, timeout=60)
+    finally:
+        holder.close(0)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"streamdet: error: bus.endpoint: cannot bind {endpoint} (Address already in use)"
