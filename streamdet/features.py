@@ -96,6 +96,16 @@ class LogMel(nn.Module):
         return self.to_db(self.mel(samples)).transpose(-1, -2).contiguous()
 
 
+def mel_band_edges(params: FeatureParams) -> np.ndarray:
+    """[n_mels, 3]: lower edge, centre and upper edge in Hz of each triangular mel filter (HTK scale, as torchaudio)."""
+    def to_mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    points = np.linspace(to_mel(params.f_min), to_mel(params.f_max), params.n_mels + 2)
+    hz = 700.0 * (10 ** (points / 2595.0) - 1.0)
+    return np.stack([hz[:-2], hz[1:-1], hz[2:]], axis=1)
+
+
 def frame_count(n_samples: int, params: FeatureParams) -> int:
     if n_samples < params.n_fft:
         return 0
@@ -106,28 +116,40 @@ def window_starts(n_frames: int, params: FeatureParams, final: bool) -> list[int
     """First-frame indices of the windows over `n_frames` frames.
 
     Windows lie on a grid of `hop_frames`.  When the stream segment is `final`, one more window
-    is aligned to its end if the grid left frames unscored, so no tail of a file goes unheard."""
+    is aligned to its end if the grid left frames unscored, so no tail of a file goes unheard;
+    and a segment shorter than a window gets one window of its frames repeated (see `window_index`)."""
     w, h = params.window_frames, params.hop_frames
     if n_frames < w:
-        return []
+        return [0] if final and n_frames > 0 else []
     starts = list(range(0, n_frames - w + 1, h))
     if final and starts[-1] + w < n_frames:
         starts.append(n_frames - w)
     return starts
 
 
+def window_index(starts: list[int], n_frames: int, params: FeatureParams) -> np.ndarray:
+    """[n_windows, window_frames] frame indices; cyclic, so a segment shorter than a window fills it with repeats."""
+    return (np.asarray(starts)[:, None] + np.arange(params.window_frames)) % max(n_frames, 1)
+
+
+def windows_from_frames(frames, params: FeatureParams) -> tuple[list[int], torch.Tensor]:
+    """All windows of a complete segment's frames: (start frames, [n, window_frames, n_mels])."""
+    frames = torch.as_tensor(np.asarray(frames))
+    starts = window_starts(len(frames), params, final=True)
+    if not starts:
+        return [], torch.zeros(0, params.window_frames, params.n_mels)
+    return starts, frames[torch.from_numpy(window_index(starts, len(frames), params))]
+
+
 def offline_windows(samples: np.ndarray, params: FeatureParams, frontend: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[int], torch.Tensor]:
-    """All windows of a complete segment at once: (start frames, [n, window_frames, n_mels])."""
+    """All windows of a complete segment of samples at once (what streaming gives, computed in one go)."""
     frontend = frontend or LogMel(params)
     n = frame_count(len(samples), params)
     if n == 0:
         return [], torch.zeros(0, params.window_frames, params.n_mels)
     with torch.no_grad():
         frames = frontend(torch.from_numpy(np.ascontiguousarray(samples[: (n - 1) * params.hop_length + params.n_fft])))
-    starts = window_starts(n, params, final=True)
-    if not starts:
-        return [], torch.zeros(0, params.window_frames, params.n_mels)
-    return starts, torch.stack([frames[s : s + params.window_frames] for s in starts])
+    return windows_from_frames(frames, params)
 
 
 class StreamingWindows:
@@ -181,9 +203,11 @@ class StreamingWindows:
             local = self._frames[first * h - self._frames_base :]
             parts.append(local.unfold(0, w, h)[:grid_count].transpose(1, 2))
         last_end = (self._next_grid - 1) * h + w if self._next_grid else 0
-        if final and n >= w and last_end < n:
-            starts.append(n - w)
-            parts.append(self._frames[n - w - self._frames_base : n - self._frames_base].unsqueeze(0))
+        if final and n > 0 and last_end < n:
+            start = max(n - w, 0)  # the end-aligned tail, or a short segment's repeated frames
+            local = torch.from_numpy(window_index([start], n, self.params)[0] - self._frames_base)
+            starts.append(start)
+            parts.append(self._frames[local.to(self._frames.device)].unsqueeze(0))
         # Keep what the next grid window, or a tail window, could still need.
         keep_from = max(0, self._next_grid * h - h + 1) if self._next_grid else 0
         if keep_from > self._frames_base:

@@ -99,7 +99,8 @@ class Channel:
         sr = p.sample_rate
         for start_frame, loss, score in zip(starts, losses.tolist(), scores.tolist()):
             start_pos = seg.pos + start_frame * p.hop_length
-            end_pos = start_pos + p.window_samples
+            # A segment shorter than a window ends where it ends: everything up to it has been read.
+            end_pos = min(start_pos + p.window_samples, self.ring.read_pos)
             t_start, t_end = start_pos / sr, end_pos / sr
             body = message(
                 "loss", run_id=self.run_id, source=self.name, seq=self.seq,

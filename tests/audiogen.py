@@ -32,6 +32,8 @@ def chirps(x: np.ndarray, sr: int, start: float, duration: float, level_db: floa
         f0, f1 = rng.uniform(2500, 3500), rng.uniform(4500, 5500)
         phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * 0.12))
         i = int(t0 * sr)
+        if i >= len(y):
+            break
         y[i : i + n] += (amp * np.hanning(n) * np.sin(phase)).astype(np.float32)[: len(y) - i]
         t0 += 0.2
     return y

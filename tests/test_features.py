@@ -24,7 +24,7 @@ def feed_in_random_chunks(framer, x, seed=0, max_chunk=5000):
     return starts + s, torch.cat(windows + [w])
 
 
-@pytest.mark.parametrize("seconds", [0.99, 1.0, 3.3, 7.77])
+@pytest.mark.parametrize("seconds", [0.3, 0.99, 1.0, 3.3, 7.77])
 def test_streaming_windows_equal_offline(seconds):
     x = clip(seconds, P.sample_rate, calls=[(0.2, 0.5)], seed=3)
     off_starts, off = offline_windows(x, P)
@@ -37,7 +37,8 @@ def test_streaming_windows_equal_offline(seconds):
 
 def test_windows_cover_the_tail_of_a_segment():
     assert window_starts(49, P, final=True) == [0]
-    assert window_starts(48, P, final=True) == []
+    assert window_starts(48, P, final=False) == []
+    assert window_starts(0, P, final=True) == []
     # 120 frames: grid windows at 0, 25, 50 (ending at 99), and one aligned to the end.
     assert window_starts(120, P, final=True) == [0, 25, 50, 71]
     assert window_starts(120, P, final=False) == [0, 25, 50]
@@ -110,3 +111,11 @@ def test_feature_params_reject_impossible_values():
     assert "hop_length" in dict(FeatureParams(hop_length=-3).problems())
     assert "f_max" in dict(FeatureParams(f_max=20000.0).problems())
     assert not list(FeatureParams().problems())
+
+
+def test_a_segment_shorter_than_a_window_is_scored_with_its_frames_repeated():
+    x = clip(0.4, P.sample_rate, seed=8)
+    starts, windows = offline_windows(x, P)
+    n = 1 + (len(x) - P.n_fft) // P.hop_length
+    assert starts == [0] and windows.shape == (1, P.window_frames, P.n_mels)
+    assert torch.equal(windows[0, :n], windows[0, n : 2 * n])

@@ -30,9 +30,30 @@ class Item:
 
 
 def read_dataset(config: DataConfig) -> list[Item]:
-    if config.kind == "bad":
-        return read_bad(Path(config.audio_dir), Path(config.labels), config.name, config.skip_bad_rows)
-    return read_manifest(Path(config.labels), config.split, config.min_confidence, Path(config.audio_dir) if config.audio_dir else None, config.skip_bad_rows)
+    if config.kind == "manifest":
+        return read_manifest(Path(config.labels), config.split, config.min_confidence, Path(config.audio_dir) if config.audio_dir else None, config.skip_bad_rows)
+    return read_bad(Path(config.audio_dir), Path(config.labels), config.name, config.skip_bad_rows)
+
+
+def read_labels(labels: Path, audio_dir: Path | None = None, split: str | None = None, skip_bad_rows: bool = False) -> list[Item]:
+    """Any labelled table, recognised by its header: BAD (`itemid,...,hasbird`) or `file,label`."""
+    header = _read_rows(labels, "\t" if _is_tsv(labels) else ",", required=())
+    columns = set(header[0][1]) if header else set()
+    if {"itemid", "hasbird"} <= columns:
+        return read_bad(audio_dir or labels.parent, labels, skip_bad_rows=skip_bad_rows)
+    return read_manifest(labels, split, "medium", audio_dir, skip_bad_rows)
+
+
+def unlabelled(folder: Path) -> list[Item]:
+    """Every audio file below `folder` (e.g. Chernobyl), for prediction; labels are -1."""
+    from streamdet.audio import AUDIO_SUFFIXES, list_audio_candidates
+
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a directory")
+    files = [p for p in list_audio_candidates(folder) if p.suffix.lower() in AUDIO_SUFFIXES]
+    if not files:
+        raise DatasetError(f"{folder}: no audio files")
+    return [Item(p, -1, folder.name, p.stem) for p in files]
 
 
 def read_bad(audio_dir: Path, labels: Path, name: str | None = None, skip_bad_rows: bool = False) -> list[Item]:
@@ -62,28 +83,37 @@ def read_bad(audio_dir: Path, labels: Path, name: str | None = None, skip_bad_ro
     return _settle(items, problems, labels, skip_bad_rows)
 
 
+LABEL_VALUES = {"bird": 1, "1": 1, "nobird": 0, "0": 0}
+
+
 def read_manifest(manifest: Path, split: str | None, min_confidence: str = "medium", root: Path | None = None, skip_bad_rows: bool = False) -> list[Item]:
-    """A MANIFEST.tsv of ../shared/data/clips; `unknown` labels are left out, as are rows below `min_confidence`."""
-    rows = _read_rows(manifest, "\t", required=("file", "label"))
+    """A `file,label` table (CSV, or TSV such as ../shared/data/clips/MANIFEST.tsv).
+    `unknown` labels are left out, as are rows of another `split` or below `min_confidence`."""
+    rows = _read_rows(manifest, "\t" if _is_tsv(manifest) else ",", required=("file", "label"))
     root = root or manifest.parent
-    items, problems = [], []
+    items, problems, seen = [], [], {}
     for line, row in rows:
         if split and row.get("split") != split:
             continue
-        label = row.get("label")
+        label = (row.get("label") or "").strip()
         if label == "unknown":
             continue
         where = f"{manifest} line {line}"
-        if label not in ("bird", "nobird"):
-            problems.append(f"{where}: label must be bird, nobird or unknown, found {label!r}")
+        if label not in LABEL_VALUES:
+            problems.append(f"{where}: label must be bird/1, nobird/0 or unknown, found {label!r}")
             continue
-        if CONFIDENCE_RANK.get(row.get("label_confidence", "high"), 0) < CONFIDENCE_RANK[min_confidence]:
+        if CONFIDENCE_RANK.get(row.get("label_confidence") or "high", 0) < CONFIDENCE_RANK[min_confidence]:
             continue
-        path = root / row["file"]
+        file = (row.get("file") or "").strip()
+        if file in seen:
+            problems.append(f"{where}: duplicate file {file!r} (first on line {seen[file]})")
+            continue
+        seen[file] = line
+        path = root / file
         if not path.is_file():
             problems.append(f"{where}: no audio file {path}")
             continue
-        items.append(Item(path, int(label == "bird"), clip_block(path.name), path.stem))
+        items.append(Item(path, LABEL_VALUES[label], clip_block(path.name), path.stem))
     return _settle(items, problems, manifest, skip_bad_rows)
 
 
@@ -94,6 +124,10 @@ def clip_block(filename: str) -> str:
     if filename.startswith("bad_"):
         return "bad"
     return "other"
+
+
+def _is_tsv(path: Path) -> bool:
+    return path.suffix.lower() in (".tsv", ".tab")
 
 
 def _find_clip(audio_dir: Path, itemid: str) -> Path | None:

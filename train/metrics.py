@@ -19,3 +19,50 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     avg = first + (counts - 1) / 2.0 + 1
     ranks[order] = np.repeat(avg, counts)
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rates, true-positive rates), from (0, 0) to (1, 1), one point per distinct score."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tp = np.cumsum(y)[last_of_tie]
+    fp = np.cumsum(~y)[last_of_tie]
+    return np.r_[0.0, fp / max(1, (~labels).sum())], np.r_[0.0, tp / max(1, labels.sum())]
+
+
+def partial_auc(labels: np.ndarray, scores: np.ndarray, max_fpr: float = 0.1) -> float:
+    """Area under the ROC curve for FPR <= max_fpr, divided by max_fpr (1.0 is perfect), as DCASE reports it."""
+    labels = np.asarray(labels).astype(bool)
+    if labels.all() or not labels.any():
+        return float("nan")
+    fpr, tpr = roc_curve(labels, scores)
+    stop = np.searchsorted(fpr, max_fpr, side="right")
+    x, y = fpr[:stop], tpr[:stop]
+    if stop < len(fpr):  # close the area exactly at max_fpr on the segment that crosses it
+        x0, x1, y0, y1 = fpr[stop - 1], fpr[stop], tpr[stop - 1], tpr[stop]
+        x, y = np.r_[x, max_fpr], np.r_[y, y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)]
+    return float(np.trapezoid(y, x) / max_fpr)
+
+
+def precision_recall_f1(labels: np.ndarray, predicted: np.ndarray) -> dict:
+    labels, predicted = np.asarray(labels).astype(bool), np.asarray(predicted).astype(bool)
+    tp, fp, fn = int((labels & predicted).sum()), int((~labels & predicted).sum()), int((labels & ~predicted).sum())
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def summary(labels, scores, threshold: float) -> dict:
+    """Everything reported per block: counts, ROC AUC, pAUC (FPR <= 0.1), P/R/F1 at `threshold`."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    return {
+        "clips": int(len(labels)),
+        "bird": int(labels.sum()),
+        "auc": roc_auc(labels, scores),
+        "pauc_0.1": partial_auc(labels, scores),
+        **precision_recall_f1(labels, scores >= threshold),
+    }

@@ -1,0 +1,122 @@
+"""An on-disk cache of log-mel frames, so epochs and evaluations never decode audio twice.
+
+One folder per set of feature parameters holds `frames.f32` (every file's frames, appended one
+after another) and `index.json` (for each file: its size and mtime, and where its frames are).
+Frames are read through a memory map, so 44 hours of audio (about 2 GB of frames) train without
+being held in memory.  A file that changes on disk is computed again; a file that cannot be
+decoded is remembered as such until it changes.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamdet.audio import AudioError, load_resampled
+from streamdet.features import FeatureParams, LogMel, frame_count
+
+CACHE_VERSION = 1  # bump when decoding or the front end changes what a frame holds
+
+
+class FeatureCache:
+    def __init__(self, root: Path | str, params: FeatureParams):
+        self.params = params
+        spec = json.dumps({"version": CACHE_VERSION, "features": params.to_dict()}, sort_keys=True)
+        self.dir = Path(root) / f"logmel-{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "features.json").write_text(spec)
+        self._frames_path = self.dir / "frames.f32"
+        self._index_path = self.dir / "index.json"
+        self.index = self._read_index()
+        self._memmap = None
+        self.computed = 0  # files decoded by this object (0 on a warm cache)
+
+    def ensure(self, paths: list[Path], progress=None) -> None:
+        """Compute and append the frames of every path not yet cached (or changed since)."""
+        todo = [p for p in paths if not self._fresh(p)]
+        if not todo:
+            return
+        task = progress.add_task("features", total=len(todo), info="") if progress else None
+        frontend = LogMel(self.params)
+        with self._locked():
+            self.index = self._read_index()
+            with open(self._frames_path, "ab") as out:
+                for path in todo:
+                    if not self._fresh(path):
+                        self.index[_key(path)] = self._compute(path, frontend, out)
+                        self.computed += 1
+                    if progress:
+                        progress.update(task, advance=1, info=path.name[:40])
+                out.flush()
+                os.fsync(out.fileno())
+            tmp = self._index_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.index))
+            tmp.replace(self._index_path)
+        self._memmap = None
+
+    def frames(self, path: Path) -> np.ndarray | None:
+        """The cached frames of `path` [n, n_mels] (a read-only view), or None if it has none."""
+        entry = self.index.get(_key(path))
+        if not entry or "error" in entry or entry["n_frames"] == 0:
+            return None
+        return self.memmap()[entry["offset"] : entry["offset"] + entry["n_frames"]]
+
+    def error(self, path: Path) -> str | None:
+        entry = self.index.get(_key(path))
+        return entry.get("error") if entry else None
+
+    def memmap(self) -> np.ndarray:
+        if self._memmap is None:
+            n = self._frames_path.stat().st_size // (4 * self.params.n_mels) if self._frames_path.exists() else 0
+            self._memmap = np.memmap(self._frames_path, dtype=np.float32, mode="r", shape=(n, self.params.n_mels)) if n else np.zeros((0, self.params.n_mels), np.float32)
+        return self._memmap
+
+    def _compute(self, path: Path, frontend: LogMel, out) -> dict:
+        stat = path.stat()
+        entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        try:
+            samples = load_resampled(path, self.params.sample_rate)
+        except (AudioError, OSError) as exc:
+            return {**entry, "error": str(exc)}
+        if not np.isfinite(samples).all():
+            return {**entry, "error": "contains NaN or infinite samples"}
+        n = frame_count(len(samples), self.params)
+        frames = np.zeros((0, self.params.n_mels), np.float32)
+        if n:
+            with torch.no_grad():
+                frames = frontend(torch.from_numpy(samples[: (n - 1) * self.params.hop_length + self.params.n_fft])).numpy()
+        offset = out.tell() // (4 * self.params.n_mels)
+        out.write(np.ascontiguousarray(frames, dtype=np.float32).tobytes())
+        return {**entry, "offset": offset, "n_frames": int(len(frames)), "seconds": round(len(samples) / self.params.sample_rate, 3)}
+
+    def _fresh(self, path: Path) -> bool:
+        entry = self.index.get(_key(path))
+        if entry is None:
+            return False
+        stat = path.stat()
+        return entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns
+
+    def _read_index(self) -> dict:
+        try:
+            return json.loads(self._index_path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    @contextmanager
+    def _locked(self):
+        with open(self.dir / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _key(path: Path) -> str:
+    return str(Path(path).resolve())
