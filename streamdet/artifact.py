@@ -9,14 +9,17 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .features import FeatureParams
+from .scoring import Scorer, energy_problems
+
+log = logging.getLogger("streamdet.artifact")
 
 FORMAT = "streamdet-model"
 FORMAT_VERSION = 1
@@ -42,20 +45,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """Maps a raw loss to a bird score in (0, 1); 0.5 is exactly the threshold."""
-
-    threshold: float
-    scale: float
-    polarity: str
-
-    def score(self, loss: np.ndarray) -> np.ndarray:
-        sign = 1.0 if self.polarity == "high_loss_is_bird" else -1.0
-        z = np.clip(sign * (np.asarray(loss, dtype=np.float64) - self.threshold) / self.scale, -60, 60)
-        return 1.0 / (1.0 + np.exp(-z))
-
-
 def save(detector: torch.nn.Module, meta: dict, path: Path | str) -> Path:
     """Script `detector`, embed `meta`, write one file, and prove it loads back."""
     path = Path(path)
@@ -75,9 +64,15 @@ class Model:
     def __init__(self, path: Path, module: torch.jit.ScriptModule, meta: dict, device: torch.device):
         self.path, self.module, self.meta, self.device = path, module, meta, device
         self.features = FeatureParams.from_dict(meta["features"])
-        s = meta["scoring"]
-        self.calibration = Calibration(float(s["threshold"]), float(s["scale"]), s["polarity"])
         self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def scorer(self) -> Scorer:
+        """A fresh scorer (it keeps per-segment state): loss -> decision -> calibrated score."""
+        return Scorer(self.meta["scoring"], self.features)
+
+    @property
+    def polarity(self) -> str:
+        return self.meta["scoring"]["polarity"]
 
     def frontend(self, samples: torch.Tensor) -> torch.Tensor:
         return self.module.features(samples.to(self.device))
@@ -86,9 +81,11 @@ class Model:
         with torch.no_grad():
             return self.module(windows.to(self.device)).float().cpu().numpy()
 
-    def band_errors(self, windows: torch.Tensor) -> np.ndarray:
+    def errors(self, windows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(loss per window, error per window and mel band), from one pass; loss = mean over bands."""
         with torch.no_grad():
-            return self.module.band_errors(windows.to(self.device)).float().cpu().numpy()
+            bands = self.module.band_errors(windows.to(self.device)).float()
+        return bands.mean(dim=1).cpu().numpy(), bands.cpu().numpy()
 
     def describe(self) -> dict:
         p = self.meta.get("provenance", {})
@@ -96,15 +93,17 @@ class Model:
             "path": str(self.path),
             "sha256": self.sha256[:16],
             "mode": self.meta["scoring"]["mode"],
-            "polarity": self.calibration.polarity,
-            "threshold": self.calibration.threshold,
+            "polarity": self.polarity,
+            "threshold": float(self.meta["scoring"]["threshold"]),
+            "energy_weight": (self.meta["scoring"].get("energy") or {}).get("weight", 0.0),
             "trained_at": p.get("trained_at"),
             "code_version": p.get("code_version"),
             "device": str(self.device),
         }
 
 
-def load(path: Path | str | None, device: str | torch.device = "auto") -> Model:
+def load(path: Path | str | None, device: str | torch.device = "auto", optimise: bool = False) -> Model:
+    """Load and check an artifact; `optimise` for a daemon that only scores with it."""
     path = bundled_model_path() if path is None else Path(path)
     where = f"model {path}"
     if not path.is_file():
@@ -126,7 +125,25 @@ def load(path: Path | str | None, device: str | torch.device = "auto") -> Model:
     module.eval()
     model = Model(path, module, meta, device)
     _smoke_test(model, where)
+    if optimise:
+        model.module = _optimised(module, model)
     return model
+
+
+def _optimised(module, model: Model):
+    """A frozen, inference-optimised copy (about 1.45x faster on small CPU batches), used only if it
+    agrees with the module as saved; the file itself is never changed."""
+    p = model.features
+    probe = torch.randn(4, p.window_frames, p.n_mels, device=model.device) * 10 - 50
+    try:
+        fast = torch.jit.optimize_for_inference(torch.jit.freeze(module, preserved_attrs=["band_errors", "features"]), other_methods=["band_errors", "features"])
+        with torch.no_grad():
+            if torch.allclose(fast.band_errors(probe), module.band_errors(probe), rtol=1e-4, atol=1e-5):
+                return fast
+        log.warning("model %s: the optimised module disagrees with the saved one; using the saved one", model.path)
+    except Exception as exc:  # an optimisation pass torch cannot do here is no reason to refuse the model
+        log.warning("model %s: not optimised (%s)", model.path, " ".join(str(exc).split())[:120])
+    return module
 
 
 def metadata_problems(meta: dict):
@@ -151,10 +168,14 @@ def metadata_problems(meta: dict):
         return
     for key, text in params.problems():
         yield f"features.{key}: {text}"
+    signs = meta["model"].get("signs")
+    if not isinstance(signs, list) or not signs:
+        yield f"model.signs: expected a list with one sign per VAE, found {signs!r}"
+        return
     for key in ("mean", "std"):
-        values = meta["normalisation"].get(key)
-        if not isinstance(values, list) or len(values) != params.n_mels:
-            yield f"normalisation.{key}: expected {params.n_mels} numbers (one per mel band), found {_short(values)}"
+        rows = meta["normalisation"].get(key)
+        if not isinstance(rows, list) or len(rows) != len(signs) or any(not isinstance(r, list) or len(r) != params.n_mels for r in rows):
+            yield f"normalisation.{key}: expected {len(signs)} row(s) (one per VAE) of {params.n_mels} numbers (one per mel band), found {_short(rows)}"
     s = meta["scoring"]
     if s.get("mode") not in MODES:
         yield f"scoring.mode: expected one of {', '.join(MODES)}, found {s.get('mode')!r}"
@@ -164,6 +185,9 @@ def metadata_problems(meta: dict):
         yield f"scoring.threshold: expected a finite number, found {s.get('threshold')!r}"
     if not _finite(s.get("scale")) or s["scale"] <= 0:
         yield f"scoring.scale: expected a positive number, found {s.get('scale')!r}"
+    yield from energy_problems(s.get("energy"))
+    if s.get("energy") and params.kind != "logmel_db":
+        yield f"scoring.energy: needs features.kind 'logmel_db' (it measures dB band energy), found {params.kind!r}"
 
 
 def _smoke_test(model: Model, where: str) -> None:

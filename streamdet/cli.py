@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", type=Path, help="directory of audio to replay (default: the bundled clips)")
     bench.add_argument("--model", type=Path, help="model artifact (default: the bundled model)")
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--passes", type=int, default=3, help="end-to-end replays; the first is reported as cold")
+    bench.add_argument("--passes", type=int, default=5, help="end-to-end replays; the first is reported as cold, the median of the rest as steady state")
     bench.add_argument("--threads", type=int, default=1, help="torch intra-op threads, as model.threads (default 1)")
     bench.add_argument("--json", type=Path, help="also write the figures as JSON here")
     bench.set_defaults(handler=cmd_bench)
@@ -136,7 +136,7 @@ def cmd_run(args) -> int:
 
         torch.set_num_threads(config.model.threads)
     try:
-        model = load(config.model.path, config.model.device)
+        model = load(config.model.path, config.model.device, optimise=True)
     except ArtifactError as exc:
         raise UserError(str(exc)) from None
     wait = all(s.kind == "replay" for s in config.sources)

@@ -40,6 +40,7 @@ def run_demo(pace: str = "max", model: Path | None = None) -> int:
     finally:
         if daemon.poll() is None:
             daemon.kill()
+    console.print()
     summary = Table(title="what the subscriber received, file by file")
     for col in ("file", "windows", "windows scored bird", "top score", "events"):
         summary.add_column(col, justify="left" if col == "file" else "right")

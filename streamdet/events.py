@@ -67,6 +67,10 @@ class EventTracker:
     def active(self) -> bool:
         return self._open is not None
 
+    @property
+    def open_id(self) -> int | None:
+        return None if self._open is None else self._open.id
+
     def _close(self) -> list[dict]:
         ev, self._open = self._open, None
         if ev is None or not ev.announced:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchaudio.transforms import AmplitudeToDB, MelSpectrogram
 
-FEATURE_KIND = "logmel_db"
+FEATURE_KINDS = ("logmel_db", "pcen")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,11 @@ class FeatureParams:
     f_max: float = 10000.0  # below the resampler roll-off (0.99 x Nyquist) of 22.05 kHz audio made from 44.1 kHz
     window_frames: int = 49  # 48 hops + one FFT = exactly 1.000 s at the defaults
     hop_frames: int = 25  # a new window every 0.5 s
-    kind: str = FEATURE_KIND
+    kind: str = "logmel_db"  # or "pcen": per-channel energy normalisation of the mel magnitudes
+    pcen_time_constant: float = 0.4  # seconds; the PCEN values are librosa's defaults
+    pcen_alpha: float = 0.98
+    pcen_delta: float = 2.0
+    pcen_r: float = 0.5
 
     @property
     def window_samples(self) -> int:
@@ -45,8 +49,11 @@ class FeatureParams:
 
     def problems(self):
         """(field, what was expected) for each thing that makes these parameters unusable."""
-        if self.kind != FEATURE_KIND:
-            yield "kind", f"expected {FEATURE_KIND!r}, found {self.kind!r}"
+        if self.kind not in FEATURE_KINDS:
+            yield "kind", f"expected one of {', '.join(map(repr, FEATURE_KINDS))}, found {self.kind!r}"
+        for name in ("pcen_time_constant", "pcen_alpha", "pcen_delta", "pcen_r"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
+                yield name, f"expected a positive number, found {getattr(self, name)!r}"
         ints = ("sample_rate", "n_fft", "hop_length", "n_mels", "window_frames", "hop_frames")
         bad = [n for n in ints if isinstance(getattr(self, n), bool) or not isinstance(getattr(self, n), int) or getattr(self, n) <= 0]
         for name in bad:
@@ -62,6 +69,10 @@ class FeatureParams:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def frame_dict(self) -> dict:
+        """Only what decides the log-mel frames themselves (PCEN is computed from those)."""
+        return {k: v for k, v in self.to_dict().items() if k != "kind" and not k.startswith("pcen_")}
 
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureParams":
@@ -106,6 +117,53 @@ def mel_band_edges(params: FeatureParams) -> np.ndarray:
     return np.stack([hz[:-2], hz[1:-1], hz[2:]], axis=1)
 
 
+class PCEN:
+    """Per-channel energy normalisation of log-mel dB frames, with its smoother's state.
+
+    M[t] = (1 - b) M[t-1] + b E[t] over mel magnitudes E (scaled as 32-bit integer audio), then
+    (E / (eps + M)^alpha + delta)^r - delta^r.  The recursion runs in blocks as one matrix
+    product each, so it is exact, vectorised, and resumable chunk after chunk."""
+
+    BLOCK = 64
+    EPS = 1e-6
+
+    def __init__(self, params: FeatureParams, device: torch.device | str = "cpu"):
+        self.params = params
+        t = params.pcen_time_constant * params.sample_rate / params.hop_length  # in frames
+        b = (np.sqrt(1 + 4 * t * t) - 1) / (2 * t * t)
+        i = np.arange(self.BLOCK)
+        kernel = np.where(i[:, None] >= i[None, :], b * (1 - b) ** np.maximum(i[:, None] - i[None, :], 0), 0.0)
+        self._kernel = torch.tensor(kernel, dtype=torch.float64, device=device)
+        self._carry = torch.tensor((1 - b) ** (i + 1), dtype=torch.float64, device=device)[:, None]
+        self.state: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.state = None
+
+    def __call__(self, frames_db: torch.Tensor) -> torch.Tensor:
+        if not len(frames_db):
+            return frames_db
+        p = self.params
+        e = torch.sqrt(torch.pow(10.0, frames_db.double() / 10.0)) * 2.0**31
+        if self.state is None:
+            self.state = e[0]  # start as if the first frame had always been there
+        smooth = torch.empty_like(e)
+        for a in range(0, len(e), self.BLOCK):
+            block = e[a : a + self.BLOCK]
+            n = len(block)
+            smooth[a : a + n] = self._kernel[:n, :n] @ block + self._carry[:n] * self.state
+            self.state = smooth[a + n - 1]
+        out = (e / (self.EPS + smooth) ** p.pcen_alpha + p.pcen_delta) ** p.pcen_r - p.pcen_delta**p.pcen_r
+        return out.to(frames_db.dtype)
+
+
+def model_frames(frames_db, params: FeatureParams) -> torch.Tensor:
+    """A whole segment's log-mel dB frames as the model sees them (PCEN applied when asked for)."""
+    if not isinstance(frames_db, torch.Tensor):  # a copy: cached frames are read-only memory maps
+        frames_db = torch.from_numpy(np.array(frames_db, dtype=np.float32))
+    return PCEN(params)(frames_db) if params.kind == "pcen" else frames_db
+
+
 def frame_count(n_samples: int, params: FeatureParams) -> int:
     if n_samples < params.n_fft:
         return 0
@@ -133,8 +191,8 @@ def window_index(starts: list[int], n_frames: int, params: FeatureParams) -> np.
 
 
 def windows_from_frames(frames, params: FeatureParams) -> tuple[list[int], torch.Tensor]:
-    """All windows of a complete segment's frames: (start frames, [n, window_frames, n_mels])."""
-    frames = torch.as_tensor(np.asarray(frames))
+    """All windows of a complete segment's log-mel dB frames: (start frames, [n, window_frames, n_mels])."""
+    frames = model_frames(frames, params)
     starts = window_starts(len(frames), params, final=True)
     if not starts:
         return [], torch.zeros(0, params.window_frames, params.n_mels)
@@ -164,6 +222,7 @@ class StreamingWindows:
         self.params = params
         self.device = torch.device(device)
         self.frontend = frontend or LogMel(params).to(self.device)
+        self.pcen = PCEN(params, self.device) if params.kind == "pcen" else None
         self.reset()
 
     def reset(self) -> None:
@@ -172,6 +231,8 @@ class StreamingWindows:
         self._frames_base = 0  # segment index of _frames[0]
         self._next_grid = 0  # grid index of the next window to emit
         self.frames_total = 0
+        if self.pcen is not None:
+            self.pcen.reset()
 
     def push(self, samples: np.ndarray) -> tuple[list[int], torch.Tensor]:
         p = self.params
@@ -181,6 +242,8 @@ class StreamingWindows:
             used = (n_new - 1) * p.hop_length + p.n_fft
             with torch.no_grad():
                 frames = self.frontend(self._samples[:used].to(self.device))
+                if self.pcen is not None:
+                    frames = self.pcen(frames)
             self._frames = torch.cat([self._frames, frames])
             self._samples = self._samples[n_new * p.hop_length :]
             self.frames_total += n_new

@@ -51,29 +51,27 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: tor
 
 class Detector(nn.Module):
     def __init__(self, frontend: LogMel, vaes: List[VAE], signs: List[float], mean: torch.Tensor, std: torch.Tensor, window_frames: int):
+        """`mean` and `std` are [n_vaes, n_mels]: each VAE sees windows normalised by its own training data."""
         super().__init__()
-        if len(vaes) != len(signs):
-            raise ValueError("one sign per VAE")
+        if len(vaes) != len(signs) or mean.shape[0] != len(vaes) or std.shape != mean.shape:
+            raise ValueError("one sign, one mean and one std row per VAE")
         self.frontend = frontend
         self.vaes = nn.ModuleList(vaes)
         self.register_buffer("signs", torch.tensor(signs, dtype=torch.float32))
-        self.register_buffer("mean", mean.reshape(1, 1, -1).float())
-        self.register_buffer("std", std.reshape(1, 1, -1).float().clamp_min(1e-3))
+        self.register_buffer("mean", mean.reshape(len(vaes), 1, 1, -1).float())
+        self.register_buffer("std", std.reshape(len(vaes), 1, 1, -1).float().clamp_min(1e-3))
         self.window_frames = window_frames
-        self.n_mels = int(mean.numel())
+        self.n_mels = int(mean.shape[1])
 
     @torch.jit.export
     def features(self, samples: torch.Tensor) -> torch.Tensor:
         return self.frontend(samples)
 
-    def normalise(self, windows: torch.Tensor) -> torch.Tensor:
-        return ((windows - self.mean) / self.std).reshape(windows.shape[0], -1)
-
     @torch.jit.export
     def band_errors(self, windows: torch.Tensor) -> torch.Tensor:
-        x = self.normalise(windows)
         total = torch.zeros(windows.shape[0], self.n_mels, device=windows.device, dtype=windows.dtype)
         for i, vae in enumerate(self.vaes):
+            x = ((windows - self.mean[i]) / self.std[i]).reshape(windows.shape[0], -1)
             err = (vae.reconstruct(x) - x).pow(2).reshape(windows.shape[0], self.window_frames, self.n_mels).mean(dim=1)
             total = total + self.signs[i] * err
         return total
@@ -91,6 +89,7 @@ def rebuild_eager(scripted: torch.nn.Module, arch: dict, frontend: LogMel, windo
     """An eager Detector with a scripted one's weights (for benchmarks and debugging)."""
     vaes = [VAE(window_frames * n_mels, arch["hidden"], arch["latent"]) for _ in arch["signs"]]
     state = scripted.state_dict()
-    detector = Detector(frontend, vaes, arch["signs"], state["mean"], state["std"], window_frames)
+    k = len(arch["signs"])
+    detector = Detector(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames)
     detector.load_state_dict(state)
     return detector.eval()

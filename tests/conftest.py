@@ -17,7 +17,7 @@ data:
   - kind: bad
     audio_dir: wav
     labels: labels.csv
-normal: nobird
+mode: nobird
 model: {{hidden: 64, latent: 8}}
 training: {{epochs: {epochs}, batch_size: 64, learning_rate: 0.002, beta: 0.1, val_fraction: 0.25, seed: 0, device: cpu}}
 calibration: {{strategy: percentile, percentile: 99.5}}

@@ -84,6 +84,10 @@ def test_replay_publishes_every_window_events_at_the_calls_and_a_final_status(ti
         # Windows are 1 s long with a 0.5 s hop: an event edge lies within a window of the call's edge.
         assert any(ff == f and s - 1.01 <= on <= s + 0.51 and e - 0.51 <= off <= e + 1.01 for ff, on, off in found), (f, s, e, found)
     assert len(ends) == len(expected), found
+    # Each event says which frequencies made it: the calls sweep 2.5-5.5 kHz.
+    for e in ends:
+        low, high = e["band_hz"]
+        assert low < 5500 and high > 2500 and high - low < 4000, e["band_hz"]
 
 
 def test_realtime_pace_releases_audio_as_a_microphone_would(tiny_model, tmp_path, endpoint):

@@ -10,7 +10,8 @@ from conftest import REPO, TINY_TRAIN_YAML, make_bad_dataset
 from streamdet import artifact
 from train.config import DataConfig, load_train_config
 from train.datasets import DatasetError, Item, read_bad, read_dataset, read_manifest
-from train.fit import calibrate, split_by_file
+from train.calibrate import spread, threshold_for
+from train.fit import split_by_file
 from train.metrics import roc_auc
 
 
@@ -83,12 +84,20 @@ def test_split_is_by_file_stratified_and_repeatable(tmp_path):
     assert split_by_file(items, 0.25, seed=4) != (train, val)
 
 
-def test_calibration_follows_polarity():
-    losses = np.linspace(0, 1, 101)
-    threshold, scale = calibrate(losses, "high_loss_is_bird", 95)
-    assert threshold == pytest.approx(0.95) and scale == pytest.approx(0.5 / 1.349)
-    threshold, _ = calibrate(losses, "low_loss_is_bird", 95)
-    assert threshold == pytest.approx(0.05)
+def test_calibration_strategies():
+    rng = np.random.default_rng(0)
+    normal = rng.gamma(4.0, 0.5, 5000)  # background bird-ness, a gamma like DCASE assumes
+    t = threshold_for("percentile", normal, False, None, None, 95, 0.95)
+    assert t == pytest.approx(np.percentile(normal, 95))
+    assert threshold_for("percentile", -normal, True, None, None, 95, 0.95) == pytest.approx(np.percentile(-normal, 5))
+    # The gamma fit recovers the true 95% quantile of gamma(4, 0.5), 3.88, within sampling error.
+    assert threshold_for("gamma", normal, False, None, None, 95, 0.95) == pytest.approx(3.88, abs=0.1)
+    # best F1 on labelled clips: separable clips give a threshold that separates them.
+    clip_s, labels = np.array([0.1, 0.2, 0.3, 0.8, 0.9]), np.array([0, 0, 0, 1, 1])
+    assert threshold_for("f1", normal, False, clip_s, labels, 95, 0.95) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="both classes"):
+        threshold_for("f1", normal, False, clip_s, np.zeros(5), 95, 0.95)
+    assert spread(rng.standard_normal(100000)) == pytest.approx(1.0, abs=0.02)
 
 
 def test_roc_auc_matches_pairwise_counting():
@@ -111,20 +120,10 @@ def test_tiny_training_exports_an_artifact_with_full_metadata(tiny_model):
     assert provenance["config"]["training"]["epochs"] == 30 and provenance["code_version"].startswith("streamdet")
 
 
-def test_bird_as_normal_gives_the_opposite_polarity(tmp_path):
-    from train.fit import fit
-
-    root = make_bad_dataset(tmp_path, n_nobird=6, n_bird=6, seconds=3.0)
-    (root / "train.yaml").write_text(TINY_TRAIN_YAML.format(epochs=3).replace("normal: nobird", "normal: bird"))
-    path, _ = fit(load_train_config(root / "train.yaml"))
-    model = artifact.load(path, "cpu")
-    assert model.meta["scoring"]["mode"] == "bird" and model.calibration.polarity == "low_loss_is_bird"
-
-
 def test_train_cli_reports_config_and_data_errors_in_one_line(tmp_path):
-    (tmp_path / "t.yaml").write_text("normal: birds\n")
+    (tmp_path / "t.yaml").write_text("mode: birds\n")
     result = subprocess.run([sys.executable, "-m", "train", "fit", "--config", str(tmp_path / "t.yaml")], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert result.returncode == 2 and "normal: expected one of 'nobird', 'bird', found 'birds'" in result.stderr
+    assert result.returncode == 2 and "mode: expected one of 'nobird', 'bird', 'contrast', found 'birds'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     (tmp_path / "t.yaml").write_text("data: [{kind: bad, audio_dir: wav, labels: missing.csv}]\n")
     result = subprocess.run([sys.executable, "-m", "train", "fit", "--config", str(tmp_path / "t.yaml")], capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from streamdet.audio import AudioError, load_resampled
-from streamdet.features import FeatureParams, LogMel, frame_count
+from streamdet.features import PCEN, FeatureParams, LogMel, frame_count
 
 CACHE_VERSION = 1  # bump when decoding or the front end changes what a frame holds
 
@@ -27,7 +27,7 @@ CACHE_VERSION = 1  # bump when decoding or the front end changes what a frame ho
 class FeatureCache:
     def __init__(self, root: Path | str, params: FeatureParams):
         self.params = params
-        spec = json.dumps({"version": CACHE_VERSION, "features": params.to_dict()}, sort_keys=True)
+        spec = json.dumps({"version": CACHE_VERSION, "frames": params.frame_dict()}, sort_keys=True)
         self.dir = Path(root) / f"logmel-{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "features.json").write_text(spec)
@@ -76,6 +76,31 @@ class FeatureCache:
             n = self._frames_path.stat().st_size // (4 * self.params.n_mels) if self._frames_path.exists() else 0
             self._memmap = np.memmap(self._frames_path, dtype=np.float32, mode="r", shape=(n, self.params.n_mels)) if n else np.zeros((0, self.params.n_mels), np.float32)
         return self._memmap
+
+    def entry(self, path: Path) -> dict | None:
+        entry = self.index.get(_key(path))
+        return None if not entry or "error" in entry or entry["n_frames"] == 0 else entry
+
+    def model_memmap(self, params: FeatureParams) -> np.ndarray:
+        """Frames as the model sees them, at the same offsets as `memmap()`: the log-mel dB frames
+        themselves, or PCEN of them, derived once into a file of its own (recomputed when files are added)."""
+        if params.kind == "logmel_db":
+            return self.memmap()
+        base = self.memmap()
+        tag = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        path = self.dir / f"frames-{params.kind}-{tag}.npy"
+        done = self.dir / f"frames-{params.kind}-{tag}.rows"
+        if not (done.exists() and done.read_text() == str(len(base))):
+            with self._locked():
+                derived = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=base.shape) if len(base) else None
+                for entry in self.index.values():
+                    if "error" not in entry and entry["n_frames"]:
+                        a, b = entry["offset"], entry["offset"] + entry["n_frames"]
+                        derived[a:b] = PCEN(params)(torch.from_numpy(np.array(base[a:b]))).numpy()
+                if derived is not None:
+                    derived.flush()
+                done.write_text(str(len(base)))
+        return np.load(path, mmap_mode="r") if len(base) else base
 
     def _compute(self, path: Path, frontend: LogMel, out) -> dict:
         stat = path.stat()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from streamdet.artifact import ArtifactError
 from streamdet.typedconfig import ConfigError
 
 from .datasets import DatasetError
+from .fit import default_cache_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,29 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--out", type=Path, help="artifact path (default: the config's output)")
     fit.add_argument("--epochs", type=int, help="override training.epochs")
     fit.add_argument("--device", help="override training.device (auto, cpu, cuda)")
+    fit.add_argument("--mode", choices=("nobird", "bird", "contrast"), help="override mode")
+    fit.add_argument("--resume", action="store_true", help="continue from the checkpoint next to the output")
+    fit.add_argument("--cache", type=Path, help="feature cache folder (default: the config's cache_dir, else ~/.cache/streamdet/features)")
     fit.set_defaults(handler=cmd_fit)
+
+    cv = sub.add_parser("crossval", help="k-fold cross-validation on the training data (choose a configuration without eval data)")
+    cv.add_argument("--config", type=Path, required=True)
+    cv.add_argument("--folds", type=int, default=4)
+    cv.add_argument("--seed", type=int, default=0, help="how clips are dealt into folds")
+    cv.add_argument("--mode", choices=("nobird", "bird", "contrast"), help="override mode")
+    cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set features.kind=pcen")
+    cv.add_argument("--json", type=Path, help="also write the result here")
+    cv.add_argument("--cache", type=Path)
+    cv.set_defaults(handler=cmd_crossval)
+
+    st = sub.add_parser("study", help="all modes and front ends: cross-validated on the training data, measured on eval data (the README table)")
+    st.add_argument("--config", type=Path, required=True)
+    st.add_argument("--eval-data", type=Path, required=True)
+    st.add_argument("--eval-labels", type=Path, required=True)
+    st.add_argument("--eval-split", help="e.g. eval, for MANIFEST.tsv")
+    st.add_argument("--out", type=Path, default=Path("runs/study"))
+    st.add_argument("--folds", type=int, default=4)
+    st.set_defaults(handler=cmd_study, mode=None)
 
     ev = sub.add_parser("evaluate", help="score labelled clips: ROC AUC, pAUC, P/R/F1 per dataset, beside the energy reference")
     ev.add_argument("--model", type=Path, help="artifact (default: the bundled model)")
@@ -32,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--labels", type=Path, required=True, help="BAD CSV (itemid,hasbird) or a file,label table such as MANIFEST.tsv")
     ev.add_argument("--split", help="only rows of this split (MANIFEST.tsv), e.g. eval")
     ev.add_argument("--out", type=Path, default=Path("runs/evaluation"), help="folder for evaluation.json and roc.png")
-    ev.add_argument("--cache", type=Path, default=default_cache(), help="feature cache folder")
+    ev.add_argument("--cache", type=Path, default=default_cache_dir(), help="feature cache folder")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(handler=cmd_evaluate)
 
@@ -40,20 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--model", type=Path, help="artifact (default: the bundled model)")
     pr.add_argument("--data", type=Path, required=True, help="folder of audio files, e.g. Chernobyl")
     pr.add_argument("--out", type=Path, required=True, help="CSV to write")
-    pr.add_argument("--cache", type=Path, default=default_cache())
+    pr.add_argument("--cache", type=Path, default=default_cache_dir())
     pr.add_argument("--device", default="auto")
     pr.set_defaults(handler=cmd_predict)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
     try:
         return args.handler(args)
-    except (ConfigError, DatasetError, ArtifactError) as exc:
+    except (ConfigError, DatasetError, ArtifactError, ValueError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamdet" / "features"
 
 
 def cmd_evaluate(args) -> int:
@@ -104,15 +122,69 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_fit(args) -> int:
+def load_config_with_overrides(args):
+    from streamdet.typedconfig import check, set_path
+
     from .config import load_train_config
-    from .fit import fit
 
     config = load_train_config(args.config)
-    if args.epochs is not None:
+    if getattr(args, "epochs", None) is not None:
         config.training.epochs = args.epochs
-    if args.device is not None:
+    if getattr(args, "device", None) is not None:
         config.training.device = args.device
-    path, metrics = fit(config, args.out)
-    Console().print(f"[bold]wrote {path}[/]  {json.dumps(metrics)}")
+    if args.mode is not None:
+        config.mode = args.mode
+    for item in getattr(args, "set", []):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE")
+        if key.startswith("features."):  # frozen: rebuild it
+            import dataclasses
+
+            import yaml
+
+            config.features = dataclasses.replace(config.features, **{key.split(".", 1)[1]: yaml.safe_load(value)})
+        else:
+            set_path(config, key, value)
+    try:
+        check(config)
+    except ConfigError as exc:
+        raise ConfigError(f"config {args.config}: {exc}") from None
+    return config
+
+
+def cmd_fit(args) -> int:
+    from .fit import fit
+
+    config = load_config_with_overrides(args)
+    path, metrics = fit(config, args.out, resume=args.resume, cache_dir=args.cache)
+    summary = {k: v for k, v in metrics.items() if k != "models"}
+    Console().print(f"[bold]wrote {path}[/]  {json.dumps(summary)}")
+    return 0
+
+
+def cmd_crossval(args) -> int:
+    from rich.table import Table
+
+    from .crossval import crossval
+
+    config = load_config_with_overrides(args)
+    result = crossval(config, args.folds, args.seed, args.cache)
+    table = Table(title=f"{args.folds}-fold cross-validation, mode {config.mode}, front end {config.features.kind}, folds seed {args.seed}")
+    for col in ("block", "clips", "bird", "model ROC AUC", "energy reference ROC AUC"):
+        table.add_column(col, justify="left" if col == "block" else "right")
+    for block, r in result["blocks"].items():
+        table.add_row(block, str(r["clips"]), str(r["bird"]), f"{r['model_auc']:.3f}", f"{r['reference_auc']:.3f}")
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps({"config": str(args.config), "mode": config.mode, "front_end": config.features.kind, **result}, indent=1))
+    return 0
+
+
+def cmd_study(args) -> int:
+    from .study import study
+
+    config = load_config_with_overrides(args)
+    study(config, args.eval_data, args.eval_labels, args.eval_split, args.out, args.folds)
+    Console().print((args.out / "study.md").read_text())
     return 0

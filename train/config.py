@@ -59,34 +59,81 @@ class ModelConfig:
 @dataclass
 class TrainingConfig:
     epochs: int = field(default=30, metadata={"min": 1})
+    patience: int = field(default=8, metadata={"min": 1})  # epochs without a better validation loss before stopping
     batch_size: int = field(default=128, metadata={"min": 1})
     learning_rate: float = field(default=1e-3, metadata={"above": 0.0})
-    beta: float = field(default=0.5, metadata={"min": 0.0})
+    beta: float = field(default=0.1, metadata={"min": 0.0})
     val_fraction: float = field(default=0.25, metadata={"above": 0.0, "max": 0.9})
     seed: int = 0
     device: str = "auto"
 
 
 @dataclass
+class SelectConfig:
+    """Which windows of bird clips teach the bird VAE (labels are per clip; most windows hold no call)."""
+
+    # Keep windows whose 2-8 kHz energy is this many dB above the clip's median window; null keeps all.
+    call_db: float | None = 3.0
+
+
+@dataclass
+class AugmentConfig:
+    """Synthetic bird windows for the bird VAE: a bird window mixed into a background window."""
+
+    bird_mixes: int = field(default=0, metadata={"min": 0})  # how many; 0 turns it off
+    gain_db: list[float] = field(default_factory=lambda: [0.0, 15.0])  # the call's gain range
+
+    def problems(self):
+        if len(self.gain_db) != 2 or self.gain_db[0] > self.gain_db[1]:
+            yield "gain_db", f"expected [low, high], found {self.gain_db}"
+
+
+@dataclass
+class EnergyConfig:
+    """Add to each window's decision its 2-8 kHz energy above the trailing median (streamdet.scoring)."""
+
+    weight: float = field(default=0.5, metadata={"min": 0.0})  # 0 turns it off
+    context_windows: int = field(default=20, metadata={"min": 1})  # the trailing median's span (20 = 10 s)
+
+
+@dataclass
 class CalibrationConfig:
-    strategy: str = field(default="percentile", metadata={"choices": ("percentile",)})
-    # Percentile of the normal class's validation window losses that becomes the threshold.
+    strategy: str = field(default="percentile", metadata={"choices": ("percentile", "gamma", "f1")})
+    # percentile: the threshold is this percentile of held-out normal-class window scores.
     percentile: float = field(default=95.0, metadata={"above": 0.0, "max": 100.0})
+    # gamma: a gamma distribution fitted to those scores (the DCASE baseline), cut at this quantile.
+    gamma_quantile: float = field(default=0.95, metadata={"above": 0.0, "max": 0.9999})
+    # How a clip's score follows from its windows' (evaluate, predict): max, or topK (mean of the K best).
+    clip_aggregate: str = "max"
+
+    def problems(self):
+        if not (self.clip_aggregate == "max" or (self.clip_aggregate.startswith("top") and self.clip_aggregate[3:].isdigit() and int(self.clip_aggregate[3:]) > 0)):
+            yield "clip_aggregate", f"expected 'max' or 'topK' such as 'top3', found {self.clip_aggregate!r}"
 
 
 @dataclass
 class TrainConfig:
     data: list[DataConfig] = field(default_factory=list)
-    normal: str = field(default="nobird", metadata={"choices": ("nobird", "bird")})
+    # nobird: a VAE of background, high loss = bird; bird: a VAE of bird clips, low loss = bird;
+    # contrast: both, score = background loss - bird loss.
+    mode: str = field(default="contrast", metadata={"choices": ("nobird", "bird", "contrast")})
     features: FeatureParams = field(default_factory=FeatureParams)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    cache_dir: str | None = None  # default: $XDG_CACHE_HOME/streamdet/features
     output: str = "runs/model.pt"
 
     def problems(self):
         if not self.data:
             yield "data", "expected at least one dataset"
+        if self.energy.weight and self.features.kind != "logmel_db":
+            yield "energy.weight", f"the energy term measures dB band energy: expected 0 with features.kind {self.features.kind!r}"
+        if self.augment.bird_mixes and self.features.kind != "logmel_db":
+            yield "augment.bird_mixes", f"mixing adds powers of dB windows: expected 0 with features.kind {self.features.kind!r}"
 
 
 def load_train_config(path: Path | str) -> TrainConfig:
@@ -98,6 +145,7 @@ def load_train_config(path: Path | str) -> TrainConfig:
         for i, d in enumerate(config.data):
             config.data[i] = replace(d, root=_rebase(base, d.root), audio_dir=_rebase(base, d.audio_dir), labels=_rebase(base, d.labels))
         config.output = _rebase(base, config.output)
+        config.cache_dir = _rebase(base, config.cache_dir)
         check(config)
     except ConfigError as exc:
         message = str(exc)

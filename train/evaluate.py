@@ -2,22 +2,22 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from streamdet.artifact import Model
-from streamdet.features import FeatureParams, mel_band_edges, windows_from_frames
+from streamdet.features import FeatureParams, windows_from_frames
 
 from .cache import FeatureCache
 from .datasets import Item
 from .metrics import roc_curve, summary
 from .plot import COLOURS, roc_png
-
-REFERENCE_BAND_HZ = (2000.0, 8000.0)
-
+from .windows import call_band_energy
 
 def windows_of(frames: np.ndarray, params: FeatureParams) -> torch.Tensor:
     return windows_from_frames(frames, params)[1]
@@ -31,16 +31,20 @@ def clip_aggregate(window_scores: np.ndarray, how: str) -> float:
     return float(np.sort(window_scores)[-k:].mean())
 
 
-def model_clip_scores(model: Model, items: list[Item], cache: FeatureCache, progress=None) -> dict[Item, float]:
-    """Each clip's score in [0, 1] under the model's stored calibration and clip aggregate."""
+def model_clip_decisions(model: Model, items: list[Item], cache: FeatureCache, progress=None) -> dict[Item, float]:
+    """Each clip's decision value under the model's clip aggregate: ranks clips without the float
+    saturation of the calibrated score; the clip is called bird when it reaches the threshold."""
     how = model.meta["scoring"].get("clip_aggregate", "max")
+    scorer = model.scorer()
     out = {}
     task = progress.add_task("scoring", total=len(items), info="") if progress else None
     for item in items:
         frames = cache.frames(item.path)
         windows = windows_of(frames, model.features) if frames is not None else None
         if windows is not None and len(windows):
-            out[item] = clip_aggregate(model.calibration.score(model.losses(windows)), how)
+            scorer.reset()  # each clip is a segment of its own, as in the daemon
+            decisions, _ = scorer.decide(model.losses(windows), windows.numpy() if scorer.energy else None)
+            out[item] = clip_aggregate(decisions, how)
         if progress:
             progress.update(task, advance=1, info=item.path.name[:40])
     return out
@@ -49,17 +53,18 @@ def model_clip_scores(model: Model, items: list[Item], cache: FeatureCache, prog
 def reference_clip_score(frames: np.ndarray, params: FeatureParams) -> float | None:
     """The plain detector every VAE must beat: the highest 1-s window's 2-8 kHz energy, in dB,
     above the clip's median window."""
-    centres = mel_band_edges(params)[:, 1]
-    band = (centres >= REFERENCE_BAND_HZ[0]) & (centres <= REFERENCE_BAND_HZ[1])
-    windows = windows_of(frames, params).numpy()
+    windows = windows_from_frames(frames, replace(params, kind="logmel_db"))[1].numpy()
     if not len(windows):
         return None
-    energy = 10 * np.log10(np.mean(np.sum(10 ** (windows[:, :, band] / 10), axis=2), axis=1) + 1e-12)
+    energy = call_band_energy(windows, params)
     return float(energy.max() - np.median(energy))
 
 
 def evaluate(model: Model, items: list[Item], cache: FeatureCache, out_dir: Path | None = None, progress=None) -> dict:
-    scores = model_clip_scores(model, items, cache, progress)
+    started = time.perf_counter()
+    scores = model_clip_decisions(model, items, cache, progress)
+    scoring_seconds = time.perf_counter() - started
+    threshold = float(model.meta["scoring"]["threshold"])
     reference = {i: r for i in items if (f := cache.frames(i.path)) is not None and (r := reference_clip_score(f, model.features)) is not None}
     used = [i for i in items if i in scores and i in reference]
     blocks = defaultdict(list)
@@ -70,11 +75,14 @@ def evaluate(model: Model, items: list[Item], cache: FeatureCache, out_dir: Path
     for name, members in blocks.items():
         labels = np.array([i.label for i in members])
         results["blocks"][name] = {
-            "model": summary(labels, np.array([scores[i] for i in members]), 0.5),
+            "model": summary(labels, np.array([scores[i] for i in members]), threshold),
             # The reference has no calibrated threshold; its P/R/F1 are at 6 dB above the median.
             "reference": summary(labels, np.array([reference[i] for i in members]), 6.0),
         }
-    results["clips"] = [{"file": str(i.path), "dataset": i.dataset, "label": i.label, "score": round(scores[i], 6), "reference_db": round(reference[i], 3)} for i in used]
+    audio_hours = sum(cache.entry(i.path)["seconds"] for i in used) / 3600
+    results["scoring_audio_hours_per_minute"] = round(audio_hours / max(scoring_seconds / 60, 1e-9), 1)
+    scorer = model.scorer()
+    results["clips"] = [{"file": str(i.path), "dataset": i.dataset, "label": i.label, "decision": round(scores[i], 6), "score": round(float(scorer.score(np.array([scores[i]]))[0]), 6), "reference_db": round(reference[i], 3)} for i in used]
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "evaluation.json").write_text(json.dumps(results, indent=1))
@@ -87,7 +95,9 @@ def evaluate(model: Model, items: list[Item], cache: FeatureCache, out_dir: Path
 
 def predict(model: Model, items: list[Item], cache: FeatureCache, out_csv: Path, progress=None) -> int:
     """One row per file, `itemid,hasbird` with hasbird the clip score in [0, 1] (the BAD submission format)."""
-    scores = model_clip_scores(model, items, cache, progress)
+    decisions = model_clip_decisions(model, items, cache, progress)
+    scorer = model.scorer()
+    scores = {i: float(scorer.score(np.array([d]))[0]) for i, d in decisions.items()}
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w") as f:
         f.write("itemid,hasbird\n")

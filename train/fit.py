@@ -1,11 +1,13 @@
-"""`python -m train fit`: windows from labelled clips, a VAE on the normal class, a threshold, an artifact."""
+"""`python -m train fit`: VAE(s) on cached windows, early stopping, calibration, one artifact."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import math
 import platform
 import random
 import subprocess
+import time
 from collections import defaultdict
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -17,170 +19,297 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import streamdet
 from streamdet import artifact
-from streamdet.audio import AudioError, load_resampled
-from streamdet.features import FeatureParams, LogMel, offline_windows
+from streamdet.features import LogMel
 from streamdet.model import VAE, Detector, architecture, vae_loss
+from streamdet.scoring import ENERGY_BAND_HZ, Scorer
 
+from .cache import FeatureCache
+from .calibrate import spread, threshold_for
 from .config import TrainConfig
 from .datasets import Item, read_dataset
-from .metrics import roc_auc
+from .evaluate import clip_aggregate, windows_of
+from .metrics import precision_recall_f1, roc_auc
+from .windows import WindowSet, mix_windows
 
 log = logging.getLogger("train.fit")
 
-POLARITY = {"nobird": "high_loss_is_bird", "bird": "low_loss_is_bird"}
+POLARITY = {"nobird": "high_loss_is_bird", "bird": "low_loss_is_bird", "contrast": "high_loss_is_bird"}
 
 
 def progress_bar() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
 
 
-def clip_windows(items: list[Item], params: FeatureParams, progress: Progress) -> dict[Item, torch.Tensor]:
-    """Log-mel windows of every clip, through the daemon's own decoding and front end."""
-    frontend = LogMel(params)
-    out = {}
-    task = progress.add_task("features", total=len(items), info="")
-    for item in items:
-        try:
-            _, windows = offline_windows(load_resampled(item.path, params.sample_rate), params, frontend)
-        except AudioError as exc:
-            log.warning("skipped %s: %s", item.path, exc)
-            windows = None
-        if windows is not None and len(windows):
-            out[item] = windows
-        elif windows is not None:
-            log.warning("skipped %s: shorter than one window (%.2f s)", item.path, params.window_seconds)
-        progress.update(task, advance=1, info=item.path.name[:40])
-    return out
-
-
 def split_by_file(items: list[Item], val_fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
     """Stratified by (dataset, label): each group gives about `val_fraction` of its files to validation."""
-    groups = defaultdict(list)
-    for item in sorted(items, key=lambda i: str(i.path)):
-        groups[(item.dataset, item.label)].append(item)
-    rng = random.Random(seed)
     train, val = [], []
-    for key in sorted(groups):
-        members = groups[key]
-        rng.shuffle(members)
+    for members in _groups(items, seed):
         n_val = min(len(members) - 1, max(1, round(val_fraction * len(members)))) if len(members) > 1 else 0
         val += members[:n_val]
         train += members[n_val:]
     return train, val
 
 
-def fit_vae(windows: torch.Tensor, val_windows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, config: TrainConfig, device: torch.device, progress: Progress) -> tuple[VAE, list[dict]]:
+def k_folds(items: list[Item], k: int, seed: int) -> list[list[Item]]:
+    """Folds by file, each (dataset, label) group dealt round-robin after a seeded shuffle."""
+    folds, turn = [[] for _ in range(k)], 0
+    for members in _groups(items, seed):
+        for item in members:
+            folds[turn % k].append(item)
+            turn += 1
+    return folds
+
+
+def _groups(items: list[Item], seed: int) -> list[list[Item]]:
+    groups = defaultdict(list)
+    for item in sorted(items, key=lambda i: str(i.path)):
+        groups[(item.dataset, item.label)].append(item)
+    rng = random.Random(seed)
+    out = []
+    for key in sorted(groups):
+        members = groups[key]
+        rng.shuffle(members)
+        out.append(members)
+    return out
+
+
+class Checkpoint:
+    """Saved after every epoch; `--resume` continues from it if the configuration is the same."""
+
+    def __init__(self, path: Path | None, config: TrainConfig, resume: bool):
+        self.path = path
+        self.key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.state: dict = {"key": self.key, "done": {}, "current": None}
+        if resume and path and path.exists():
+            saved = torch.load(path, weights_only=False)
+            if saved.get("key") != self.key:
+                raise ValueError(f"{path}: checkpoint of a different configuration; remove it or train without --resume")
+            self.state = saved
+            log.info("resuming from %s (%s)", path, ", ".join(self.state["done"]) or "first model")
+
+    def save(self) -> None:
+        if self.path:
+            tmp = self.path.with_suffix(".tmp")
+            torch.save(self.state, tmp)
+            tmp.replace(self.path)
+
+
+def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: TrainConfig, device: torch.device, progress: Progress, checkpoint: Checkpoint) -> tuple[VAE, dict]:
+    """Train one VAE; stop when the held-out reconstruction error has not improved for `patience` epochs."""
+    if name in checkpoint.state["done"]:
+        done = checkpoint.state["done"][name]
+        vae = VAE(train.rows.shape[1] * len(mean), config.model.hidden, config.model.latent)
+        vae.load_state_dict(done["best"])
+        return vae.eval(), done["info"]
     t = config.training
-    n_inputs = windows.shape[1] * windows.shape[2]
-    vae = VAE(n_inputs, config.model.hidden, config.model.latent).to(device)
+    vae = VAE(train.rows.shape[1] * len(mean), config.model.hidden, config.model.latent).to(device)
     optimiser = torch.optim.Adam(vae.parameters(), lr=t.learning_rate)
-    x = ((windows - mean) / std).reshape(len(windows), -1).to(device)
-    xv = ((val_windows - mean) / std).reshape(len(val_windows), -1).to(device) if len(val_windows) else None
-    generator = torch.Generator(device="cpu").manual_seed(t.seed)
-    history = []
-    task = progress.add_task("training", total=t.epochs, info="")
-    for epoch in range(t.epochs):
+    generator = torch.Generator().manual_seed(t.seed)
+    mean, std = mean.to(device), std.to(device)
+    run = {"epoch": 0, "best_val": float("inf"), "best": None, "stale": 0, "history": []}
+    current = checkpoint.state.get("current")
+    if current and current["name"] == name:
+        vae.load_state_dict(current["vae"])
+        optimiser.load_state_dict(current["optimiser"])
+        generator.set_state(current["generator"])
+        run = current["run"]
+    task = progress.add_task(f"training {name}", total=t.epochs, completed=run["epoch"], info="")
+    started = time.perf_counter()
+
+    def prepare(x):
+        x = x.to(device)
+        return ((x - mean) / std).reshape(len(x), -1)
+
+    while run["epoch"] < t.epochs and run["stale"] < t.patience:
         vae.train()
-        order = torch.randperm(len(x), generator=generator).to(device)
+        order = torch.randperm(len(train), generator=generator).numpy()
         total = 0.0
-        for i in range(0, len(x), t.batch_size):
-            batch = x[order[i : i + t.batch_size]]
-            loss = vae_loss(batch, *vae(batch), beta=t.beta)
+        for a in range(0, len(order), t.batch_size):
+            x = prepare(train.batch(order[a : a + t.batch_size]))
+            loss = vae_loss(x, *vae(x), beta=t.beta)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += loss.item() * len(batch)
-        record = {"epoch": epoch + 1, "train_loss": total / len(x)}
-        if xv is not None:
-            vae.eval()
-            with torch.no_grad():
-                record["val_loss"] = vae_loss(xv, *vae(xv), beta=t.beta).item()
-        history.append(record)
-        progress.update(task, advance=1, info=" ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
-    return vae.eval().cpu(), history
+            total += loss.item() * len(x)
+        val_error = _reconstruction_error(vae, val if len(val) else train, prepare, t.batch_size)
+        run["epoch"] += 1
+        run["history"].append({"epoch": run["epoch"], "train_loss": round(total / len(train), 5), "val_error": round(val_error, 5)})
+        if val_error < run["best_val"] - 1e-6:
+            run["best_val"], run["stale"] = val_error, 0
+            run["best"] = {k: v.detach().cpu().clone() for k, v in vae.state_dict().items()}
+        else:
+            run["stale"] += 1
+        checkpoint.state["current"] = {"name": name, "vae": vae.state_dict(), "optimiser": optimiser.state_dict(), "generator": generator.get_state(), "run": run}
+        checkpoint.save()
+        progress.update(task, completed=run["epoch"], info=f"train {total / len(train):.4f} held-out {val_error:.4f} best {run['best_val']:.4f}")
+    seconds = time.perf_counter() - started
+    info = {"epochs": run["epoch"], "stopped_early": run["epoch"] < t.epochs, "best_val_error": round(run["best_val"], 5), "windows": len(train), "seconds": round(seconds, 2), "history": run["history"]}
+    best = VAE(train.rows.shape[1] * len(mean), config.model.hidden, config.model.latent)
+    best.load_state_dict(run["best"])
+    checkpoint.state["done"][name] = {"best": run["best"], "info": info}
+    checkpoint.state["current"] = None
+    checkpoint.save()
+    return best.eval(), info
 
 
-def fit(config: TrainConfig, output: Path | None = None) -> tuple[Path, dict]:
+def _reconstruction_error(vae: VAE, windows: WindowSet, prepare, batch_size: int) -> float:
+    vae.eval()
+    total = 0.0
+    with torch.no_grad():
+        for a in range(0, len(windows), batch_size * 8):
+            x = prepare(windows.batch(np.arange(a, min(a + batch_size * 8, len(windows)))))
+            total += (vae.reconstruct(x) - x).pow(2).mean(dim=1).sum().item()
+    return total / len(windows)
+
+
+def train_detector(config: TrainConfig, train_items: list[Item], val_items: list[Item], cache: FeatureCache, progress: Progress, checkpoint: Checkpoint) -> tuple[Detector, dict]:
+    """The Detector for `config.mode`, trained on `train_items`, stopped early on `val_items`."""
+    params, device = config.features, artifact.resolve_device(config.training.device)
+    roles = {"nobird": ["background"], "bird": ["bird"], "contrast": ["background", "bird"]}[config.mode]
+
+    def windows(items, label):
+        chosen = [i for i in items if i.label == label]
+        return WindowSet.of(cache, params, chosen, config.select.call_db if label == 1 else None)
+
+    sets = {"background": (windows(train_items, 0), windows(val_items, 0)), "bird": (windows(train_items, 1), windows(val_items, 1))}
+    for role in roles:
+        if not len(sets[role][0]):
+            raise ValueError(f"no {role} windows to train on (mode {config.mode})")
+    if "bird" in roles and config.augment.bird_mixes:
+        bird, background = sets["bird"][0], sets["background"][0]
+        if not len(background):
+            raise ValueError("augment.bird_mixes needs background clips to mix bird calls into")
+        rng = np.random.default_rng(config.training.seed)
+        mixed = mix_windows(bird.all().numpy(), background.all().numpy(), tuple(config.augment.gain_db), config.augment.bird_mixes, rng)
+        sets["bird"] = (WindowSet(bird.frames, bird.rows, mixed), sets["bird"][1])
+    # Each VAE is normalised by its own training windows (measured better than one shared normalisation).
+    vaes, means, stds, info = [], [], [], {}
+    for role in roles:
+        mean, std = sets[role][0].band_stats()
+        vae, info[role] = fit_vae(role, *sets[role], mean, std.clamp_min(1e-3), config, device, progress, checkpoint)
+        vaes.append(vae)
+        means.append(mean)
+        stds.append(std.clamp_min(1e-3))
+    signs = [1.0, -1.0] if config.mode == "contrast" else [1.0]
+    return Detector(LogMel(params), vaes, signs, torch.stack(means), torch.stack(stds), params.window_frames).eval(), info
+
+
+def scoring_base(config: TrainConfig, detector: Detector, train_items: list[Item], cache: FeatureCache) -> dict:
+    """Polarity and, when asked for, the energy term with its centre and spreads, measured on the
+    training windows of the normal class so that its two parts weigh as `energy.weight` says."""
+    polarity = POLARITY[config.mode]
+    base = {"mode": config.mode, "polarity": polarity}
+    if not config.energy.weight:
+        return base
+    normal = [i for i in train_items if i.label == (1 if config.mode == "bird" else 0)]
+    probe = Scorer(base, config.features, context_windows=config.energy.context_windows)
+    s, e = [], []
+    with torch.no_grad():
+        for item in normal:
+            frames = cache.frames(item.path)
+            if frames is None:
+                continue
+            windows = windows_of(frames, config.features)
+            probe.reset()
+            s.append(probe.decide(detector(windows).numpy())[0])
+            e.append(probe.energy_terms(windows.numpy()))
+    s, e = np.concatenate(s), np.concatenate(e)
+    base["energy"] = {
+        "weight": config.energy.weight, "context_windows": config.energy.context_windows, "band_hz": list(ENERGY_BAND_HZ),
+        "loss_centre": float(np.median(s)), "loss_spread": float(max(np.std(s), 1e-9)), "energy_spread": float(max(np.std(e), 1e-9)),
+    }
+    return base
+
+
+def window_decisions(detector: Detector, items: list[Item], cache: FeatureCache, params, scoring: dict) -> dict[Item, np.ndarray]:
+    """Decision values (higher: more bird-like) of every window of every clip, each clip a segment."""
+    scorer = Scorer(scoring, params)
+    out = {}
+    with torch.no_grad():
+        for item in items:
+            frames = cache.frames(item.path)
+            if frames is not None:
+                windows = windows_of(frames, params)
+                scorer.reset()
+                out[item] = scorer.decide(detector(windows).numpy(), windows.numpy())[0]
+    return out
+
+
+def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]) -> tuple[dict, dict]:
+    """Threshold and scale on held-out decision values; returns (scoring metadata, held-out metrics)."""
+    c = config.calibration
+    normal_label = 1 if config.mode == "bird" else 0
+    normal = np.concatenate([d for i, d in decisions.items() if i.label == normal_label] or [np.zeros(0)])
+    if not len(normal):
+        raise ValueError("calibration needs held-out clips of the normal class; add data or raise training.val_fraction")
+    labels = np.array([i.label for i in decisions])
+    clip_d = np.array([clip_aggregate(d, c.clip_aggregate) for d in decisions.values()])
+    t = threshold_for(c.strategy, normal, normal_label == 1, clip_d, labels, c.percentile, c.gamma_quantile)
+    scoring = {**base, "threshold": t, "scale": spread(normal), "strategy": c.strategy, "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
+    auc = roc_auc(labels, clip_d) if len(set(labels)) > 1 else float("nan")
+    metrics = {"val_clips": len(labels), "val_clip_auc": None if np.isnan(auc) else round(auc, 4), **{f"val_{k}": round(v, 4) for k, v in precision_recall_f1(labels, clip_d >= t).items() if not np.isnan(v)}}
+    return scoring, metrics
+
+
+def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, cache_dir: Path | None = None) -> tuple[Path, dict]:
     torch.manual_seed(config.training.seed)
     params = config.features
-    device = artifact.resolve_device(config.training.device)
+    output = Path(output or config.output)
     items = [item for data in config.data for item in read_dataset(data)]
     train_items, val_items = split_by_file(items, config.training.val_fraction, config.training.seed)
-    normal_label = int(config.normal == "bird")
+    cache = FeatureCache(cache_dir or config.cache_dir or default_cache_dir(), params)
+    checkpoint = Checkpoint(output.with_suffix(".ckpt"), config, resume)
+    started = time.perf_counter()
     with progress_bar() as progress:
-        windows = clip_windows(items, params, progress)
-        normal_train = [windows[i] for i in train_items if i in windows and i.label == normal_label]
-        normal_val = [windows[i] for i in val_items if i in windows and i.label == normal_label]
-        if not normal_train:
-            raise ValueError(f"no usable {config.normal} clips to train on")
-        x = torch.cat(normal_train)
-        xv = torch.cat(normal_val) if normal_val else x[:0]
-        mean, std = x.mean(dim=(0, 1)), x.std(dim=(0, 1)).clamp_min(1e-3)
-        vae, history = fit_vae(x, xv, mean, std, config, device, progress)
-    detector = Detector(LogMel(params), [vae], [1.0], mean, std, params.window_frames).eval()
-    polarity = POLARITY[config.normal]
-    # Calibrate on held-out normal windows (training windows when there are none held out).
-    reference = xv if len(xv) else x
-    with torch.no_grad():
-        ref_losses = detector(reference).numpy()
-    threshold, scale = calibrate(ref_losses, polarity, config.calibration.percentile)
-    metrics = evaluate_clips(detector, {i: windows[i] for i in val_items if i in windows}, polarity)
-    metrics.update({"train_clips": sum(i in windows for i in train_items), "val_clips": sum(i in windows for i in val_items), "normal_train_windows": len(x), "final": history[-1]})
+        cache.ensure([i.path for i in items], progress)
+        unusable = [i for i in items if cache.entry(i.path) is None]
+        for item in unusable:
+            log.warning("skipped %s: %s", item.path, cache.error(item.path) or "no audio")
+        detector, info = train_detector(config, train_items, val_items, cache, progress, checkpoint)
+    base = scoring_base(config, detector, train_items, cache)
+    scoring, metrics = calibrate(config, base, window_decisions(detector, val_items, cache, params, base))
+    train_seconds = sum(v["seconds"] for v in info.values())
+    audio_hours = {role: v["windows"] * params.hop_seconds / 3600 for role, v in info.items()}
+    metrics.update({
+        "train_clips": sum(cache.entry(i.path) is not None for i in train_items),
+        "models": {role: {k: v for k, v in i.items() if k != "history"} for role, i in info.items()},
+        "train_seconds": round(train_seconds, 2),
+        "train_audio_hours_per_minute": round(sum(audio_hours[r] * info[r]["epochs"] for r in info) / max(train_seconds / 60, 1e-9), 2),
+        "wall_seconds": round(time.perf_counter() - started, 2),
+    })
     meta = {
         "features": params.to_dict(),
-        "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
+        "normalisation": {"mean": detector.mean.reshape(len(detector.vaes), -1).tolist(), "std": detector.std.reshape(len(detector.vaes), -1).tolist()},
         "model": architecture(detector, config.model.hidden, config.model.latent),
-        "scoring": {"mode": config.normal, "polarity": polarity, "threshold": threshold, "scale": scale, "strategy": config.calibration.strategy, "percentile": config.calibration.percentile},
+        "scoring": scoring,
         "provenance": {
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version(),
-            "data": data_summary(items, windows, val_items, params),
+            "data": data_summary(items, val_items, unusable),
             "config": asdict(config),
             "metrics": metrics,
+            "history": {role: i["history"] for role, i in info.items()},
             "torch": torch.__version__,
             "host": platform.node(),
-            "device": str(device),
+            "device": str(artifact.resolve_device(config.training.device)),
         },
     }
-    path = artifact.save(detector, meta, output or Path(config.output))
+    path = artifact.save(detector, meta, output)
+    checkpoint.path.unlink(missing_ok=True)
     return path, metrics
 
 
-def calibrate(normal_losses: np.ndarray, polarity: str, percentile: float) -> tuple[float, float]:
-    """Threshold at `percentile` of the normal class's losses, on its tail towards birds;
-    the scale is their robust spread, so a score of 0.73 means one spread past the threshold."""
-    tail = percentile if polarity == "high_loss_is_bird" else 100.0 - percentile
-    threshold = float(np.percentile(normal_losses, tail))
-    q25, q75 = np.percentile(normal_losses, [25, 75])
-    scale = float(max((q75 - q25) / 1.349, 1e-6))
-    return threshold, scale
-
-
-def evaluate_clips(detector: Detector, windows: dict[Item, torch.Tensor], polarity: str) -> dict:
-    """Clip-level ROC AUC (clip score: the most bird-like window) on labelled held-out clips."""
-    if not windows:
-        return {}
-    sign = 1.0 if polarity == "high_loss_is_bird" else -1.0
-    labels, scores = [], []
-    with torch.no_grad():
-        for item, w in windows.items():
-            labels.append(item.label)
-            scores.append(float((sign * detector(w)).max()))
-    auc = roc_auc(np.array(labels), np.array(scores))
-    return {"val_clip_auc": None if math.isnan(auc) else round(auc, 4)}
-
-
-def data_summary(items: list[Item], windows: dict, val_items: list[Item], params: FeatureParams) -> dict:
+def data_summary(items: list[Item], val_items: list[Item], unusable: list[Item]) -> dict:
     by_dataset = defaultdict(lambda: {"bird": 0, "nobird": 0})
     for item in items:
         by_dataset[item.dataset]["bird" if item.label else "nobird"] += 1
-    return {
-        "clips": len(items),
-        "used": len(windows),
-        "by_dataset": dict(by_dataset),
-        "val_items": sorted(i.itemid for i in val_items),
-        "windows": sum(len(w) for w in windows.values()),
-    }
+    return {"clips": len(items), "unusable": len(unusable), "by_dataset": dict(by_dataset), "val_items": sorted(i.itemid for i in val_items)}
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamdet" / "features"
 
 
 def code_version() -> str:

@@ -1,0 +1,158 @@
+"""Issue 3's training and evaluation, for real, on tiny generated datasets."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from audiogen import clip, write
+from conftest import TINY_TRAIN_YAML, make_bad_dataset
+from streamdet import artifact
+from streamdet.audio import load_resampled
+from streamdet.features import FeatureParams, StreamingWindows, offline_windows
+from train.cache import FeatureCache
+from train.cli import main as train_main
+from train.config import DataConfig, load_train_config
+from train.datasets import read_dataset, read_labels, unlabelled
+from train.evaluate import evaluate, predict
+from train.fit import Checkpoint, fit
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_bad_dataset(tmp_path_factory.mktemp("modes"), n_nobird=12, n_bird=12, seconds=6.0)
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    """Clips no model saw: half with calls, half without, at several rates."""
+    root = tmp_path_factory.mktemp("heldout")
+    rows = ["file,label"]
+    for i in range(12):
+        sr = (22050, 44100, 16000)[i % 3]
+        calls = [(1.0 + (i % 3) * 0.5, 1.0)] if i % 2 else []
+        write(root / f"h{i:02d}.wav", clip(4.0, sr, calls, seed=500 + i), sr)
+        rows.append(f"h{i:02d}.wav,{i % 2}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def config_for(root, mode, **changes):
+    text = TINY_TRAIN_YAML.format(epochs=15).replace("mode: nobird", f"mode: {mode}")
+    text += f"cache_dir: {root / 'cache'}\n"
+    for key, value in changes.items():
+        text += f"{key}: {value}\n"
+    path = root / f"{mode}.yaml"
+    path.write_text(text)
+    return load_train_config(path)
+
+
+@pytest.mark.parametrize("mode", ["nobird", "bird", "contrast"])
+def test_every_mode_trains_and_is_measured_on_held_out_clips(dataset, held_out, tmp_path, mode):
+    config = config_for(dataset, mode)
+    path, metrics = fit(config, tmp_path / f"{mode}.pt")
+    model = artifact.load(path, "cpu")
+    assert model.meta["scoring"]["mode"] == mode
+    assert model.polarity == ("low_loss_is_bird" if mode == "bird" else "high_loss_is_bird")
+    assert len(model.meta["model"]["signs"]) == (2 if mode == "contrast" else 1)
+    items = read_labels(held_out / "labels.csv")
+    cache = FeatureCache(tmp_path / "cache", model.features)
+    cache.ensure([i.path for i in items])
+    result = evaluate(model, items, cache, tmp_path / "eval")
+    auc = result["blocks"]["all"]["model"]["auc"]
+    if mode == "bird":
+        # The seed's literal method stays at chance, here as on real audio (README): a VAE of bird
+        # windows reconstructs plain background at least as well, so low loss does not mean bird.
+        assert 0.3 <= auc <= 0.7, auc
+    else:
+        assert auc >= 0.8, (mode, auc)  # chance is 0.5
+    assert (tmp_path / "eval" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["clips_scored"] == 12
+
+
+def test_the_cache_is_reused_and_notices_changed_files(dataset, tmp_path):
+    params = FeatureParams()
+    paths = sorted((dataset / "wav").glob("*.wav"))[:4]
+    first = FeatureCache(tmp_path, params)
+    first.ensure(paths)
+    assert first.computed == 4
+    again = FeatureCache(tmp_path, params)
+    again.ensure(paths)
+    assert again.computed == 0
+    np.testing.assert_array_equal(again.frames(paths[0]), first.frames(paths[0]))
+    changed = tmp_path / "changed.wav"
+    write(changed, clip(2.0, 22050, seed=1), 22050)
+    again.ensure([changed])
+    write(changed, clip(3.0, 22050, seed=2), 22050)
+    again.ensure([changed])
+    assert again.computed == 2 and again.entry(changed)["seconds"] == 3.0
+    # Frames from the cache are what streaming computes.
+    _, streamed = offline_windows(load_resampled(changed, params.sample_rate), params)
+    assert torch.allclose(torch.from_numpy(np.array(again.frames(changed)[: params.window_frames])), streamed[0], atol=1e-3)
+
+
+def test_predict_writes_a_submission_row_for_every_file(tmp_path, tiny_model):
+    folder = tmp_path / "chernobyl"
+    folder.mkdir()
+    for i in range(3):
+        write(folder / f"c{i}.wav", clip(3.0, 44100, [(1.0, 1.0)] if i == 1 else [], seed=i), 44100)
+    (folder / "broken.wav").write_bytes(b"RIFF junk")
+    out = tmp_path / "submission.csv"
+    assert train_main(["predict", "--model", str(tiny_model), "--data", str(folder), "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert [r["itemid"] for r in rows] == ["broken", "c0", "c1", "c2"]
+    scores = {r["itemid"]: float(r["hasbird"]) for r in rows}
+    assert all(0.0 <= v <= 1.0 for v in scores.values()) and scores["broken"] == 0.0
+    assert scores["c1"] > max(scores["c0"], scores["c2"])
+
+
+def test_resume_continues_an_interrupted_training(dataset, tmp_path, monkeypatch):
+    config = config_for(dataset, "contrast")
+    out = tmp_path / "m.pt"
+    saves = {"n": 0}
+    real_save = Checkpoint.save
+
+    def interrupt_after_five(self):
+        real_save(self)
+        saves["n"] += 1
+        if saves["n"] == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", interrupt_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, out)
+    assert out.with_suffix(".ckpt").exists() and not out.exists()
+    monkeypatch.setattr(Checkpoint, "save", real_save)
+    path, _ = fit(config, out, resume=True)
+    history = artifact.load(path, "cpu").meta["provenance"]["history"]
+    assert [h["epoch"] for h in history["background"]] == list(range(1, 16))  # epochs 1-5 before, 6-15 after
+    assert not out.with_suffix(".ckpt").exists()
+    changed = config_for(dataset, "contrast", **{"select": "{call_db: 1.0}"})
+    Checkpoint(out.with_suffix(".ckpt"), config, resume=False).save()
+    with pytest.raises(ValueError, match="different configuration"):
+        fit(changed, out, resume=True)
+
+
+def test_dataset_presets_find_the_distributed_layout(tmp_path):
+    root = tmp_path / "ff"
+    (root / "wav").mkdir(parents=True)
+    write(root / "wav" / "101.wav", clip(1.0, 44100), 44100)
+    (root / "ff1010bird_metadata_2018.csv").write_text("itemid,datasetid,hasbird\n101,ff1010bird,1\n")
+    items = read_dataset(DataConfig(kind="ff1010bird", root=str(root)))
+    assert [(i.itemid, i.label, i.dataset) for i in items] == [("101", 1, "ff1010bird")]
+    (root / "plain.csv").write_text("file,label\nwav/101.wav,0\n")
+    assert [(i.itemid, i.label) for i in read_labels(root / "plain.csv")] == [("101", 0)]
+    assert [i.itemid for i in unlabelled(root / "wav")] == ["101"]
+
+
+def test_pcen_front_end_streams_as_it_computes_offline():
+    params = FeatureParams(kind="pcen")
+    x = clip(6.3, 22050, [(2.0, 1.0)], seed=3)
+    starts, offline = offline_windows(x, params)
+    framer = StreamingWindows(params)
+    got = []
+    for i in range(0, len(x), 3001):
+        got.append(framer.push(x[i : i + 3001])[1].clone())
+    got.append(framer.finish()[1])
+    assert torch.allclose(torch.cat(got), offline, atol=1e-4)
