@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(libportaudio2)
+APT_PACKAGES=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins)  # PortAudio; a virtual microphone for the tests
 PYTHON=${PYTHON:-python3}
 
 missing=()
@@ -18,7 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "bootstrap: installing Debian packages: ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "bootstrap: warning: missing Debian packages ${missing[*]} (microphone capture needs them); install them as root" >&2
+    echo "bootstrap: warning: missing Debian packages ${missing[*]} (microphone capture and its tests need them); install them as root" >&2
   fi
 fi
 

@@ -159,3 +159,66 @@ def _print(console: Console, r: dict) -> None:
         table.add_row(f"one window, {name} model, p50 / p99", f"{lat['p50']:.3f} / {lat['p99']:.3f} ms")
     table.add_row("peak memory (RSS) after the end-to-end runs", f"{r['peak_rss_mib_daemon']:.0f} MiB")
     console.print(table)
+
+
+def run_mic_bench(device: str, seconds: float, model_path: Path | None, console: Console | None = None) -> dict:
+    """The daemon as its own process, monitoring `device` in real time: its CPU use and latency."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    console = console or Console()
+    endpoint = free_tcp_endpoint()
+    command = [sys.executable, "-m", "streamdet", "run", "--mic", device, "--endpoint", endpoint, "--wait-subscribers", "1", "--set", "bus.status_interval_s=1", "--log-level", "warning"]
+    if model_path is not None:
+        command += ["--model", str(model_path)]
+    statuses, first = [], threading.Event()
+
+    def subscribe(sub):
+        for _, msg in sub.messages(idle_timeout_s=seconds + 30):
+            if msg["type"] == "loss":
+                first.set()
+            elif msg["type"] == "status":
+                statuses.append(msg)
+                if msg["state"] != "running":
+                    return
+
+    sub = Subscriber(endpoint)
+    listener = threading.Thread(target=subscribe, args=(sub,), daemon=True)
+    listener.start()
+    daemon = subprocess.Popen(command)
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds() -> float:
+        fields = open(f"/proc/{daemon.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+    try:
+        if not first.wait(30):
+            raise RuntimeError(f"no audio from microphone {device!r} within 30 s")
+        time.sleep(3.0)  # past start-up work: imports, model load, the first windows
+        c0, t0 = cpu_seconds(), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = cpu_seconds(), time.monotonic()
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        daemon.wait(30)
+        listener.join(10)
+        sub.close()
+    final = statuses[-1]["sources"]["mic"] if statuses else {}
+    results = {
+        "device": final.get("device"), "rate": final.get("rate"), "seconds": seconds,
+        "cpu_percent_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 1),
+        "latency_ms": final.get("latency_ms"), "windows": final.get("windows"), "gaps": final.get("gaps"), "dropped_samples": final.get("dropped_samples"),
+    }
+    table = Table(title="streamdet bench --mic")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("device, rate", f"{results['device']}, {results['rate']} Hz")
+    table.add_row(f"daemon CPU while monitoring ({seconds:g} s)", f"{results['cpu_percent_of_one_core']:.1f}% of one core")
+    lat = results["latency_ms"] or {}
+    table.add_row("latency, last sample in -> loss published, p50 / p99", f"{lat.get('p50', float('nan')):.1f} / {lat.get('p99', float('nan')):.1f} ms")
+    table.add_row("windows, gaps, dropped samples", f"{results['windows']}, {results['gaps']}, {results['dropped_samples']}")
+    console.print(table)
+    return results

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the detector daemon")
     run.add_argument("--config", type=Path, help="YAML config (see configs/daemon.yaml)")
     run.add_argument("--replay", type=Path, metavar="DIR", help="replay the audio files of DIR, in sorted order, as one stream")
+    run.add_argument("--mic", nargs="?", const="", metavar="DEVICE", help="capture from an input device (index or part of its name; none: the default input)")
     run.add_argument("--pace", help="replay pace: realtime, max, or a speed factor such as 4x")
     run.add_argument("--loop", action="store_true", default=None, help="replay the directory again and again")
     run.add_argument("--name", help="source name, used in topics (default: replay)")
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set detector.on_score=0.6")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     run.set_defaults(handler=cmd_run)
+
+    devices = sub.add_parser("devices", help="list input devices (for --mic)")
+    devices.set_defaults(handler=cmd_devices)
 
     listen = sub.add_parser("listen", help="subscribe and show what the daemon publishes")
     listen.add_argument("--endpoint", default="tcp://127.0.0.1:5556")
@@ -70,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--passes", type=int, default=5, help="end-to-end replays; the first is reported as cold, the median of the rest as steady state")
     bench.add_argument("--threads", type=int, default=1, help="torch intra-op threads, as model.threads (default 1)")
     bench.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    bench.add_argument("--mic", nargs="?", const="", metavar="DEVICE", help="instead: monitor this input device in real time and measure the daemon's CPU use and latency")
+    bench.add_argument("--seconds", type=float, default=30.0, help="with --mic: how long to measure")
     bench.set_defaults(handler=cmd_bench)
     return parser
 
@@ -90,15 +96,21 @@ def build_config(args):
 
     try:
         config = load_config(args.config)
-        if args.replay is not None:
-            base = next((s for s in config.sources if s.kind == "replay"), SourceConfig())
-            config.sources = [dataclasses.replace(base, kind="replay", path=str(args.replay))]
+        if args.replay is not None or args.mic is not None:
+            chosen = []
+            if args.replay is not None:
+                base = next((s for s in config.sources if s.kind == "replay"), SourceConfig())
+                chosen.append(dataclasses.replace(base, kind="replay", path=str(args.replay)))
+            if args.mic is not None:
+                base = next((s for s in config.sources if s.kind == "mic"), SourceConfig(name="mic"))
+                chosen.append(dataclasses.replace(base, kind="mic", name=base.name if base.kind == "mic" else "mic", device=args.mic or None))
+            config.sources = chosen
         for source in config.sources:
-            if args.pace is not None:
+            if args.pace is not None and source.kind == "replay":
                 source.pace = args.pace
-            if args.loop:
+            if args.loop and source.kind == "replay":
                 source.loop = True
-            if args.name is not None:
+            if args.name is not None and len(config.sources) == 1:
                 source.name = args.name
         if args.model is not None:
             config.model.path = str(args.model)
@@ -130,6 +142,7 @@ def cmd_run(args) -> int:
     from .artifact import ArtifactError, load
     from .bus import BusError, Publisher
     from .daemon import Daemon
+    from .sources.mic import MicError
 
     if config.model.threads:
         import torch
@@ -144,13 +157,40 @@ def cmd_run(args) -> int:
         publisher = Publisher(config.bus.endpoint, config.bus.send_hwm, wait_when_full=wait)
     except BusError as exc:
         raise UserError(str(exc)) from None
-    daemon = Daemon(config, model, publisher)
+    try:
+        daemon = Daemon(config, model, publisher)
+    except MicError as exc:
+        publisher.close()
+        raise UserError(str(exc)) from None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.request_stop())
     try:
         daemon.run()
     finally:
         publisher.close()
+    return 0
+
+
+def cmd_devices(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .sources.mic import MicError, import_sounddevice, input_devices
+
+    try:
+        sd = import_sounddevice()
+        devices = input_devices(sd)
+    except MicError as exc:
+        raise UserError(str(exc)) from None
+    if not devices:
+        raise UserError("no input device found (PortAudio lists none)")
+    default = sd.default.device[0]
+    table = Table(title="input devices (use the index or part of the name with --mic)")
+    for col in ("index", "name", "channels", "default rate", "host API", "default"):
+        table.add_column(col)
+    for d in devices:
+        table.add_row(str(d["index"]), d["name"], str(d["channels"]), f"{d['default_rate']:.0f}", d["api"], "*" if d["index"] == default else "")
+    Console().print(table)
     return 0
 
 
@@ -182,8 +222,13 @@ def cmd_bench(args) -> int:
     if args.data is not None and not args.data.is_dir():
         raise UserError(f"--data {args.data}: not a directory")
     try:
-        results = run_bench(args.data, args.model, args.device, max(1, args.passes))
-    except ArtifactError as exc:
+        if args.mic is not None:
+            from .bench import run_mic_bench
+
+            results = run_mic_bench(args.mic, args.seconds, args.model)
+        else:
+            results = run_bench(args.data, args.model, args.device, max(1, args.passes))
+    except (ArtifactError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -22,12 +22,19 @@ def pace_speed(pace: str) -> float:
 
 @dataclass
 class SourceConfig:
-    kind: str = field(default="replay", metadata={"choices": ("replay",)})
+    kind: str = field(default="replay", metadata={"choices": ("replay", "mic")})
     name: str = "replay"
+    # replay
     path: str | None = None
     pace: str = "realtime"
     loop: bool = False
     block_seconds: float = field(default=0.05, metadata={"above": 0.0, "max": 10.0})
+    # mic
+    device: str | None = None  # index or part of the name; None: the default input
+    sample_rate: int | None = field(default=None, metadata={"min": 1000})  # None: the model's if the device takes it
+    channels: int = field(default=1, metadata={"min": 1, "max": 64})  # captured, then averaged to mono
+    block_frames: int = field(default=1024, metadata={"min": 16, "max": 65536})
+    latency: float | None = field(default=None, metadata={"above": 0.0})  # seconds; None: the device's low latency
     ring_seconds: float = field(default=30.0, metadata={"above": 0.0})
 
     def problems(self):
@@ -37,8 +44,10 @@ class SourceConfig:
             yield "pace", f"expected 'realtime', 'max' or a positive speed factor such as '4x', found {self.pace!r}"
         if self.kind == "replay" and not self.path:
             yield "path", "expected the directory to replay (or --replay DIR)"
-        if self.ring_seconds < 4 * self.block_seconds:
+        if self.kind == "replay" and self.ring_seconds < 4 * self.block_seconds:
             yield "ring_seconds", f"expected at least 4 blocks ({4 * self.block_seconds:g} s), found {self.ring_seconds:g}"
+        if self.kind == "mic" and self.ring_seconds * (self.sample_rate or 8000) < 4 * self.block_frames:
+            yield "ring_seconds", f"expected room for at least 4 blocks of {self.block_frames} frames, found {self.ring_seconds:g} s"
 
 
 @dataclass

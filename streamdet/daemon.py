@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import socket
 import threading
@@ -20,11 +21,25 @@ IDLE_SLEEP_S = 0.002
 STOP_GRACE_S = 10.0
 
 
+def debug_stall() -> tuple[float, float] | None:
+    """STREAMDET_DEBUG_STALL=EVERY:FOR makes the processing loop stop for FOR seconds every EVERY
+    seconds: a deliberately slow consumer, to see gaps counted and reported (tests, field checks)."""
+    value = os.environ.get("STREAMDET_DEBUG_STALL")
+    if not value:
+        return None
+    every, _, duration = value.partition(":")
+    return float(every), float(duration)
+
+
 def make_source(config: SourceConfig, sample_rate: int):
+    """(source, its ring buffer); a microphone's ring runs at the device's rate."""
+    if config.kind == "mic":
+        from .sources.mic import MicSource  # sounddevice and PortAudio only when a microphone is used
+
+        source = MicSource(config, sample_rate)
+        return source, source.ring
     ring = RingBuffer(int(config.ring_seconds * sample_rate))
-    if config.kind == "replay":
-        return ReplaySource(config, sample_rate, ring), ring
-    raise ValueError(f"source kind {config.kind!r} is not built")
+    return ReplaySource(config, sample_rate, ring), ring
 
 
 class Daemon:
@@ -55,8 +70,14 @@ class Daemon:
         log.info("running: %s; model %s on %s", ", ".join(f"{c.name} ({c.source.kind})" for c in self.channels), self.model.path, self.model.device)
         self._publish_status("running")
         next_status = time.monotonic() + bus.status_interval_s
+        stall = debug_stall()
+        next_stall = time.monotonic() + stall[0] if stall else float("inf")
         state = "stopped"
         while not self._stop.is_set():
+            if time.monotonic() >= next_stall:
+                log.warning("debug: the processing loop stalls for %g s (STREAMDET_DEBUG_STALL)", stall[1])
+                time.sleep(stall[1])
+                next_stall = time.monotonic() + stall[0]
             did = False
             for channel in self.channels:
                 did |= channel.pump()

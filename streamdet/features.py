@@ -16,6 +16,10 @@ from torch import nn
 from torchaudio.transforms import AmplitudeToDB, MelSpectrogram
 
 FEATURE_KINDS = ("logmel_db", "pcen")
+# A frame whose every log-mel value is at or below this is digital silence (zeros sit at the
+# -100 dB floor; even one-LSB dither reaches about -52 dB): a mute, a dropout or padding.  A window
+# holding any such frame is not scored: no natural recording looks like that to the model.
+SILENT_DB = -80.0
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,14 @@ def window_index(starts: list[int], n_frames: int, params: FeatureParams) -> np.
     return (np.asarray(starts)[:, None] + np.arange(params.window_frames)) % max(n_frames, 1)
 
 
+def silent_windows(frames_db, starts: list[int], params: FeatureParams) -> np.ndarray:
+    """Which windows of a segment's log-mel dB frames hold digital silence."""
+    if not starts:
+        return np.zeros(0, dtype=bool)
+    peaks = np.asarray(frames_db).max(axis=1)
+    return peaks[window_index(starts, len(peaks), params)].min(axis=1) <= SILENT_DB
+
+
 def windows_from_frames(frames, params: FeatureParams) -> tuple[list[int], torch.Tensor]:
     """All windows of a complete segment's log-mel dB frames: (start frames, [n, window_frames, n_mels])."""
     frames = model_frames(frames, params)
@@ -223,11 +235,13 @@ class StreamingWindows:
         self.device = torch.device(device)
         self.frontend = frontend or LogMel(params).to(self.device)
         self.pcen = PCEN(params, self.device) if params.kind == "pcen" else None
+        self.silent = np.zeros(0, dtype=bool)  # digital silence, for the windows the last push or finish returned
         self.reset()
 
     def reset(self) -> None:
         self._samples = torch.zeros(0)
         self._frames = torch.zeros(0, self.params.n_mels, device=self.device)
+        self._peaks = torch.zeros(0, device=self.device)  # each kept frame's loudest band, in dB (before PCEN)
         self._frames_base = 0  # segment index of _frames[0]
         self._next_grid = 0  # grid index of the next window to emit
         self.frames_total = 0
@@ -242,6 +256,7 @@ class StreamingWindows:
             used = (n_new - 1) * p.hop_length + p.n_fft
             with torch.no_grad():
                 frames = self.frontend(self._samples[:used].to(self.device))
+                self._peaks = torch.cat([self._peaks, frames.amax(dim=1)])
                 if self.pcen is not None:
                     frames = self.pcen(frames)
             self._frames = torch.cat([self._frames, frames])
@@ -271,10 +286,16 @@ class StreamingWindows:
             local = torch.from_numpy(window_index([start], n, self.params)[0] - self._frames_base)
             starts.append(start)
             parts.append(self._frames[local.to(self._frames.device)].unsqueeze(0))
+        if starts:
+            local = torch.from_numpy(window_index(starts, n, self.params) - self._frames_base).to(self._peaks.device)
+            self.silent = (self._peaks[local].amin(dim=1) <= SILENT_DB).cpu().numpy()
+        else:
+            self.silent = np.zeros(0, dtype=bool)
         # Keep what the next grid window, or a tail window, could still need.
         keep_from = max(0, self._next_grid * h - h + 1) if self._next_grid else 0
         if keep_from > self._frames_base:
             self._frames = self._frames[keep_from - self._frames_base :]
+            self._peaks = self._peaks[keep_from - self._frames_base :]
             self._frames_base = keep_from
         if not parts:
             return [], torch.zeros(0, w, self.params.n_mels, device=self.device)

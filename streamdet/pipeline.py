@@ -18,7 +18,8 @@ from .config import DetectorConfig
 from .events import EventTracker
 from .features import StreamingWindows, mel_band_edges
 from .ringbuffer import RingBuffer
-from .sources import Finished, Notice, SegmentEnd, SegmentStart, Skipped
+from .audio import StreamingResampler
+from .sources import Finished, Gap, Notice, SegmentEnd, SegmentStart, Skipped, SourceDown, SourceUp
 
 log = logging.getLogger("streamdet.pipeline")
 
@@ -67,9 +68,14 @@ class Channel:
         self.scorer = model.scorer()
         self.explainer = BandExplainer(self.params, 1.0 if model.polarity == "high_loss_is_bird" else -1.0)
         self.batch_windows = batch_windows
-        self.read_chunk = batch_windows * self.params.hop_frames * self.params.hop_length
-        self._queue: list = []  # ("start", seg) | ("windows", seg, starts, windows, read_pos) | ("end", seg)
+        self.rate = source.rate  # of the ring: the model's for replay, the device's for a microphone
+        self.resampler = StreamingResampler(self.rate, self.params.sample_rate)
+        self.read_chunk = int(batch_windows * self.params.hop_seconds * self.rate)
+        self.offset = 0  # audio known to be lost, in ring samples, so stream time keeps to the clock
+        self._expected: int | None = None  # where the next read should start
+        self._queue: list = []  # operations in stream order, run by _flush with one model call
         self._queued_windows = 0
+        self.gaps = 0
         self.seq = 0
         self.segment: SegmentStart | None = None
         self.finished = False
@@ -83,10 +89,14 @@ class Channel:
         self.report_pending = False
 
     # -- reading -----------------------------------------------------------------------------
+    def stream_time(self, pos: int) -> float:
+        return (pos + self.offset) / self.rate
+
     def pump(self) -> bool:
         """Handle due markers and frame what has arrived; score once a batch is full or nothing
         more is waiting (so a paced source is scored at once); True if anything was done."""
         did = False
+        self.source.poll()
         write_pos = self.ring.write_pos  # before looking at markers: see sources/__init__.py
         markers = self.source.markers
         while markers and markers[0].pos <= self.ring.read_pos:
@@ -95,11 +105,15 @@ class Channel:
         limit = min(write_pos, markers[0].pos) if markers else write_pos
         if limit > self.ring.read_pos:
             start, samples = self.ring.read(min(limit - self.ring.read_pos, self.read_chunk))
+            if self._expected is not None and start != self._expected:
+                # The ring was lapped: the source overwrote audio we had not read yet.
+                self._gap(self._expected, start - self._expected, "overrun")
+            self._expected = start + len(samples)
             if self.segment is None:
                 # Samples outside a segment: a source that announces none starts one implicitly.
                 self._begin(SegmentStart(start))
             self.samples_scored += len(samples)
-            self._queue_windows(*self.windows.push(samples))
+            self._frame(self.resampler.process(samples))
             did = True
         if self._queued_windows >= self.batch_windows or (self._queue and self.ring.write_pos == self.ring.read_pos):
             self._flush()
@@ -107,40 +121,69 @@ class Channel:
 
     def _begin(self, segment: SegmentStart) -> None:
         self.segment = segment
+        self.segment_t0 = self.stream_time(segment.pos)
         self.windows.reset()
+        self.resampler.reset()
         self._queue.append(("start", segment))
 
-    def _queue_windows(self, starts: list[int], windows) -> None:
+    def _frame(self, samples: np.ndarray, final: bool = False) -> None:
+        starts, windows = self.windows.push(samples) if not final else self.windows.finish()
         if starts:
-            self._queue.append(("windows", self.segment, starts, windows, self.ring.read_pos))
+            # Where the audio fed to this segment ends: a read that found a gap has moved past it.
+            read_pos = self._expected if self._expected is not None else self.ring.read_pos
+            self._queue.append(("windows", self.segment, self.segment_t0, starts, windows, self.stream_time(read_pos), read_pos, self.windows.silent))
             self._queued_windows += len(starts)
+
+    def _end_segment(self) -> None:
+        if self.segment is None:
+            return
+        self._frame(self.resampler.flush())
+        self._frame(np.zeros(0, np.float32), final=True)
+        self._queue.append(("end", self.segment))
+        self.segment = None
+
+    def _gap(self, pos: int, samples: int | None, reason: str) -> None:
+        """Audio is missing at `pos`: close the segment, so no window straddles it, and say so."""
+        self._end_segment()
+        self.gaps += 1
+        t = self.stream_time(pos)
+        self._queue.append(("gap", {"t": round(t, 4), "samples": samples, "duration_s": None if samples is None else round(samples / self.rate, 4), "reason": reason}))
+        if reason == "source_down" and samples:
+            self.offset += samples  # never written to the ring: stream time jumps over it
 
     def _handle(self, marker) -> None:
         if isinstance(marker, SegmentStart):
+            self._end_segment()
             self._begin(marker)
         elif isinstance(marker, SegmentEnd):
-            self._queue_windows(*self.windows.finish())
-            self._queue.append(("end", self.segment))
-            self.segment = None
+            self._end_segment()
+        elif isinstance(marker, Gap):
+            self._gap(marker.pos, marker.samples, marker.reason)
+        elif isinstance(marker, SourceDown):
+            self._end_segment()
+            self._queue.append(("source_down", {"t": round(self.stream_time(marker.pos), 4), "reason": marker.reason}))
+        elif isinstance(marker, SourceUp):
+            self._queue.append(("source_up", {"t": round(self.stream_time(marker.pos), 4)}))
         elif isinstance(marker, Skipped):
             self.files_skipped += 1
             self._report("skipped", marker.file, marker.reason, logging.WARNING)
         elif isinstance(marker, Notice):
             self._report("notice", marker.file, marker.message, logging.WARNING)
         elif isinstance(marker, Finished):
+            self._end_segment()
             self._flush()
             self.finished = True
 
     def _report(self, kind: str, file: str, text: str, level: int) -> None:
         log.log(level, "%s: %s: %s", self.name, file, text)
-        self.reports.append({"kind": kind, "file": file, "reason": text, "t": round(self.ring.read_pos / self.params.sample_rate, 3)})
+        self.reports.append({"kind": kind, "file": file, "reason": text, "t": round(self.stream_time(self.ring.read_pos), 3)})
         self.report_pending = True
 
     # -- scoring -----------------------------------------------------------------------------
     def _flush(self) -> None:
         """Score every queued window in one model call, then publish in stream order."""
         queue, self._queue, self._queued_windows = self._queue, [], 0
-        batches = [op[3] for op in queue if op[0] == "windows"]
+        batches = [op[4] for op in queue if op[0] == "windows"]
         if batches:
             windows = batches[0] if len(batches) == 1 else torch.cat(batches)
             losses, band_errors = self.model.errors(windows)
@@ -151,35 +194,40 @@ class Channel:
             elif op[0] == "end":
                 self._publish_events(self.tracker.close(), op[1])
                 self.files_played += op[1] is not None and op[1].file is not None
-            else:
-                n = len(op[2])
+            elif op[0] == "windows":
+                n = len(op[3])
                 self._publish_windows(op, losses[at : at + n], band_errors[at : at + n])
                 at += n
+            else:  # gap, source_down, source_up
+                if op[0] == "gap":
+                    log.warning("%s: gap at %.2f s: %s (%s)", self.name, op[1]["t"], "unknown length" if op[1]["samples"] is None else f"{op[1]['duration_s']:.3f} s", op[1]["reason"])
+                self.publisher.send(f"{'gap' if op[0] == 'gap' else 'source'}.{self.name}", message(op[0], run_id=self.run_id, source=self.name, seq_next=self.seq, **op[1]))
 
     def _publish_windows(self, op, losses: np.ndarray, band_errors: np.ndarray) -> None:
-        _, seg, starts, windows, read_pos = op
-        decisions, energies = self.scorer.decide(losses, windows.cpu().numpy() if self.scorer.energy else None)
+        _, seg, t0, starts, windows, read_time, read_pos, silent = op
+        decisions, energies = self.scorer.decide(losses, windows.cpu().numpy() if self.scorer.energy else None, silent)
         scores = self.scorer.score(decisions)
         p = self.params
         sr = p.sample_rate
+        arrived = self.ring.arrival_time(read_pos)  # when the audio completing these windows came in
         for i, (start_frame, loss, score) in enumerate(zip(starts, losses.tolist(), scores.tolist())):
-            start_pos = seg.pos + start_frame * p.hop_length
-            # A segment shorter than a window ends where it ends: everything up to read_pos had been read.
-            end_pos = min(start_pos + p.window_samples, read_pos)
-            t_start, t_end = start_pos / sr, end_pos / sr
+            t_start = t0 + start_frame * p.hop_length / sr
+            # A segment shorter than a window ends where it ends: nothing after read_time had been read.
+            t_end = min(t_start + p.window_seconds, read_time)
             body = message(
                 "loss", run_id=self.run_id, source=self.name, seq=self.seq,
                 t_start=round(t_start, 4), t_end=round(t_end, 4),
                 loss=round(loss, 6), score=round(score, 6), anomaly=score >= 0.5,
             )
-            if energies is not None:
+            if silent[i]:
+                body["silent"] = True  # digital silence: a muted or dead input, scored 0
+            elif energies is not None:
                 body["energy_db"] = round(float(energies[i]), 3)
             if seg.file is not None:
                 body["file"] = seg.file
                 body["offset"] = round(start_frame * p.hop_length / sr, 4)
             self.publisher.send(f"loss.{self.name}", body)
             self.seq += 1
-            arrived = self.ring.arrival_time(end_pos)
             if arrived is not None:
                 self.latencies.append(time.monotonic() - arrived)
             transitions = self.tracker.update(t_start, t_end, score)
@@ -194,7 +242,7 @@ class Channel:
             body = message("event", run_id=self.run_id, source=self.name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in t.items()})
             if seg is not None and seg.file is not None:
                 body["file"] = seg.file
-                body["file_onset"] = round(t["onset"] - seg.pos / self.params.sample_rate, 4)
+                body["file_onset"] = round(t["onset"] - self.stream_time(seg.pos), 4)
             self.events += t["state"] == "end"
             log.info("%s: event %d %s at %.2f s%s", self.name, t["event_id"], t["state"], t.get("offset", t["onset"]), f" ({body['file']})" if "file" in body else "")
             self.publisher.send(f"event.{self.name}", body)
@@ -202,7 +250,7 @@ class Channel:
     # -- reporting ---------------------------------------------------------------------------
     def status(self) -> dict:
         wall = max(time.monotonic() - self.started_at, 1e-9)
-        audio_s = self.samples_scored / self.params.sample_rate
+        audio_s = self.samples_scored / self.rate
         lat = np.array(self.latencies) * 1000.0 if self.latencies else None
         return {
             "kind": self.source.kind,
@@ -210,6 +258,7 @@ class Channel:
             "audio_s": round(audio_s, 3),
             "rtf": round(audio_s / wall, 2),
             "dropped_samples": self.ring.overwritten,
+            "gaps": self.gaps,
             "files_played": self.files_played,
             "files_skipped": self.files_skipped,
             "current_file": getattr(self.source, "current_file", None),
@@ -217,4 +266,5 @@ class Channel:
             "latency_ms": None if lat is None else {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)},
             "reports": list(self.reports),
             "finished": self.finished,
+            **self.source.describe(),
         }

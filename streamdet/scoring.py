@@ -19,6 +19,7 @@ import numpy as np
 from .features import FeatureParams, mel_band_edges
 
 ENERGY_BAND_HZ = (2000.0, 8000.0)
+SILENT_DECISION = -1e6  # a digitally silent window's decision: its score is 0
 
 
 def band_energy_db(windows_db: np.ndarray, params: FeatureParams, band_hz=ENERGY_BAND_HZ) -> np.ndarray:
@@ -41,25 +42,31 @@ class Scorer:
     def reset(self) -> None:
         self._recent.clear()
 
-    def energy_terms(self, windows_db) -> np.ndarray:
-        """Each window's band energy in dB above the median of the trailing windows of its segment."""
+    def energy_terms(self, windows_db, silent=None) -> np.ndarray:
+        """Each window's band energy in dB above the median of the trailing windows of its segment
+        (silent windows neither get a term nor enter the median)."""
         band = self.energy["band_hz"] if self.energy else ENERGY_BAND_HZ
         energies = band_energy_db(windows_db, self.params, band)
-        e = np.empty(len(energies))
+        e = np.zeros(len(energies))
         for i, energy in enumerate(energies.tolist()):
+            if silent is not None and silent[i]:
+                continue
             self._recent.append(energy)
             ordered = sorted(self._recent)  # at most context_windows values: cheaper than numpy here
             mid = len(ordered) // 2
             e[i] = energy - (ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2)
         return e
 
-    def decide(self, losses: np.ndarray, windows_db=None) -> tuple[np.ndarray, np.ndarray | None]:
+    def decide(self, losses: np.ndarray, windows_db=None, silent=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Decision values for consecutive windows of one segment, and their energy terms."""
-        s = self.sign * np.asarray(losses, dtype=np.float64)
-        if not self.energy:
-            return s, None
-        e, en = self.energy_terms(windows_db), self.energy
-        return (s - en["loss_centre"]) / en["loss_spread"] + en["weight"] * e / en["energy_spread"], e
+        d = self.sign * np.asarray(losses, dtype=np.float64)
+        e = None
+        if self.energy:
+            e, en = self.energy_terms(windows_db, silent), self.energy
+            d = (d - en["loss_centre"]) / en["loss_spread"] + en["weight"] * e / en["energy_spread"]
+        if silent is not None and np.any(silent):
+            d = np.where(silent, SILENT_DECISION, d)
+        return d, e
 
     def score(self, decision: np.ndarray) -> np.ndarray:
         z = np.clip((np.asarray(decision, dtype=np.float64) - self.threshold) / self.scale, -60, 60)

@@ -59,9 +59,9 @@ def streamdet_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamdet", *args]
 
 
-def start_daemon(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(streamdet_command("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, **kwargs)
+def start_daemon(*args: str, env: dict | None = None) -> subprocess.Popen:
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(streamdet_command("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 
 
 def collect(endpoint: str, until_final: bool = True, timeout_s: float = 60.0, on_message=None) -> list[tuple[str, dict, float]]:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from streamdet.artifact import Model
-from streamdet.features import FeatureParams, windows_from_frames
+from streamdet.features import FeatureParams, silent_windows, window_starts, windows_from_frames
 
 from .cache import FeatureCache
 from .datasets import Item
@@ -21,6 +21,11 @@ from .windows import call_band_energy
 
 def windows_of(frames: np.ndarray, params: FeatureParams) -> torch.Tensor:
     return windows_from_frames(frames, params)[1]
+
+
+def silence_of(frames_db: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Which windows of a clip are digital silence, as the daemon decides it."""
+    return silent_windows(frames_db, window_starts(len(frames_db), params, final=True), params)
 
 
 def clip_aggregate(window_scores: np.ndarray, how: str) -> float:
@@ -43,7 +48,7 @@ def model_clip_decisions(model: Model, items: list[Item], cache: FeatureCache, p
         windows = windows_of(frames, model.features) if frames is not None else None
         if windows is not None and len(windows):
             scorer.reset()  # each clip is a segment of its own, as in the daemon
-            decisions, _ = scorer.decide(model.losses(windows), windows.numpy() if scorer.energy else None)
+            decisions, _ = scorer.decide(model.losses(windows), windows.numpy() if scorer.energy else None, silence_of(frames, model.features))
             out[item] = clip_aggregate(decisions, how)
         if progress:
             progress.update(task, advance=1, info=item.path.name[:40])

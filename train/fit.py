@@ -21,13 +21,13 @@ import streamdet
 from streamdet import artifact
 from streamdet.features import LogMel
 from streamdet.model import VAE, Detector, architecture, vae_loss
-from streamdet.scoring import ENERGY_BAND_HZ, Scorer
+from streamdet.scoring import ENERGY_BAND_HZ, SILENT_DECISION, Scorer
 
 from .cache import FeatureCache
 from .calibrate import spread, threshold_for
 from .config import TrainConfig
 from .datasets import Item, read_dataset
-from .evaluate import clip_aggregate, windows_of
+from .evaluate import clip_aggregate, silence_of, windows_of
 from .metrics import precision_recall_f1, roc_auc
 from .windows import WindowSet, mix_windows
 
@@ -210,9 +210,10 @@ def scoring_base(config: TrainConfig, detector: Detector, train_items: list[Item
             if frames is None:
                 continue
             windows = windows_of(frames, config.features)
+            sounding = ~silence_of(frames, config.features)  # digital silence is scored 0, not measured
             probe.reset()
-            s.append(probe.decide(detector(windows).numpy())[0])
-            e.append(probe.energy_terms(windows.numpy()))
+            s.append(probe.decide(detector(windows).numpy())[0][sounding])
+            e.append(probe.energy_terms(windows.numpy(), ~sounding)[sounding])
     s, e = np.concatenate(s), np.concatenate(e)
     base["energy"] = {
         "weight": config.energy.weight, "context_windows": config.energy.context_windows, "band_hz": list(ENERGY_BAND_HZ),
@@ -231,7 +232,7 @@ def window_decisions(detector: Detector, items: list[Item], cache: FeatureCache,
             if frames is not None:
                 windows = windows_of(frames, params)
                 scorer.reset()
-                out[item] = scorer.decide(detector(windows).numpy(), windows.numpy())[0]
+                out[item] = scorer.decide(detector(windows).numpy(), windows.numpy(), silence_of(frames, params))[0]
     return out
 
 
@@ -239,7 +240,7 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
     """Threshold and scale on held-out decision values; returns (scoring metadata, held-out metrics)."""
     c = config.calibration
     normal_label = 1 if config.mode == "bird" else 0
-    normal = np.concatenate([d for i, d in decisions.items() if i.label == normal_label] or [np.zeros(0)])
+    normal = np.concatenate([d[d > SILENT_DECISION] for i, d in decisions.items() if i.label == normal_label] or [np.zeros(0)])
     if not len(normal):
         raise ValueError("calibration needs held-out clips of the normal class; add data or raise training.val_fraction")
     labels = np.array([i.label for i in decisions])

@@ -46,3 +46,23 @@ class Finished:
     """The source has nothing more to give."""
 
     pos: int
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Audio missing before `pos`: `samples` of it (None if PortAudio could not say how much)."""
+
+    pos: int
+    samples: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class SourceDown:
+    pos: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SourceUp:
+    pos: int

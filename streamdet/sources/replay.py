@@ -40,6 +40,16 @@ class ReplaySource:
         self._t0 = 0.0
         self._pos0 = 0
 
+    @property
+    def rate(self) -> int:
+        return self.sample_rate  # files are resampled to the model's rate as they are decoded
+
+    def poll(self) -> None:
+        pass  # markers are appended in order by the replay thread itself
+
+    def describe(self) -> dict:
+        return {"path": str(self.directory), "pace": "max" if math.isinf(self.speed) else f"{self.speed:g}x", "loop": self.loop}
+
     def start(self) -> None:
         self._t0, self._pos0 = time.monotonic(), self.ring.write_pos
         self._thread.start()
