@@ -40,7 +40,8 @@ class Publisher:
     With `wait_when_full`, a subscriber that cannot keep up slows the publisher down instead of
     losing messages (XPUB_NODROP); replays use this, live sources do not."""
 
-    def __init__(self, endpoint: str, send_hwm: int = 100_000, wait_when_full: bool = False, context: zmq.Context | None = None):
+    def __init__(self, endpoint: str, send_hwm: int = 100_000, wait_when_full: bool = False, context: zmq.Context | None = None, connect: bool = False):
+        """Bind `endpoint`, or with `connect` connect to it (a `streamdet proxy` frontend)."""
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.SNDHWM, send_hwm)
@@ -52,11 +53,11 @@ class Publisher:
         self.subscriptions = 0
         self.sent = 0
         try:
-            self.socket.bind(endpoint)
+            self.socket.connect(endpoint) if connect else self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self.socket.close(0)
-            raise BusError(f"bus.endpoint: cannot bind {endpoint} ({zmq.strerror(exc.errno)})") from None
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            raise BusError(f"bus.endpoint: cannot {'connect to' if connect else 'bind'} {endpoint} ({zmq.strerror(exc.errno)})") from None
+        self.endpoint = endpoint if connect else self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def poll_subscriptions(self) -> int:
         """Drain subscription notices; returns the number of live subscriptions."""

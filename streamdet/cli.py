@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", type=Path, help="model artifact (default: the bundled model)")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--endpoint", help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:5556)")
+    run.add_argument("--connect", metavar="ENDPOINT", help="publish into a `streamdet proxy` frontend instead of binding an endpoint")
     run.add_argument("--wait-subscribers", type=int, metavar="N", help="hold the stream until N subscriptions have arrived")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set detector.on_score=0.6")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -61,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--timeout", type=float, help="exit after this many seconds without a message")
     listen.add_argument("--quiet", action="store_true", help="no live view (with --jsonl: record only)")
     listen.set_defaults(handler=cmd_listen)
+
+    proxy = sub.add_parser("proxy", help="one bus for many daemons: ZeroMQ's XSUB/XPUB proxy")
+    proxy.add_argument("--frontend", default="tcp://*:5559", help="where daemons publish (they run with --connect FRONTEND)")
+    proxy.add_argument("--backend", default="tcp://*:5560", help="where subscribers connect")
+    proxy.set_defaults(handler=cmd_proxy)
 
     demo = sub.add_parser("demo", help="replay the bundled clips through the daemon and show what a subscriber receives")
     demo.add_argument("--pace", default="max", help="max (default), realtime, or a factor such as 8x")
@@ -80,14 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OneLineFormatter(logging.Formatter):
+    """One record, one line: tracebacks and multi-line messages are folded, so journald and
+    line-based log shippers never split a record."""
+
+    JOURNAL_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+    def __init__(self, journal: bool):
+        # Under systemd the journal adds the time; a <N> prefix carries the priority.
+        fmt = "<%(priority)d>%(name)s: %(message)s" if journal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        super().__init__(fmt, datefmt="%Y-%m-%dT%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.priority = self.JOURNAL_PRIORITY.get(record.levelname, 6)
+        return " | ".join(line for line in super().format(record).splitlines() if line.strip())
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
 
 
 def build_config(args):
@@ -118,6 +137,8 @@ def build_config(args):
             config.model.device = args.device
         if args.endpoint is not None:
             config.bus.endpoint = args.endpoint
+        if args.connect is not None:
+            config.bus.endpoint, config.bus.connect = args.connect, True
         if args.wait_subscribers is not None:
             config.bus.wait_subscribers = args.wait_subscribers
         if args.log_level is not None:
@@ -154,20 +175,38 @@ def cmd_run(args) -> int:
         raise UserError(str(exc)) from None
     wait = all(s.kind == "replay" for s in config.sources)
     try:
-        publisher = Publisher(config.bus.endpoint, config.bus.send_hwm, wait_when_full=wait)
+        publisher = Publisher(config.bus.endpoint, config.bus.send_hwm, wait_when_full=wait, connect=config.bus.connect)
     except BusError as exc:
         raise UserError(str(exc)) from None
+    def reload():
+        """SIGHUP: the config file again, with this command line's overrides, and its model."""
+        fresh = build_config(args)
+        return fresh, load(fresh.model.path, fresh.model.device, optimise=True)
+
     try:
-        daemon = Daemon(config, model, publisher)
+        daemon = Daemon(config, model, publisher, reload=reload)
     except MicError as exc:
         publisher.close()
         raise UserError(str(exc)) from None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     try:
         daemon.run()
     finally:
         publisher.close()
+    return 0
+
+
+def cmd_proxy(args) -> int:
+    from .bus import BusError
+    from .proxy import run_proxy
+
+    setup_logging("info")
+    try:
+        run_proxy(args.frontend, args.backend)
+    except BusError as exc:
+        raise UserError(str(exc)) from None
     return 0
 
 

@@ -81,6 +81,7 @@ class DetectorConfig:
 @dataclass
 class BusConfig:
     endpoint: str = "tcp://127.0.0.1:5556"
+    connect: bool = False  # connect to the endpoint (a `streamdet proxy` frontend) instead of binding it
     wait_subscribers: int = field(default=0, metadata={"min": 0})
     wait_timeout_s: float = field(default=0.0, metadata={"min": 0.0})  # 0: wait forever
     status_interval_s: float = field(default=5.0, metadata={"above": 0.0})
@@ -89,6 +90,18 @@ class BusConfig:
     def problems(self):
         if not re.match(r"^(tcp|ipc|inproc)://.+", self.endpoint):
             yield "endpoint", f"expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {self.endpoint!r}"
+
+
+@dataclass
+class RecordingConfig:
+    """A FLAC clip (and a JSON sidecar) of every event, kept within an age and a size limit."""
+
+    enabled: bool = False
+    directory: str = "clips"  # relative to the config file; under systemd, /var/lib/streamdet/clips
+    pre_roll_s: float = field(default=2.0, metadata={"min": 0.0})
+    post_roll_s: float = field(default=2.0, metadata={"min": 0.0})
+    max_age_days: float = field(default=30.0, metadata={"above": 0.0})
+    max_total_mb: float = field(default=1000.0, metadata={"above": 0.0})
 
 
 @dataclass
@@ -102,6 +115,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     bus: BusConfig = field(default_factory=BusConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def problems(self):
@@ -112,6 +126,9 @@ class Config:
             if names.count(name) > 1:
                 yield "sources", f"expected unique source names, found {name!r} twice"
                 break
+        for source in self.sources:
+            if self.recording.enabled and source.ring_seconds < self.recording.pre_roll_s + self.recording.post_roll_s + 2:
+                yield "recording.pre_roll_s", f"the ring of source {source.name!r} ({source.ring_seconds:g} s) must hold the pre-roll and post-roll with room to spare"
 
 
 def load_config(path: Path | str | None) -> Config:
@@ -125,6 +142,8 @@ def load_config(path: Path | str | None) -> Config:
             source.path = str((base / source.path).resolve())
     if config.model.path and not Path(config.model.path).is_absolute():
         config.model.path = str((base / config.model.path).resolve())
+    if not Path(config.recording.directory).is_absolute():
+        config.recording.directory = str((base / config.recording.directory).resolve())
     return config
 
 

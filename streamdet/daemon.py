@@ -8,8 +8,11 @@ import socket
 import threading
 import time
 
+from dataclasses import asdict
+
 from .artifact import Model
 from .bus import Publisher, message
+from .systemd import Notifier
 from .config import Config, SourceConfig
 from .pipeline import Channel
 from .ringbuffer import RingBuffer
@@ -43,37 +46,53 @@ def make_source(config: SourceConfig, sample_rate: int):
 
 
 class Daemon:
-    def __init__(self, config: Config, model: Model, publisher: Publisher, name: str | None = None):
+    def __init__(self, config: Config, model: Model, publisher: Publisher, name: str | None = None, reload=None, notifier: Notifier | None = None):
+        """`reload`, if given, returns a fresh (config, model) or raises with a one-line reason (SIGHUP)."""
         self.config, self.model, self.publisher = config, model, publisher
         self.name = name or socket.gethostname()
         self.run_id = secrets.token_hex(4)
+        self.notifier = notifier or Notifier()
+        self._reload_fn = reload
         self.channels = []
         for source_config in config.sources:
             source, ring = make_source(source_config, model.features.sample_rate)
-            self.channels.append(Channel(source, ring, model, config.detector, publisher, config.model.batch_windows, self.run_id))
+            self.channels.append(Channel(source, ring, model, config.detector, publisher, config.model.batch_windows, self.run_id, config.recording))
         self._stop = threading.Event()
+        self._reload_requested = threading.Event()
         self.started_at = time.monotonic()
+        self.reloads = {"done": 0, "rejected": 0, "last": None}
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
 
     def run(self) -> str:
         """Run until every source is finished or a stop is requested; returns the final state."""
         bus = self.config.bus
         if bus.wait_subscribers:
             log.info("waiting for %d subscriber(s) on %s", bus.wait_subscribers, self.publisher.endpoint)
-            if not self.publisher.wait_for_subscribers(bus.wait_subscribers, bus.wait_timeout_s, self._stop.is_set) and not self._stop.is_set():
+            waiting = lambda: self.notifier.watchdog() or self._stop.is_set()  # noqa: E731 - the watchdog must not fire while we wait
+            if not self.publisher.wait_for_subscribers(bus.wait_subscribers, bus.wait_timeout_s, waiting) and not self._stop.is_set():
                 log.warning("only %d of %d subscriber(s) after %g s; starting anyway", self.publisher.subscriptions, bus.wait_subscribers, bus.wait_timeout_s)
         for channel in self.channels:
             channel.started_at = time.monotonic()
             channel.source.start()
+        self._wait_for_sources()
         log.info("running: %s; model %s on %s", ", ".join(f"{c.name} ({c.source.kind})" for c in self.channels), self.model.path, self.model.device)
+        self.notifier.ready(f"{len(self.channels)} source(s), model {self.model.describe()['sha256']}")
         self._publish_status("running")
-        next_status = time.monotonic() + bus.status_interval_s
+        next_status = time.monotonic() + self.config.bus.status_interval_s
         stall = debug_stall()
         next_stall = time.monotonic() + stall[0] if stall else float("inf")
         state = "stopped"
         while not self._stop.is_set():
+            self.notifier.watchdog()  # from this loop itself: if it stalls, systemd restarts the daemon
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self._reload()
+                next_status = 0.0
             if time.monotonic() >= next_stall:
                 log.warning("debug: the processing loop stalls for %g s (STREAMDET_DEBUG_STALL)", stall[1])
                 time.sleep(stall[1])
@@ -84,17 +103,58 @@ class Daemon:
             now = time.monotonic()
             if now >= next_status or any(c.report_pending for c in self.channels):
                 self._publish_status("running")
-                next_status = now + bus.status_interval_s
+                next_status = now + self.config.bus.status_interval_s
             if all(c.finished for c in self.channels):
                 state = "finished"
                 break
             if not did:
                 time.sleep(IDLE_SLEEP_S)
+        self.notifier.stopping()
         if state == "stopped":
             self._drain()
+        for channel in self.channels:
+            channel.recorder_finish()
         self._publish_status(state)
         log.info("%s after %.1f s: %s", state, time.monotonic() - self.started_at, ", ".join(f"{c.name}: {c.seq} windows, {c.events} events" for c in self.channels))
         return state
+
+    def _wait_for_sources(self, timeout_s: float = 15.0) -> None:
+        """A microphone counts as open once its first attempt is over (up, or reported down)."""
+        deadline = time.monotonic() + timeout_s
+        while any(getattr(c.source, "state", "up") == "starting" for c in self.channels) and time.monotonic() < deadline and not self._stop.is_set():
+            self.notifier.watchdog()
+            time.sleep(0.05)
+
+    def _reload(self) -> None:
+        """SIGHUP: a new config and model, or a clear refusal and the old ones kept."""
+        if self._reload_fn is None:
+            log.warning("reload requested, but this daemon was not started from a config it can re-read")
+            return
+        self.notifier.reloading()
+        try:
+            config, model = self._reload_fn()
+            if model.features.sample_rate != self.model.features.sample_rate:
+                raise ValueError(f"the new model runs at {model.features.sample_rate} Hz, the running sources at {self.model.features.sample_rate} Hz; restart the daemon to change rate")
+        except Exception as exc:
+            self.reloads["rejected"] += 1
+            self.reloads["last"] = {"ok": False, "reason": " ".join(str(exc).split())}
+            log.error("reload rejected, still running the previous config and model: %s", self.reloads["last"]["reason"])
+            self.notifier.ready()
+            return
+        kept = []
+        if [asdict(s) for s in config.sources] != [asdict(s) for s in self.config.sources]:
+            kept.append("sources")
+        if config.bus.endpoint != self.config.bus.endpoint:
+            kept.append("bus.endpoint")
+        for channel in self.channels:
+            channel.replace_model(model, config.detector, config.recording)
+        config.sources, config.bus.endpoint = self.config.sources, self.config.bus.endpoint
+        self.config, self.model = config, model
+        logging.getLogger().setLevel(config.log.level.upper())
+        self.reloads["done"] += 1
+        self.reloads["last"] = {"ok": True, "model": model.describe()["sha256"], "kept": kept}
+        log.info("reloaded: model %s (%s)%s", model.path, model.describe()["sha256"], f"; {' and '.join(kept)} changed, which needs a restart: kept the running ones" if kept else "")
+        self.notifier.ready()
 
     def _drain(self) -> None:
         """Stop the sources, then score and publish what they had already delivered."""
@@ -113,7 +173,10 @@ class Daemon:
         body = message(
             "status", run_id=self.run_id, daemon=self.name, state=state,
             uptime_s=round(time.monotonic() - self.started_at, 3),
+            status_interval_s=self.config.bus.status_interval_s,
             model=self.model.describe(),
+            detector=asdict(self.config.detector),
+            reloads=self.reloads,
             sources={c.name: c.status() for c in self.channels},
         )
         self.publisher.send("status", body)

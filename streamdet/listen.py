@@ -17,8 +17,12 @@ from .bus import SCHEMA_VERSION, Subscriber
 FINAL_STATES = ("finished", "stopped")
 
 
+STALE_AFTER_INTERVALS = 3
+
+
 @dataclass
 class SourceView:
+    daemon: str | None = None
     run_id: str | None = None
     next_seq: int = 0
     received: int = 0
@@ -26,6 +30,8 @@ class SourceView:
     last: dict = field(default_factory=dict)
     anomalous: int = 0
     events: int = 0
+    gaps: int = 0
+    state: str = "up"
 
 
 class StreamView:
@@ -36,6 +42,7 @@ class StreamView:
         self.files: dict[tuple[str, str], dict] = {}  # (source, file) -> windows, bird windows, top score, events
         self.events: deque = deque(maxlen=12)
         self.status: dict[str, dict] = {}
+        self.status_seen: dict[str, float] = {}  # daemon -> monotonic time of its last status
         self.messages = 0
         self.unknown_versions = 0
 
@@ -66,53 +73,87 @@ class StreamView:
                 self.events.append(msg)
                 if "file" in msg:
                     self._file(msg)["events"] += 1
+        elif kind == "gap":
+            self.sources.setdefault(msg["source"], SourceView()).gaps += 1
+        elif kind in ("source_down", "source_up"):
+            self.sources.setdefault(msg["source"], SourceView()).state = "down" if kind == "source_down" else "up"
         elif kind == "status":
-            self.status[msg.get("daemon", "?")] = msg
+            daemon = msg.get("daemon", "?")
+            self.status[daemon] = msg
+            self.status_seen[daemon] = time.monotonic()
+            for name in msg.get("sources", {}):
+                self.sources.setdefault(name, SourceView()).daemon = daemon
 
     def _file(self, msg: dict) -> dict:
         return self.files.setdefault((msg["source"], msg["file"]), {"windows": 0, "bird_windows": 0, "top_score": 0.0, "events": 0})
+
+    def stale(self, daemon: str | None) -> bool:
+        """A daemon whose status stopped arriving: gone, hung, or cut off from us."""
+        if daemon not in self.status:
+            return False
+        status = self.status[daemon]
+        if status.get("state") in FINAL_STATES:
+            return False
+        return time.monotonic() - self.status_seen[daemon] > STALE_AFTER_INTERVALS * status.get("status_interval_s", 5.0)
+
+    def source_state(self, name: str) -> str:
+        view = self.sources[name]
+        if self.stale(view.daemon):
+            return "STALE"
+        status = self.status.get(view.daemon, {})
+        if status.get("state") in FINAL_STATES:
+            return status["state"]
+        return status.get("sources", {}).get(name, {}).get("state") or view.state
 
     def all_final(self) -> bool:
         return bool(self.status) and all(s.get("state") in FINAL_STATES for s in self.status.values())
 
     def render(self) -> Group:
-        sources = Table(title="windows", expand=False)
-        for col in ("source", "seq", "received", "missed", "loss", "score", "bird?", "events", "file"):
-            sources.add_column(col, justify="right" if col not in ("source", "file", "bird?") else "left")
+        sources = Table(title="sources", expand=False)
+        many = len(self.status) > 1  # name the daemon only when several share the bus
+        for col in ("source", "daemon", "state", "seq", "missed", "gaps", "loss", "score", "bird?", "events", "rtf", "p99 ms", "file"):
+            if col != "daemon" or many:
+                sources.add_column(col, justify="right" if col in ("seq", "missed", "gaps", "loss", "events", "rtf", "p99 ms") else "left")
         for name, v in sorted(self.sources.items()):
             last = v.last
-            score = last.get("score")
+            status = self.status.get(v.daemon, {}).get("sources", {}).get(name, {})
+            on = self.status.get(v.daemon, {}).get("detector", {}).get("on_score", 0.5)
+            state = self.source_state(name)
+            lat = status.get("latency_ms") or {}
             sources.add_row(
-                name, str(last.get("seq", "-")), str(v.received), Text(str(v.missed), style="red" if v.missed else ""),
-                f"{last['loss']:.4f}" if "loss" in last else "-", _bar(score), Text("BIRD", style="bold green") if last.get("anomaly") else "",
-                str(v.events), str(last.get("file", "")),
+                name, *([v.daemon or "?"] if many else []), Text(state, style="bold red" if state in ("STALE", "down") else "green" if state == "up" else ""),
+                str(last.get("seq", "-")), Text(str(v.missed), style="red" if v.missed else ""), Text(str(v.gaps), style="yellow" if v.gaps else ""),
+                f"{last['loss']:.4f}" if "loss" in last else "-", _bar(last.get("score"), on), Text("BIRD", style="bold green") if last.get("anomaly") else ("silent" if last.get("silent") else ""),
+                str(v.events), f"{status['rtf']:.1f}x" if "rtf" in status else "-", f"{lat['p99']:.0f}" if lat else "-", str(last.get("file", "")),
             )
         events = Table(title="recent events", expand=False)
-        for col in ("source", "id", "onset s", "offset s", "peak", "file", "at in file"):
+        for col in ("source", "id", "onset s", "offset s", "peak", "band Hz", "file", "at in file"):
             events.add_column(col)
         for e in self.events:
-            events.add_row(e["source"], str(e["event_id"]), f"{e['onset']:.2f}", f"{e['offset']:.2f}", f"{e['peak_score']:.2f}", str(e.get("file", "")), f"{e['file_onset']:.2f}" if "file_onset" in e else "")
-        status = Table(title="status", expand=False)
-        for col in ("daemon", "state", "source", "rtf", "latency p50/p99 ms", "dropped", "skipped", "last report"):
+            band = e.get("band_hz")
+            events.add_row(e["source"], str(e["event_id"]), f"{e['onset']:.2f}", f"{e['offset']:.2f}", f"{e['peak_score']:.2f}", f"{band[0]}-{band[1]}" if band else "", str(e.get("file", "")), f"{e['file_onset']:.2f}" if "file_onset" in e else "")
+        status = Table(title="daemons", expand=False)
+        for col in ("daemon", "state", "uptime s", "model", "dropped samples", "skipped files", "last report"):
             status.add_column(col)
         for daemon, s in sorted(self.status.items()):
-            for name, src in s.get("sources", {}).items():
-                lat = src.get("latency_ms") or {}
-                report = src["reports"][-1] if src.get("reports") else None
-                status.add_row(
-                    daemon, s.get("state", "?"), name, f"{src.get('rtf', 0):.1f}x",
-                    f"{lat.get('p50', 0):.1f} / {lat.get('p99', 0):.1f}" if lat else "-",
-                    str(src.get("dropped_samples", 0)), str(src.get("files_skipped", 0)),
-                    f"{report['file']}: {report['reason']}" if report else "",
-                )
+            srcs = s.get("sources", {}).values()
+            reports = [r for src in srcs for r in src.get("reports", [])]
+            status.add_row(
+                daemon, "STALE" if self.stale(daemon) else s.get("state", "?"), f"{s.get('uptime_s', 0):.0f}", s.get("model", {}).get("sha256", "?"),
+                str(sum(src.get("dropped_samples", 0) for src in srcs)), str(sum(src.get("files_skipped", 0) for src in srcs)),
+                f"{reports[-1]['file']}: {reports[-1]['reason']}" if reports else "",
+            )
         return Group(sources, events, status)
 
 
-def _bar(score: float | None, width: int = 10) -> Text:
+def _bar(score: float | None, threshold: float = 0.5, width: int = 10) -> Text:
+    """The score as a bar, with the threshold marked '|'."""
     if score is None:
         return Text("-")
-    filled = int(round(score * width))
-    return Text("█" * filled + "·" * (width - filled) + f" {score:.2f}", style="green" if score >= 0.5 else "dim")
+    cells = ["█" if i < round(score * width) else "·" for i in range(width)]
+    mark = min(width - 1, int(threshold * width))
+    cells[mark] = "|" if cells[mark] == "·" else cells[mark]
+    return Text("".join(cells) + f" {score:.2f}", style="green" if score >= threshold else "dim")
 
 
 def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, ...] = (), jsonl: Path | None = None,
@@ -127,14 +168,18 @@ def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, .
     if ready:
         ready()
     last_draw = 0.0
+    last_message = time.monotonic()
     try:
         with Live(view.render(), console=console, auto_refresh=False, transient=False) if live else _NoLive() as display:
             while True:
-                got = subscriber.receive(timeout_s if timeout_s else 0.25)
+                got = subscriber.receive(min(timeout_s, 1.0) if timeout_s else 1.0)
                 if got is None:
-                    if timeout_s:
+                    if timeout_s and time.monotonic() - last_message > timeout_s:
                         break
+                    if live:  # redraw anyway: a daemon going quiet must show up as stale
+                        display.update(view.render(), refresh=True)
                     continue
+                last_message = time.monotonic()
                 topic, msg = got
                 if sources and msg.get("source") not in (None, *sources):
                     continue

@@ -14,9 +14,10 @@ import torch
 
 from .artifact import Model
 from .bus import Publisher, message
-from .config import DetectorConfig
+from .config import DetectorConfig, RecordingConfig
 from .events import EventTracker
 from .features import StreamingWindows, mel_band_edges
+from .recorder import ClipRecorder
 from .ringbuffer import RingBuffer
 from .audio import StreamingResampler
 from .sources import Finished, Gap, Notice, SegmentEnd, SegmentStart, Skipped, SourceDown, SourceUp
@@ -59,18 +60,13 @@ LATENCY_SAMPLES = 4096
 class Channel:
     """One source's path from its ring buffer to the bus."""
 
-    def __init__(self, source, ring: RingBuffer, model: Model, detector: DetectorConfig, publisher: Publisher, batch_windows: int, run_id: str):
-        self.source, self.ring, self.model, self.publisher, self.run_id = source, ring, model, publisher, run_id
+    def __init__(self, source, ring: RingBuffer, model: Model, detector: DetectorConfig, publisher: Publisher, batch_windows: int, run_id: str, recording: RecordingConfig | None = None):
+        self.source, self.ring, self.publisher, self.run_id = source, ring, publisher, run_id
         self.name = source.name
-        self.params = model.features
-        self.windows = StreamingWindows(self.params, frontend=model.frontend, device=model.device)
-        self.tracker = EventTracker(detector)
-        self.scorer = model.scorer()
-        self.explainer = BandExplainer(self.params, 1.0 if model.polarity == "high_loss_is_bird" else -1.0)
         self.batch_windows = batch_windows
         self.rate = source.rate  # of the ring: the model's for replay, the device's for a microphone
-        self.resampler = StreamingResampler(self.rate, self.params.sample_rate)
-        self.read_chunk = int(batch_windows * self.params.hop_seconds * self.rate)
+        self.tracker = EventTracker(detector)
+        self._use_model(model, detector, recording or RecordingConfig())
         self.offset = 0  # audio known to be lost, in ring samples, so stream time keeps to the clock
         self._expected: int | None = None  # where the next read should start
         self._queue: list = []  # operations in stream order, run by _flush with one model call
@@ -88,7 +84,46 @@ class Channel:
         self.latencies: deque = deque(maxlen=LATENCY_SAMPLES)
         self.report_pending = False
 
+    def _use_model(self, model: Model, detector: DetectorConfig, recording: RecordingConfig) -> None:
+        self.model = model
+        self.params = model.features
+        self.windows = StreamingWindows(self.params, frontend=model.frontend, device=model.device)
+        self.scorer = model.scorer()
+        self.explainer = BandExplainer(self.params, 1.0 if model.polarity == "high_loss_is_bird" else -1.0)
+        self.resampler = StreamingResampler(self.rate, self.params.sample_rate)
+        self.read_chunk = int(self.batch_windows * self.params.hop_seconds * self.rate)
+        self.tracker.config = detector
+        self.recorder = ClipRecorder(recording, self.name, self.ring, self.rate) if recording.enabled else None
+        # A replay waits for room in its ring; keep half of it behind the reader for clips' pre-roll.
+        self.ring.keep_behind = self.ring.capacity // 2 if recording.enabled else 0
+
+    def replace_model(self, model: Model, detector: DetectorConfig, recording: RecordingConfig) -> None:
+        """SIGHUP: finish the current segment with the old model, go on with the new one."""
+        current = self.segment
+        self._end_segment()
+        self._flush()
+        if self.recorder is not None:
+            self.recorder.poll(final=True)
+        self._use_model(model, detector, recording)
+        if current is not None:
+            # The same file goes on: a new segment that knows how far into the file it starts.
+            pos = self._expected if self._expected is not None else self.ring.read_pos
+            into = current.info.get("file_offset_s", 0.0) + (pos - current.pos) / self.rate
+            self._begin(SegmentStart(pos, current.file, {**current.info, "file_offset_s": into}))
+
+    def recorder_finish(self) -> None:
+        if self.recorder is not None:
+            self.recorder.poll(final=True)
+            self._take_recorder_errors()
+
+    def _take_recorder_errors(self) -> None:
+        while self.recorder.errors:
+            self._report("recording", self.name, self.recorder.errors.pop(0), logging.ERROR, log_it=False)
+
     # -- reading -----------------------------------------------------------------------------
+    def ring_pos(self, t: float) -> int:
+        return int(round(t * self.rate)) - self.offset
+
     def stream_time(self, pos: int) -> float:
         return (pos + self.offset) / self.rate
 
@@ -117,6 +152,9 @@ class Channel:
             did = True
         if self._queued_windows >= self.batch_windows or (self._queue and self.ring.write_pos == self.ring.read_pos):
             self._flush()
+        if self.recorder is not None:
+            self.recorder.poll()
+            self._take_recorder_errors()
         return did
 
     def _begin(self, segment: SegmentStart) -> None:
@@ -139,7 +177,7 @@ class Channel:
             return
         self._frame(self.resampler.flush())
         self._frame(np.zeros(0, np.float32), final=True)
-        self._queue.append(("end", self.segment))
+        self._queue.append(("end", self.segment, self._expected if self._expected is not None else self.ring.read_pos))
         self.segment = None
 
     def _gap(self, pos: int, samples: int | None, reason: str) -> None:
@@ -174,8 +212,9 @@ class Channel:
             self._flush()
             self.finished = True
 
-    def _report(self, kind: str, file: str, text: str, level: int) -> None:
-        log.log(level, "%s: %s: %s", self.name, file, text)
+    def _report(self, kind: str, file: str, text: str, level: int, log_it: bool = True) -> None:
+        if log_it:
+            log.log(level, "%s: %s: %s", self.name, file, text)
         self.reports.append({"kind": kind, "file": file, "reason": text, "t": round(self.stream_time(self.ring.read_pos), 3)})
         self.report_pending = True
 
@@ -192,7 +231,7 @@ class Channel:
             if op[0] == "start":
                 self.scorer.reset()
             elif op[0] == "end":
-                self._publish_events(self.tracker.close(), op[1])
+                self._publish_events(self.tracker.close(), op[1], segment_end=op[2])
                 self.files_played += op[1] is not None and op[1].file is not None
             elif op[0] == "windows":
                 n = len(op[3])
@@ -225,7 +264,7 @@ class Channel:
                 body["energy_db"] = round(float(energies[i]), 3)
             if seg.file is not None:
                 body["file"] = seg.file
-                body["offset"] = round(start_frame * p.hop_length / sr, 4)
+                body["offset"] = round(seg.info.get("file_offset_s", 0.0) + start_frame * p.hop_length / sr, 4)
             self.publisher.send(f"loss.{self.name}", body)
             self.seq += 1
             if arrived is not None:
@@ -236,13 +275,23 @@ class Channel:
             self.explainer.explain([t for t in transitions if t["state"] == "start"])
             self._publish_events(transitions, seg)
 
-    def _publish_events(self, transitions: list[dict], seg: SegmentStart | None) -> None:
+    def _publish_events(self, transitions: list[dict], seg: SegmentStart | None, segment_end: int | None = None) -> None:
         self.explainer.explain([t for t in transitions if "band_hz" not in t])
         for t in transitions:
             body = message("event", run_id=self.run_id, source=self.name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in t.items()})
             if seg is not None and seg.file is not None:
                 body["file"] = seg.file
-                body["file_onset"] = round(t["onset"] - self.stream_time(seg.pos), 4)
+                body["file_onset"] = round(t["onset"] - self.stream_time(seg.pos) + seg.info.get("file_offset_s", 0.0), 4)
+            if t["state"] == "end" and self.recorder is not None and seg is not None:
+                sidecar = {
+                    "source": self.name, "run_id": self.run_id, "stream_time_of_pos0": self.stream_time(0),
+                    **{k: body[k] for k in ("event_id", "onset", "offset", "duration", "peak_score", "band_hz", "file", "file_onset") if k in body},
+                    "model": self.model.describe(),
+                }
+                if "stream_start_wall" in self.source.describe():
+                    start_wall = self.source.describe()["stream_start_wall"]
+                    sidecar["onset_wall"] = None if start_wall is None else round(start_wall + t["onset"], 3)
+                body["clip"] = str(self.recorder.schedule(t, self.ring_pos(t["onset"]), self.ring_pos(t["offset"]), seg.pos, segment_end, sidecar))
             self.events += t["state"] == "end"
             log.info("%s: event %d %s at %.2f s%s", self.name, t["event_id"], t["state"], t.get("offset", t["onset"]), f" ({body['file']})" if "file" in body else "")
             self.publisher.send(f"event.{self.name}", body)
@@ -266,5 +315,6 @@ class Channel:
             "latency_ms": None if lat is None else {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)},
             "reports": list(self.reports),
             "finished": self.finished,
+            **({"recording": self.recorder.describe()} if self.recorder is not None else {}),
             **self.source.describe(),
         }

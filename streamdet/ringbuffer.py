@@ -26,12 +26,13 @@ class RingBuffer:
         self._arrival_time = np.zeros(arrival_slots, dtype=np.float64)
         self._arrival_count = 0
         self._arrival_cursor = 0  # consumer side
-        self.closed = False
+        self.keep_behind = 0  # samples behind the reader a waiting writer must not overwrite
 
     # -- producer side ---------------------------------------------------------------------
     def write(self, samples: np.ndarray, wait: bool = False, stop=None) -> int:
         """Copy `samples` in.  With `wait`, block while the consumer has no room for them
-        (until `stop()` is true); otherwise overwrite the oldest unread samples.
+        (until `stop()` is true), keeping `keep_behind` already-read samples intact for whoever
+        peeks back (the clip recorder's pre-roll); otherwise overwrite the oldest unread samples.
         Returns the number of samples written."""
         n = len(samples)
         if n > self.capacity:
@@ -45,7 +46,7 @@ class RingBuffer:
             samples = samples[n - self.capacity :]
             n = self.capacity
         if wait:
-            while self.write_pos + n - self.read_pos > self.capacity:
+            while self.write_pos + n - (self.read_pos - self.keep_behind) > self.capacity:
                 if stop is not None and stop():
                     return 0
                 time.sleep(0.001)
@@ -96,6 +97,23 @@ class RingBuffer:
             start_pos += lost
         self.read_pos = start_pos + len(out)
         return start_pos, out
+
+    def peek(self, start: int, end: int) -> tuple[int, np.ndarray]:
+        """A copy of the samples at absolute positions [start, end) that are still held, without
+        moving the reader: returns (first position actually copied, samples)."""
+        end = min(end, self.write_pos)
+        start = max(start, self.write_pos - self.capacity, 0)
+        if end <= start:
+            return start, np.zeros(0, dtype=np.float32)
+        out = np.empty(end - start, dtype=np.float32)
+        a = start % self.capacity
+        first = min(len(out), self.capacity - a)
+        out[:first] = self._data[a : a + first]
+        out[first:] = self._data[: len(out) - first]
+        lost = self.write_pos - self.capacity - start  # overwritten while we copied
+        if lost > 0:
+            return start + lost, out[lost:]
+        return start, out
 
     def arrival_time(self, position: int) -> float | None:
         """Monotonic time at which the write covering sample `position - 1` completed.

@@ -1,0 +1,43 @@
+"""`streamdet proxy`: ZeroMQ's own XSUB/XPUB proxy, so that many daemons publish into one endpoint
+and subscribers connect to one.  Subscriptions travel upstream to every daemon, so a daemon's
+--wait-subscribers works through it; each source keeps its own contiguous seq."""
+from __future__ import annotations
+
+import logging
+import signal
+
+import zmq
+
+from .bus import BusError
+
+log = logging.getLogger("streamdet.proxy")
+
+
+def run_proxy(frontend: str, backend: str, hwm: int = 1_000_000) -> None:
+    context = zmq.Context.instance()
+    xsub = context.socket(zmq.XSUB)
+    xpub = context.socket(zmq.XPUB)
+    for sock in (xsub, xpub):
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+    xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # pass every subscription on, so each daemon can count them
+    for sock, endpoint, role in ((xsub, frontend, "frontend"), (xpub, backend, "backend")):
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise BusError(f"proxy --{role}: cannot bind {endpoint} ({zmq.strerror(exc.errno)})") from None
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    log.info("proxy: daemons publish to %s, subscribers connect to %s", xsub.getsockopt_string(zmq.LAST_ENDPOINT), xpub.getsockopt_string(zmq.LAST_ENDPOINT))
+    try:
+        zmq.proxy(xsub, xpub)
+    except (KeyboardInterrupt, zmq.ContextTerminated):
+        pass
+    finally:
+        xsub.close(0)
+        xpub.close(0)
+        log.info("proxy stopped")

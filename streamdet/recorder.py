@@ -1,0 +1,111 @@
+"""Clips of detected events, with pre-roll and post-roll taken from the ring buffer, kept within
+an age and a size limit.  Runs in the processing thread; a failing disk is reported, not fatal."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import soundfile as sf
+
+from .config import RecordingConfig
+from .ringbuffer import RingBuffer
+
+log = logging.getLogger("streamdet.recorder")
+
+
+@dataclass
+class _Job:
+    path: Path
+    start: int  # ring positions
+    end: int
+    sidecar: dict
+
+
+class ClipRecorder:
+    def __init__(self, config: RecordingConfig, source: str, ring: RingBuffer, rate: int):
+        self.config, self.source, self.ring, self.rate = config, source, ring, rate
+        self.directory = Path(config.directory) / source
+        self.jobs: list[_Job] = []
+        self.written = 0
+        self.failed = 0
+        self.deleted = 0
+        self.errors: list[str] = []  # taken by the channel for its status reports
+        self.writing: Path | None = None
+
+    def schedule(self, event: dict, onset_pos: int, offset_pos: int, segment_start: int, segment_end: int | None, sidecar: dict) -> Path:
+        """Plan the clip of an event that has ended; it is written once its post-roll has arrived.
+        The clip never reaches outside the event's segment (another file, or across a gap)."""
+        start = max(onset_pos - int(self.config.pre_roll_s * self.rate), segment_start)
+        end = offset_pos + int(self.config.post_roll_s * self.rate)
+        if segment_end is not None:
+            end = min(end, segment_end)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        path = self.directory / f"{self.source}_{stamp}_{sidecar['run_id']}_e{event['event_id']}.flac"
+        self.jobs.append(_Job(path, start, end, sidecar))
+        return path
+
+    def poll(self, final: bool = False) -> None:
+        """Write every clip whose audio is all in (or whatever is left, when the stream ends)."""
+        ready = [j for j in self.jobs if final or self.ring.write_pos >= j.end]
+        for job in ready:
+            self.jobs.remove(job)
+            self._write(job)
+
+    def _write(self, job: _Job) -> None:
+        first, audio = self.ring.peek(job.start, job.end)
+        sidecar = {
+            **job.sidecar,
+            "clip_start": round(job.sidecar["stream_time_of_pos0"] + first / self.rate, 4),
+            "clip_end": round(job.sidecar["stream_time_of_pos0"] + (first + len(audio)) / self.rate, 4),
+            "pre_roll_s": self.config.pre_roll_s, "post_roll_s": self.config.post_roll_s,
+            "sample_rate": self.rate, "truncated": first > job.start or first + len(audio) < job.end,
+            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        sidecar.pop("stream_time_of_pos0")
+        self.writing = job.path
+        try:
+            job.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = job.path.with_name(job.path.name + ".part")
+            sf.write(str(tmp), audio, self.rate, format="FLAC", subtype="PCM_24")
+            tmp.replace(job.path)
+            job.path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
+            self.written += 1
+            self._retain()
+        except OSError as exc:  # a full disk among them: report it and keep detecting
+            self.failed += 1
+            reason = f"could not write {job.path}: {exc.strerror or exc}"
+            self.errors.append(reason)
+            log.error("%s: clip recording failed: %s", self.source, reason)
+        finally:
+            self.writing = None
+
+    def _retain(self) -> None:
+        """Delete the oldest clips beyond max_age_days or max_total_mb; never the one just written."""
+        clips = sorted(self.directory.glob("*.flac"), key=lambda p: p.stat().st_mtime)
+        now = time.time()
+        total = sum(p.stat().st_size + _size(p.with_suffix(".json")) for p in clips)
+        limit = self.config.max_total_mb * 1e6
+        for clip in clips:
+            if clip == self.writing:
+                continue
+            too_old = now - clip.stat().st_mtime > self.config.max_age_days * 86400
+            if not too_old and total <= limit:
+                break
+            total -= clip.stat().st_size + _size(clip.with_suffix(".json"))
+            clip.unlink(missing_ok=True)
+            clip.with_suffix(".json").unlink(missing_ok=True)
+            self.deleted += 1
+
+    def describe(self) -> dict:
+        return {"directory": str(self.directory), "written": self.written, "failed": self.failed, "deleted": self.deleted, "pending": len(self.jobs)}
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,256 @@
+"""Running for months: systemd notify and watchdog, signals, reload, clip recording, the proxy, logs."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiogen import clip, write
+from conftest import REPO, collect, start_daemon, streamdet_command
+from streamdet.audio import load_resampled
+from streamdet.demo import free_tcp_endpoint
+from streamdet.listen import StreamView
+
+
+def notify_socket(tmp_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify")
+    sock.bind(path)
+    sock.settimeout(0.2)
+    return sock, path
+
+
+def drain(sock, into: list, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            into.append(sock.recv(4096).decode())
+        except socket.timeout:
+            pass
+
+
+def test_notify_ready_watchdog_and_stopping(tiny_model, tmp_path, endpoint):
+    write(tmp_path / "a.wav", clip(30.0, 22050, seed=1), 22050)
+    sock, path = notify_socket(tmp_path)
+    env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+    daemon = start_daemon("--replay", str(tmp_path), "--model", str(tiny_model), "--endpoint", endpoint, env=env)
+    got = []
+    drain(sock, got, 6.0)
+    daemon.send_signal(signal.SIGTERM)
+    drain(sock, got, 3.0)
+    assert daemon.wait(30) == 0
+    states = [line for message in got for line in message.splitlines()]
+    assert states[0] == "READY=1"  # nothing before it: ready means the model and the source are up
+    assert states.count("WATCHDOG=1") >= 5  # every 0.2 s (half of WATCHDOG_USEC) from the processing loop
+    assert states[-1] == "STOPPING=1"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_the_unit_file_verifies(tmp_path):
+    unit = (REPO / "systemd" / "streamdet.service").read_text().replace("/opt/streamdet/.venv/bin/streamdet", str(REPO / ".venv" / "bin" / "streamdet"))
+    (tmp_path / "streamdet.service").write_text(unit)
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "streamdet.service")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_sigterm_publishes_everything_then_stopped(tiny_model, tmp_path, endpoint):
+    write(tmp_path / "long.wav", clip(20.0, 22050, [(2.0, 1.0)], seed=2), 22050)
+    daemon = start_daemon("--replay", str(tmp_path), "--pace", "realtime", "--model", str(tiny_model), "--endpoint", endpoint, "--wait-subscribers", "1")
+
+    def stop_at_third_window(topic, msg):
+        if msg["type"] == "loss" and msg["seq"] == 3:
+            daemon.send_signal(signal.SIGTERM)
+
+    started = time.monotonic()
+    got = collect(endpoint, on_message=stop_at_third_window, timeout_s=30)
+    assert daemon.wait(30) == 0
+    assert time.monotonic() - started < 12  # well before the 20 s file is over
+    losses = [m for _, m, _ in got if m["type"] == "loss"]
+    final = got[-1][1]
+    assert final["type"] == "status" and final["state"] == "stopped"
+    assert [m["seq"] for m in losses] == list(range(len(losses))) == list(range(final["sources"]["replay"]["windows"]))
+
+
+def write_config(path, model, replay_dir, on_score=0.5, extra=""):
+    path.write_text(f"sources:\n  - {{kind: replay, name: r, path: {replay_dir}, pace: 4x, loop: true}}\nmodel: {{path: {model}}}\ndetector: {{on_score: {on_score}, off_score: 0.3}}\nbus: {{status_interval_s: 0.5}}\n{extra}")
+
+
+def test_sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one(tiny_model, tmp_path, endpoint):
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    write(replay / "a.wav", clip(4.0, 22050, [(1.0, 1.0)], seed=3), 22050)
+    config = tmp_path / "daemon.yaml"
+    write_config(config, tiny_model, replay)
+    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
+    statuses = []
+
+    def steer(topic, msg):
+        if msg["type"] != "status":
+            return
+        statuses.append(msg)
+        if len(statuses) == 2:
+            write_config(config, REPO / "streamdet" / "assets" / "default.pt", replay, on_score=0.6)
+            daemon.send_signal(signal.SIGHUP)
+        elif msg["reloads"]["done"] == 1 and msg["reloads"]["rejected"] == 0 and msg["detector"]["on_score"] == 0.6:
+            config.write_text(config.read_text() + "detector_typo: 1\n")
+            daemon.send_signal(signal.SIGHUP)
+        elif msg["reloads"]["rejected"] == 1:
+            daemon.send_signal(signal.SIGTERM)
+
+    got = collect(endpoint, on_message=steer, timeout_s=60)
+    _, stderr = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, stderr
+    first, final = statuses[0], got[-1][1]
+    assert final["state"] == "stopped" and final["reloads"] == {"done": 1, "rejected": 1, "last": final["reloads"]["last"]}
+    assert final["model"]["sha256"] != first["model"]["sha256"] and final["model"]["mode"] == "contrast"
+    assert final["detector"]["on_score"] == 0.6  # the good reload stayed in force after the bad one
+    assert "detector_typo: unknown key" in final["reloads"]["last"]["reason"]
+    assert re.search(r"reload rejected, still running the previous config and model: .*detector_typo", stderr)
+    losses = [m for _, m, _ in got if m["type"] == "loss"]
+    assert [m["seq"] for m in losses] == list(range(len(losses)))  # one stream across both reloads
+    offsets = sorted({m["offset"] for m in losses})
+    assert offsets[0] == 0.0 and max(offsets) <= 3.0  # file offsets stay right across a reload mid-file
+
+
+def test_events_are_recorded_with_pre_and_post_roll_taken_from_the_stream(tiny_model, tmp_path, endpoint):
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    source = write(replay / "calls.wav", clip(12.0, 44100, [(3.0, 1.5), (8.0, 1.0)], seed=4), 44100)
+    clips = tmp_path / "clips"
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{min_event_s: 1.4}}\nrecording: {{enabled: true, directory: {clips}, pre_roll_s: 1.0, post_roll_s: 0.5}}\n")
+    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
+    got = collect(endpoint, timeout_s=60)
+    assert daemon.wait(30) == 0
+    ends = [m for _, m, _ in got if m["type"] == "event" and m["state"] == "end"]
+    assert len(ends) == 2
+    audio = load_resampled(source, 22050)
+    for end in ends:
+        path = tmp_path / end["clip"] if not end["clip"].startswith("/") else type(tmp_path)(end["clip"])
+        assert path.exists() and path.parent == clips / "yard"
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        assert sidecar["event_id"] == end["event_id"] and sidecar["file"] == "calls.wav" and sidecar["band_hz"] == end["band_hz"]
+        assert sidecar["clip_start"] == pytest.approx(max(end["onset"] - 1.0, 0.0), abs=1e-3)
+        assert sidecar["clip_end"] == pytest.approx(min(end["offset"] + 0.5, 12.0), abs=1e-3)
+        assert not sidecar["truncated"]
+        recorded, rate = sf.read(str(path), dtype="float32")
+        assert rate == 22050
+        a = int(round(sidecar["clip_start"] * rate))
+        np.testing.assert_allclose(recorded, audio[a : a + len(recorded)], atol=2e-5)  # 24-bit FLAC of the very samples scored
+    final = got[-1][1]["sources"]["yard"]["recording"]
+    assert final["written"] == 2 and final["failed"] == 0
+
+
+def test_retention_deletes_the_oldest_clips_beyond_age_and_size(tiny_model, tmp_path, endpoint):
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    write(replay / "calls.wav", clip(8.0, 22050, [(3.0, 1.5)], seed=5), 22050)
+    clips = tmp_path / "clips"
+    (clips / "yard").mkdir(parents=True)
+    old = time.time() - 40 * 86400
+    for i, age in enumerate([old, old, time.time() - 3600, time.time() - 60]):
+        path = clips / "yard" / f"yard_old{i}.flac"
+        path.write_bytes(b"\0" * 300_000)
+        path.with_suffix(".json").write_text("{}")
+        os.utime(path, (age, age))
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{min_event_s: 1.4}}\nrecording: {{enabled: true, directory: {clips}, max_age_days: 30, max_total_mb: 0.7}}\n")
+    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
+    got = collect(endpoint, timeout_s=60)
+    assert daemon.wait(30) == 0
+    left = sorted(p.name for p in (clips / "yard").glob("*.flac"))
+    # The 40-day-old pair goes by age; then the oldest remaining until under 0.7 MB; the new clip stays.
+    assert "yard_old0.flac" not in left and "yard_old1.flac" not in left and "yard_old2.flac" not in left
+    assert "yard_old3.flac" in left and len(left) == 2
+    assert not (clips / "yard" / "yard_old0.json").exists()
+    assert got[-1][1]["sources"]["yard"]["recording"]["deleted"] == 3
+
+
+def test_a_failing_disk_is_reported_and_detection_goes_on(tiny_model, tmp_path, endpoint):
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    write(replay / "calls.wav", clip(8.0, 22050, [(3.0, 1.5)], seed=6), 22050)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the clips folder should be")
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{min_event_s: 1.4}}\nrecording: {{enabled: true, directory: {blocker}}}\n")
+    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
+    got = collect(endpoint, timeout_s=60)
+    _, stderr = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0
+    final = got[-1][1]
+    assert final["state"] == "finished" and final["sources"]["yard"]["recording"]["failed"] == 1
+    report = [r for r in final["sources"]["yard"]["reports"] if r["kind"] == "recording"][0]
+    assert "could not write" in report["reason"]
+    assert any(m["type"] == "event" for _, m, _ in got) and "clip recording failed" in stderr
+
+
+def test_three_daemons_through_one_proxy(tiny_model, tmp_path):
+    frontend, backend = free_tcp_endpoint(), free_tcp_endpoint()
+    proxy = subprocess.Popen(streamdet_command("proxy", "--frontend", frontend, "--backend", backend), cwd=REPO, stderr=subprocess.PIPE, text=True)
+    daemons = []
+    try:
+        from streamdet.bus import Subscriber
+
+        sub = Subscriber(backend)
+        time.sleep(0.5)
+        for i, name in enumerate("abc"):
+            folder = tmp_path / name
+            folder.mkdir()
+            write(folder / "x.wav", clip(6.0 + i, 22050, [(2.0, 1.0)], seed=10 + i), 22050)
+            daemons.append(start_daemon("--replay", str(folder), "--name", name, "--pace", "8x", "--model", str(tiny_model), "--connect", frontend, "--wait-subscribers", "1"))
+        seen, finals = {}, {}
+        deadline = time.monotonic() + 60
+        while len(finals) < 3 and time.monotonic() < deadline:
+            got = sub.receive(timeout_s=0.5)
+            if got is None:
+                continue
+            _, msg = got
+            if msg["type"] == "loss":
+                seen.setdefault(msg["source"], []).append(msg["seq"])
+            elif msg["type"] == "status" and msg["state"] == "finished":
+                finals[list(msg["sources"])[0]] = msg
+        sub.close()
+        for daemon in daemons:
+            assert daemon.wait(30) == 0
+    finally:
+        for daemon in daemons:
+            if daemon.poll() is None:
+                daemon.kill()
+        proxy.send_signal(signal.SIGTERM)
+        assert proxy.wait(10) == 0
+    assert sorted(finals) == ["a", "b", "c"]
+    for name, seqs in seen.items():
+        assert seqs == list(range(finals[name]["sources"][name]["windows"])), name  # contiguous, nothing lost
+
+
+def test_listen_marks_a_daemon_whose_status_stops_as_stale():
+    view = StreamView()
+    view.update("status", {"v": 1, "type": "status", "daemon": "d1", "state": "running", "status_interval_s": 0.05, "sources": {"s": {"state": "up"}}})
+    assert view.source_state("s") == "up" and not view.stale("d1")
+    time.sleep(0.2)
+    assert view.stale("d1") and view.source_state("s") == "STALE"
+    view.update("status", {"v": 1, "type": "status", "daemon": "d1", "state": "finished", "status_interval_s": 0.05, "sources": {"s": {}}})
+    time.sleep(0.2)
+    assert not view.stale("d1") and view.source_state("s") == "finished"
+
+
+def test_logs_are_one_line_per_record_and_journald_friendly(tiny_model, tmp_path):
+    (tmp_path / "notes.txt").write_text("not audio\n")
+    write(tmp_path / "a.wav", clip(2.0, 22050), 22050)
+    for journal, pattern in ((None, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) streamdet[.\w]*: "), ("8:1234", r"^<[2-7]>streamdet[.\w]*: ")):
+        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+        if journal:
+            env["JOURNAL_STREAM"] = journal  # set by systemd for a service whose stderr goes to the journal
+        result = subprocess.run(streamdet_command("run", "--replay", str(tmp_path), "--pace", "max", "--model", str(tiny_model), "--endpoint", free_tcp_endpoint(), "--log-level", "info"), capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+        assert result.returncode == 0
+        lines = result.stderr.strip().splitlines()
+        assert lines and all(re.match(pattern, line) for line in lines), lines
+        assert any("notes.txt: not an audio file" in line for line in lines)
