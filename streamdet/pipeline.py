@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +56,34 @@ class BandExplainer:
 
 RECENT_REPORTS = 20
 LATENCY_SAMPLES = 4096
+
+
+class _Start(NamedTuple):
+    segment: SegmentStart
+
+
+class _Windows(NamedTuple):
+    """Windows framed, waiting for the next model call."""
+
+    segment: SegmentStart
+    t0: float  # stream time of the segment's first sample
+    starts: list  # first frame of each window in the segment
+    windows: torch.Tensor
+    read_time: float  # stream time up to which audio had been read: no window ends after it
+    read_pos: int
+    silent: np.ndarray
+
+
+class _End(NamedTuple):
+    segment: SegmentStart
+    end_pos: int
+
+
+class _Notice(NamedTuple):
+    """A gap, source_down or source_up message, published in its place in the stream."""
+
+    kind: str
+    body: dict
 
 
 class Channel:
@@ -162,14 +191,14 @@ class Channel:
         self.segment_t0 = self.stream_time(segment.pos)
         self.windows.reset()
         self.resampler.reset()
-        self._queue.append(("start", segment))
+        self._queue.append(_Start(segment))
 
     def _frame(self, samples: np.ndarray, final: bool = False) -> None:
         starts, windows = self.windows.push(samples) if not final else self.windows.finish()
         if starts:
             # Where the audio fed to this segment ends: a read that found a gap has moved past it.
             read_pos = self._expected if self._expected is not None else self.ring.read_pos
-            self._queue.append(("windows", self.segment, self.segment_t0, starts, windows, self.stream_time(read_pos), read_pos, self.windows.silent))
+            self._queue.append(_Windows(self.segment, self.segment_t0, starts, windows, self.stream_time(read_pos), read_pos, self.windows.silent))
             self._queued_windows += len(starts)
 
     def _end_segment(self) -> None:
@@ -177,7 +206,7 @@ class Channel:
             return
         self._frame(self.resampler.flush())
         self._frame(np.zeros(0, np.float32), final=True)
-        self._queue.append(("end", self.segment, self._expected if self._expected is not None else self.ring.read_pos))
+        self._queue.append(_End(self.segment, self._expected if self._expected is not None else self.ring.read_pos))
         self.segment = None
 
     def _gap(self, pos: int, samples: int | None, reason: str) -> None:
@@ -185,7 +214,7 @@ class Channel:
         self._end_segment()
         self.gaps += 1
         t = self.stream_time(pos)
-        self._queue.append(("gap", {"t": round(t, 4), "samples": samples, "duration_s": None if samples is None else round(samples / self.rate, 4), "reason": reason}))
+        self._queue.append(_Notice("gap", {"t": round(t, 4), "samples": samples, "duration_s": None if samples is None else round(samples / self.rate, 4), "reason": reason}))
         if reason == "source_down" and samples:
             self.offset += samples  # never written to the ring: stream time jumps over it
 
@@ -199,9 +228,9 @@ class Channel:
             self._gap(marker.pos, marker.samples, marker.reason)
         elif isinstance(marker, SourceDown):
             self._end_segment()
-            self._queue.append(("source_down", {"t": round(self.stream_time(marker.pos), 4), "reason": marker.reason}))
+            self._queue.append(_Notice("source_down", {"t": round(self.stream_time(marker.pos), 4), "reason": marker.reason}))
         elif isinstance(marker, SourceUp):
-            self._queue.append(("source_up", {"t": round(self.stream_time(marker.pos), 4)}))
+            self._queue.append(_Notice("source_up", {"t": round(self.stream_time(marker.pos), 4)}))
         elif isinstance(marker, Skipped):
             self.files_skipped += 1
             self._report("skipped", marker.file, marker.reason, logging.WARNING)
@@ -222,33 +251,35 @@ class Channel:
     def _flush(self) -> None:
         """Score every queued window in one model call, then publish in stream order."""
         queue, self._queue, self._queued_windows = self._queue, [], 0
-        batches = [op[4] for op in queue if op[0] == "windows"]
+        batches = [op.windows for op in queue if isinstance(op, _Windows)]
         if batches:
             windows = batches[0] if len(batches) == 1 else torch.cat(batches)
             losses, band_errors = self.model.errors(windows)
         at = 0
         for op in queue:
-            if op[0] == "start":
+            if isinstance(op, _Start):
                 self.scorer.reset()
-            elif op[0] == "end":
-                self._publish_events(self.tracker.close(), op[1], segment_end=op[2])
-                self.files_played += op[1] is not None and op[1].file is not None
-            elif op[0] == "windows":
-                n = len(op[3])
+            elif isinstance(op, _End):
+                self._publish_events(self.tracker.close(), op.segment, segment_end=op.end_pos)
+                self.files_played += op.segment is not None and op.segment.file is not None
+            elif isinstance(op, _Windows):
+                n = len(op.starts)
                 self._publish_windows(op, losses[at : at + n], band_errors[at : at + n])
                 at += n
-            else:  # gap, source_down, source_up
-                if op[0] == "gap":
-                    log.warning("%s: gap at %.2f s: %s (%s)", self.name, op[1]["t"], "unknown length" if op[1]["samples"] is None else f"{op[1]['duration_s']:.3f} s", op[1]["reason"])
-                self.publisher.send(f"{'gap' if op[0] == 'gap' else 'source'}.{self.name}", message(op[0], run_id=self.run_id, source=self.name, seq_next=self.seq, **op[1]))
+            else:
+                if op.kind == "gap":
+                    b = op.body
+                    log.warning("%s: gap at %.2f s: %s (%s)", self.name, b["t"], "unknown length" if b["samples"] is None else f"{b['duration_s']:.3f} s", b["reason"])
+                topic = "gap" if op.kind == "gap" else "source"
+                self.publisher.send(f"{topic}.{self.name}", message(op.kind, run_id=self.run_id, source=self.name, seq_next=self.seq, **op.body))
 
-    def _publish_windows(self, op, losses: np.ndarray, band_errors: np.ndarray) -> None:
-        _, seg, t0, starts, windows, read_time, read_pos, silent = op
+    def _publish_windows(self, op: _Windows, losses: np.ndarray, band_errors: np.ndarray) -> None:
+        seg, t0, starts, windows, read_time, silent = op.segment, op.t0, op.starts, op.windows, op.read_time, op.silent
         decisions, energies = self.scorer.decide(losses, windows.cpu().numpy() if self.scorer.energy else None, silent)
         scores = self.scorer.score(decisions)
         p = self.params
         sr = p.sample_rate
-        arrived = self.ring.arrival_time(read_pos)  # when the audio completing these windows came in
+        arrived = self.ring.arrival_time(op.read_pos)  # when the audio completing these windows came in
         for i, (start_frame, loss, score) in enumerate(zip(starts, losses.tolist(), scores.tolist())):
             t_start = t0 + start_frame * p.hop_length / sr
             # A segment shorter than a window ends where it ends: nothing after read_time had been read.

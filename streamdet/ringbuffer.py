@@ -81,39 +81,28 @@ class RingBuffer:
             self.overwritten += lost
             self.read_pos += lost
         n = min(max_samples, write_pos - self.read_pos)
-        start_pos = self.read_pos
+        start_pos, out = self._copy(self.read_pos, n)
+        self.overwritten += start_pos - self.read_pos
+        self.read_pos = start_pos + len(out)
+        return start_pos, out
+
+    def _copy(self, start_pos: int, n: int) -> tuple[int, np.ndarray]:
+        """Copy n samples from absolute position start_pos; the producer may overwrite part of them
+        while we copy, so the first ones are dropped if they were: returns (first position kept, samples)."""
         out = np.empty(n, dtype=np.float32)
         start = start_pos % self.capacity
         first = min(n, self.capacity - start)
         out[:first] = self._data[start : start + first]
-        if first < n:
-            out[first:] = self._data[: n - first]
-        # The producer may have overwritten part of what we copied while we copied it.
-        overrun = self.write_pos - self.capacity - start_pos
-        if overrun > 0:
-            lost = min(overrun, n)
-            self.overwritten += lost
-            out = out[lost:]
-            start_pos += lost
-        self.read_pos = start_pos + len(out)
-        return start_pos, out
+        out[first:] = self._data[: n - first]
+        lost = min(max(self.write_pos - self.capacity - start_pos, 0), n)
+        return start_pos + lost, out[lost:]
 
     def peek(self, start: int, end: int) -> tuple[int, np.ndarray]:
         """A copy of the samples at absolute positions [start, end) that are still held, without
         moving the reader: returns (first position actually copied, samples)."""
         end = min(end, self.write_pos)
         start = max(start, self.write_pos - self.capacity, 0)
-        if end <= start:
-            return start, np.zeros(0, dtype=np.float32)
-        out = np.empty(end - start, dtype=np.float32)
-        a = start % self.capacity
-        first = min(len(out), self.capacity - a)
-        out[:first] = self._data[a : a + first]
-        out[first:] = self._data[: len(out) - first]
-        lost = self.write_pos - self.capacity - start  # overwritten while we copied
-        if lost > 0:
-            return start + lost, out[lost:]
-        return start, out
+        return self._copy(start, max(end - start, 0))
 
     def arrival_time(self, position: int) -> float | None:
         """Monotonic time at which the write covering sample `position - 1` completed.

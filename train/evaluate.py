@@ -17,7 +17,7 @@ from .cache import FeatureCache
 from .datasets import Item
 from .metrics import roc_curve, summary
 from .plot import COLOURS, roc_png
-from .windows import call_band_energy
+from streamdet.scoring import band_energy_db
 
 def windows_of(frames: np.ndarray, params: FeatureParams) -> torch.Tensor:
     return windows_from_frames(frames, params)[1]
@@ -61,7 +61,7 @@ def reference_clip_score(frames: np.ndarray, params: FeatureParams) -> float | N
     windows = windows_from_frames(frames, replace(params, kind="logmel_db"))[1].numpy()
     if not len(windows):
         return None
-    energy = call_band_energy(windows, params)
+    energy = band_energy_db(windows, params)
     return float(energy.max() - np.median(energy))
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from streamdet.features import FeatureParams, mel_band_edges, window_index, window_starts
+from streamdet.features import FeatureParams, window_index, window_starts
+from streamdet.scoring import band_energy_db
 
 from .cache import FeatureCache
 from .datasets import Item
-
-CALL_BAND_HZ = (2000.0, 8000.0)
-
 
 class WindowSet:
     """`rows[i]` holds the frame indices of window i; `extra` holds windows made in memory (augmentation)."""
@@ -58,18 +56,11 @@ class WindowSet:
             n = entry["n_frames"]
             clip_rows = entry["offset"] + window_index(window_starts(n, params, final=True), n, params)
             if call_db is not None and len(clip_rows) > 1:
-                energy = call_band_energy(np.asarray(db[clip_rows]), params)
+                energy = band_energy_db(np.asarray(db[clip_rows]), params)
                 clip_rows = clip_rows[energy >= np.median(energy) + call_db]
             rows.append(clip_rows)
         rows = np.concatenate(rows) if rows else np.zeros((0, params.window_frames), np.int64)
         return cls(cache.model_memmap(params), rows)
-
-
-def call_band_energy(windows_db: np.ndarray, params: FeatureParams) -> np.ndarray:
-    """Mean 2-8 kHz power of each window [n, frames, bands] of log-mel dB, in dB."""
-    centres = mel_band_edges(params)[:, 1]
-    band = (centres >= CALL_BAND_HZ[0]) & (centres <= CALL_BAND_HZ[1])
-    return 10 * np.log10(np.mean(np.sum(10 ** (windows_db[:, :, band] / 10), axis=2), axis=1) + 1e-12)
 
 
 def mix_windows(birds_db: np.ndarray, backgrounds_db: np.ndarray, gain_db: tuple[float, float], count: int, rng: np.random.Generator) -> np.ndarray:

@@ -100,6 +100,7 @@ class MicSource:
         self._overflow_count = 0
         self._overflow_seen = 0  # consumer side
         self._last_callback = 0.0
+        self._down_at: float | None = None  # consumer side: when the audio stopped, for the gap's length
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # supervisor -> consumer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name=f"mic-{self.name}", daemon=True)
@@ -219,9 +220,8 @@ class MicSource:
                 self._down_at = value[0]
                 new.append(SourceDown(pos, value[1]))
             elif kind == "up":
-                was_down = getattr(self, "_down_at", None)
-                if was_down is not None:
-                    lost = int((value - was_down) * self.rate)
+                if self._down_at is not None:
+                    lost = int((value - self._down_at) * self.rate)
                     new.append(Gap(pos, lost, "source_down"))
                     self._down_at = None
                 new.append(SourceUp(pos))
