@@ -241,7 +241,8 @@ class StreamingWindows:
     def reset(self) -> None:
         self._samples = torch.zeros(0)
         self._frames = torch.zeros(0, self.params.n_mels, device=self.device)
-        self._peaks = torch.zeros(0, device=self.device)  # each kept frame's loudest band, in dB (before PCEN)
+        self._silent_frames = torch.zeros(0, dtype=torch.bool, device=self.device)  # digital silence, per kept frame
+        self._any_silent = False  # the common case, none: no per-window work at all
         self._frames_base = 0  # segment index of _frames[0]
         self._next_grid = 0  # grid index of the next window to emit
         self.frames_total = 0
@@ -256,7 +257,9 @@ class StreamingWindows:
             used = (n_new - 1) * p.hop_length + p.n_fft
             with torch.no_grad():
                 frames = self.frontend(self._samples[:used].to(self.device))
-                self._peaks = torch.cat([self._peaks, frames.amax(dim=1)])
+                silent = frames.amax(dim=1) <= SILENT_DB  # judged on dB frames, before PCEN
+                self._silent_frames = torch.cat([self._silent_frames, silent])
+                self._any_silent = self._any_silent or bool(silent.any())
                 if self.pcen is not None:
                     frames = self.pcen(frames)
             self._frames = torch.cat([self._frames, frames])
@@ -286,16 +289,17 @@ class StreamingWindows:
             local = torch.from_numpy(window_index([start], n, self.params)[0] - self._frames_base)
             starts.append(start)
             parts.append(self._frames[local.to(self._frames.device)].unsqueeze(0))
-        if starts:
-            local = torch.from_numpy(window_index(starts, n, self.params) - self._frames_base).to(self._peaks.device)
-            self.silent = (self._peaks[local].amin(dim=1) <= SILENT_DB).cpu().numpy()
+        if starts and self._any_silent:
+            local = torch.from_numpy(window_index(starts, n, self.params) - self._frames_base).to(self._silent_frames.device)
+            self.silent = self._silent_frames[local].any(dim=1).cpu().numpy()
         else:
-            self.silent = np.zeros(0, dtype=bool)
+            self.silent = np.zeros(len(starts), dtype=bool)
         # Keep what the next grid window, or a tail window, could still need.
         keep_from = max(0, self._next_grid * h - h + 1) if self._next_grid else 0
         if keep_from > self._frames_base:
             self._frames = self._frames[keep_from - self._frames_base :]
-            self._peaks = self._peaks[keep_from - self._frames_base :]
+            self._silent_frames = self._silent_frames[keep_from - self._frames_base :]
+            self._any_silent = self._any_silent and bool(self._silent_frames.any())
             self._frames_base = keep_from
         if not parts:
             return [], torch.zeros(0, w, self.params.n_mels, device=self.device)

@@ -24,8 +24,11 @@ VARIANTS = [
 
 
 def variant(config: TrainConfig, mode: str, kind: str, weight: float) -> TrainConfig:
+    """The config with this mode, front end and energy weight; PCEN gets no mixing (it mixes dB windows)."""
+    mixes = config.augment.bird_mixes if kind == "logmel_db" else 0
     return dataclasses.replace(
-        config, mode=mode, features=dataclasses.replace(config.features, kind=kind), energy=dataclasses.replace(config.energy, weight=weight)
+        config, mode=mode, features=dataclasses.replace(config.features, kind=kind),
+        energy=dataclasses.replace(config.energy, weight=weight), augment=dataclasses.replace(config.augment, bird_mixes=mixes),
     )
 
 
@@ -43,7 +46,7 @@ def study(config: TrainConfig, eval_data: Path, eval_labels: Path, eval_split: s
         with progress_bar() as progress:
             cache.ensure([i.path for i in eval_items], progress)
             ev = evaluate(model, eval_items, cache, out_dir / name, progress)
-        rows.append({"variant": name, "mode": mode, "front_end": kind, "energy_weight": weight, "crossval": cv["blocks"], "eval": ev["blocks"], "train_audio_hours_per_minute": fit_metrics["train_audio_hours_per_minute"]})
+        rows.append({"variant": name, "mode": mode, "front_end": kind, "energy_weight": weight, "bird_mixes": c.augment.bird_mixes if mode != "nobird" else 0, "crossval": cv["blocks"], "eval": ev["blocks"], "train_audio_hours_per_minute": fit_metrics["train_audio_hours_per_minute"]})
         (out_dir / "study.json").write_text(json.dumps(rows, indent=1))
     (out_dir / "study.md").write_text(markdown(rows))
     return rows
@@ -51,15 +54,15 @@ def study(config: TrainConfig, eval_data: Path, eval_labels: Path, eval_split: s
 
 def markdown(rows: list[dict]) -> str:
     blocks = [b for b in rows[0]["eval"] if b != "all"]
-    head = ["mode", "front end", "energy term", "dev CV AUC", "eval AUC", "eval pAUC<=0.1", "eval F1"] + [f"eval {b}" for b in blocks]
+    head = ["mode", "front end", "energy term", "mixes", "dev CV AUC", "eval AUC", "eval pAUC<=0.1", "eval F1"] + [f"eval {b}" for b in blocks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         e = r["eval"]
-        cells = [r["mode"], r["front_end"], f"{r['energy_weight']:g}", f"{r['crossval']['all']['model_auc']:.3f}", f"{e['all']['model']['auc']:.3f}", f"{e['all']['model']['pauc_0.1']:.3f}", f"{e['all']['model']['f1']:.3f}"]
+        cells = [r["mode"], r["front_end"], f"{r['energy_weight']:g}", str(r["bird_mixes"]), f"{r['crossval']['all']['model_auc']:.3f}", f"{e['all']['model']['auc']:.3f}", f"{e['all']['model']['pauc_0.1']:.3f}", f"{e['all']['model']['f1']:.3f}"]
         cells += [f"{e[b]['model']['auc']:.3f}" for b in blocks]
         lines.append("| " + " | ".join(cells) + " |")
     ref, cv_ref = rows[0]["eval"], rows[0]["crossval"]["all"]["reference_auc"]
-    cells = ["energy reference", "log-mel dB", "-", f"{cv_ref:.3f}", f"{ref['all']['reference']['auc']:.3f}", f"{ref['all']['reference']['pauc_0.1']:.3f}", f"{ref['all']['reference']['f1']:.3f}"]
+    cells = ["energy reference", "log-mel dB", "-", "-", f"{cv_ref:.3f}", f"{ref['all']['reference']['auc']:.3f}", f"{ref['all']['reference']['pauc_0.1']:.3f}", f"{ref['all']['reference']['f1']:.3f}"]
     cells += [f"{ref[b]['reference']['auc']:.3f}" for b in blocks]
     lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
