@@ -67,9 +67,6 @@ class RingBuffer:
         self.write_pos += n
 
     # -- consumer side ---------------------------------------------------------------------
-    def available(self) -> int:
-        return self.write_pos - self.read_pos
-
     def read(self, max_samples: int) -> tuple[int, np.ndarray]:
         """Return (start position, copy of up to `max_samples` samples).
 

@@ -95,10 +95,6 @@ def set_path(obj: Any, dotted: str, raw: str) -> None:
     setattr(target, name, _coerce(hint, value, dotted, names[name].metadata))
 
 
-def to_plain(obj: Any) -> Any:
-    return dataclasses.asdict(obj)
-
-
 def _coerce(hint: Any, value: Any, key: str, meta: typing.Mapping) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
