@@ -204,3 +204,23 @@ def test_without_portaudio_the_microphone_says_how_to_install_it_and_replay_stil
     write(tmp_path / "one.wav", clip(2.0, 22050), 22050)
     replay = subprocess.run(streamdet_command("run", "--replay", str(tmp_path), "--pace", "max", "--model", str(tiny_model), "--endpoint", endpoint), capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert replay.returncode == 0, replay.stderr
+
+
+def test_a_microphone_and_a_replay_in_one_daemon(pulse, tiny_model, tmp_path, endpoint):
+    write(tmp_path / "calls.wav", clip(4.0, 22050, [(1.5, 1.0)], seed=7), 22050)
+    collector = Collector(endpoint)
+    daemon = start_daemon("--mic", "pulse", "--replay", str(tmp_path), "--pace", "2x", "--model", str(tiny_model), "--endpoint", endpoint, "--wait-subscribers", "1", env=pulse.env)
+    try:
+        assert collector.wait_for(lambda m: m["type"] == "loss" and m["source"] == "mic" and m["seq"] >= 3, 20)
+        assert collector.wait_for(lambda m: m["type"] == "status" and m["sources"]["replay"]["finished"], 20)
+    finally:
+        code, err = stop(daemon)
+        collector.close()
+    assert code == 0, err
+    topics = {t for t, _, _ in collector.messages}
+    assert {"loss.mic", "loss.replay"} <= topics
+    for name in ("mic", "replay"):
+        seqs = [m["seq"] for m in collector.of("loss") if m["source"] == name]
+        assert seqs == list(range(len(seqs))) and seqs, name
+    final = collector.of("status")[-1]["sources"]
+    assert final["mic"]["kind"] == "mic" and final["replay"]["kind"] == "replay" and final["replay"]["files_played"] == 1
