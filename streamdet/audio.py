@@ -44,8 +44,8 @@ def probe(path: Path) -> sf._SoundFileInfo:
     return info
 
 
-def read_mono_blocks(path: Path, block_frames: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (sample_rate, mono float32 block) pairs, downmixing by averaging channels."""
+def read_mono_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
+    """Yield mono float32 blocks at the file's own rate, downmixing by averaging channels."""
     try:
         with sf.SoundFile(str(path)) as f:
             while True:
@@ -53,9 +53,7 @@ def read_mono_blocks(path: Path, block_frames: int) -> Iterator[tuple[int, np.nd
                 if block.shape[0] == 0:
                     return
                 mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
-                yield f.samplerate, np.ascontiguousarray(mono)
-    except AudioError:
-        raise
+                yield np.ascontiguousarray(mono)
     except Exception as exc:
         raise AudioError(f"decoding failed: {_one_line(exc)}") from None
 
@@ -132,7 +130,7 @@ class FileDecoder:
 
     def blocks(self) -> Iterator[np.ndarray]:
         resampler = StreamingResampler(self.info.samplerate, self.sample_rate)
-        for _, block in read_mono_blocks(self.path, self.block_frames):
+        for block in read_mono_blocks(self.path, self.block_frames):
             self.frames_read += len(block)
             out = resampler.process(block)
             if len(out):

@@ -7,16 +7,15 @@ import secrets
 import socket
 import threading
 import time
-
 from dataclasses import asdict
 
 from .artifact import Model
 from .bus import Publisher, message
-from .systemd import Notifier
 from .config import Config, SourceConfig
 from .pipeline import Channel
 from .ringbuffer import RingBuffer
 from .sources.replay import ReplaySource
+from .systemd import Notifier
 
 log = logging.getLogger("streamdet.daemon")
 

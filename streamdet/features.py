@@ -194,12 +194,19 @@ def window_index(starts: list[int], n_frames: int, params: FeatureParams) -> np.
     return (np.asarray(starts)[:, None] + np.arange(params.window_frames)) % max(n_frames, 1)
 
 
+def silent_frames(frames_db):
+    """Which log-mel dB frames (a tensor, or an array such as a cache's memory map) are digital
+    silence: every band at or below SILENT_DB."""
+    peaks = frames_db.amax(dim=1) if isinstance(frames_db, torch.Tensor) else np.asarray(frames_db).max(axis=1)
+    return peaks <= SILENT_DB
+
+
 def silent_windows(frames_db, starts: list[int], params: FeatureParams) -> np.ndarray:
     """Which windows of a segment's log-mel dB frames hold digital silence."""
     if not starts:
         return np.zeros(0, dtype=bool)
-    peaks = np.asarray(frames_db).max(axis=1)
-    return peaks[window_index(starts, len(peaks), params)].min(axis=1) <= SILENT_DB
+    silent = silent_frames(frames_db)
+    return silent[window_index(starts, len(silent), params)].any(axis=1)
 
 
 def windows_from_frames(frames, params: FeatureParams) -> tuple[list[int], torch.Tensor]:
@@ -257,7 +264,7 @@ class StreamingWindows:
             used = (n_new - 1) * p.hop_length + p.n_fft
             with torch.no_grad():
                 frames = self.frontend(self._samples[:used].to(self.device))
-                silent = frames.amax(dim=1) <= SILENT_DB  # judged on dB frames, before PCEN
+                silent = silent_frames(frames)  # judged on dB frames, before PCEN
                 self._silent_frames = torch.cat([self._silent_frames, silent])
                 self._any_silent = self._any_silent or bool(silent.any())
                 if self.pcen is not None:

@@ -14,16 +14,19 @@ import numpy as np
 import torch
 
 from .artifact import Model
+from .audio import StreamingResampler
 from .bus import Publisher, message
 from .config import DetectorConfig, RecordingConfig
 from .events import EventTracker
 from .features import StreamingWindows, mel_band_edges
 from .recorder import ClipRecorder
 from .ringbuffer import RingBuffer
-from .audio import StreamingResampler
 from .sources import Finished, Gap, Notice, SegmentEnd, SegmentStart, Skipped, SourceDown, SourceUp
 
 log = logging.getLogger("streamdet.pipeline")
+
+RECENT_REPORTS = 20
+LATENCY_SAMPLES = 4096
 
 
 class BandExplainer:
@@ -53,9 +56,6 @@ class BandExplainer:
                 while hi < len(self._sum) - 1 and self._sum[hi + 1] >= self._sum[peak] / 2:
                     hi += 1
                 t["band_hz"] = [round(float(self.edges[lo, 0])), round(float(self.edges[hi, 2]))]
-
-RECENT_REPORTS = 20
-LATENCY_SAMPLES = 4096
 
 
 class _Start(NamedTuple):
@@ -95,6 +95,7 @@ class Channel:
         self.batch_windows = batch_windows
         self.rate = source.rate  # of the ring: the model's for replay, the device's for a microphone
         self.tracker = EventTracker(detector)
+        self.recorder: ClipRecorder | None = None
         self._use_model(model, detector, recording or RecordingConfig())
         self.offset = 0  # audio known to be lost, in ring samples, so stream time keeps to the clock
         self._expected: int | None = None  # where the next read should start
@@ -122,7 +123,13 @@ class Channel:
         self.resampler = StreamingResampler(self.rate, self.params.sample_rate)
         self.read_chunk = int(self.batch_windows * self.params.hop_seconds * self.rate)
         self.tracker.config = detector
-        self.recorder = ClipRecorder(recording, self.name, self.ring, self.rate) if recording.enabled else None
+        if not recording.enabled:
+            self.recorder_finish()
+            self.recorder = None
+        elif self.recorder is None:
+            self.recorder = ClipRecorder(recording, self.name, self.ring, self.rate)
+        else:
+            self.recorder.configure(recording)  # clips still waiting for their post-roll keep waiting
         # A replay waits for room in its ring; keep half of it behind the reader for clips' pre-roll.
         self.ring.keep_behind = self.ring.capacity // 2 if recording.enabled else 0
 
@@ -131,12 +138,10 @@ class Channel:
         current = self.segment
         self._end_segment()
         self._flush()
-        if self.recorder is not None:
-            self.recorder.poll(final=True)
         self._use_model(model, detector, recording)
         if current is not None:
             # The same file goes on: a new segment that knows how far into the file it starts.
-            pos = self._expected if self._expected is not None else self.ring.read_pos
+            pos = self._fed_pos
             into = current.info.get("file_offset_s", 0.0) + (pos - current.pos) / self.rate
             self._begin(SegmentStart(pos, current.file, {**current.info, "file_offset_s": into}))
 
@@ -155,6 +160,11 @@ class Channel:
 
     def stream_time(self, pos: int) -> float:
         return (pos + self.offset) / self.rate
+
+    @property
+    def _fed_pos(self) -> int:
+        """Where the audio fed to the current segment ends (a read that found a gap has moved past it)."""
+        return self._expected if self._expected is not None else self.ring.read_pos
 
     def pump(self) -> bool:
         """Handle due markers and frame what has arrived; score once a batch is full or nothing
@@ -196,8 +206,7 @@ class Channel:
     def _frame(self, samples: np.ndarray, final: bool = False) -> None:
         starts, windows = self.windows.push(samples) if not final else self.windows.finish()
         if starts:
-            # Where the audio fed to this segment ends: a read that found a gap has moved past it.
-            read_pos = self._expected if self._expected is not None else self.ring.read_pos
+            read_pos = self._fed_pos
             self._queue.append(_Windows(self.segment, self.segment_t0, starts, windows, self.stream_time(read_pos), read_pos, self.windows.silent))
             self._queued_windows += len(starts)
 
@@ -206,7 +215,7 @@ class Channel:
             return
         self._frame(self.resampler.flush())
         self._frame(np.zeros(0, np.float32), final=True)
-        self._queue.append(_End(self.segment, self._expected if self._expected is not None else self.ring.read_pos))
+        self._queue.append(_End(self.segment, self._fed_pos))
         self.segment = None
 
     def _gap(self, pos: int, samples: int | None, reason: str) -> None:
@@ -314,18 +323,22 @@ class Channel:
                 body["file"] = seg.file
                 body["file_onset"] = round(t["onset"] - self.stream_time(seg.pos) + seg.info.get("file_offset_s", 0.0), 4)
             if t["state"] == "end" and self.recorder is not None and seg is not None:
-                sidecar = {
-                    "source": self.name, "run_id": self.run_id, "stream_time_of_pos0": self.stream_time(0),
-                    **{k: body[k] for k in ("event_id", "onset", "offset", "duration", "peak_score", "band_hz", "file", "file_onset") if k in body},
-                    "model": self.model.describe(),
-                }
-                if "stream_start_wall" in self.source.describe():
-                    start_wall = self.source.describe()["stream_start_wall"]
-                    sidecar["onset_wall"] = None if start_wall is None else round(start_wall + t["onset"], 3)
-                body["clip"] = str(self.recorder.schedule(t, self.ring_pos(t["onset"]), self.ring_pos(t["offset"]), seg.pos, segment_end, sidecar))
+                body["clip"] = str(self._schedule_clip(t, body, seg, segment_end))
             self.events += t["state"] == "end"
             log.info("%s: event %d %s at %.2f s%s", self.name, t["event_id"], t["state"], t.get("offset", t["onset"]), f" ({body['file']})" if "file" in body else "")
             self.publisher.send(f"event.{self.name}", body)
+
+    def _schedule_clip(self, t: dict, body: dict, seg: SegmentStart, segment_end: int | None):
+        sidecar = {
+            "source": self.name, "run_id": self.run_id, "stream_time_of_pos0": self.stream_time(0),
+            **{k: body[k] for k in ("event_id", "onset", "offset", "duration", "peak_score", "band_hz", "file", "file_onset") if k in body},
+            "model": self.model.describe(),
+        }
+        source = self.source.describe()
+        if "stream_start_wall" in source:
+            start_wall = source["stream_start_wall"]
+            sidecar["onset_wall"] = None if start_wall is None else round(start_wall + t["onset"], 3)
+        return self.recorder.schedule(t, self.ring_pos(t["onset"]), self.ring_pos(t["offset"]), seg.pos, segment_end, sidecar)
 
     # -- reporting ---------------------------------------------------------------------------
     def status(self) -> dict:

@@ -27,14 +27,19 @@ class _Job:
 
 class ClipRecorder:
     def __init__(self, config: RecordingConfig, source: str, ring: RingBuffer, rate: int):
-        self.config, self.source, self.ring, self.rate = config, source, ring, rate
-        self.directory = Path(config.directory) / source
+        self.source, self.ring, self.rate = source, ring, rate
+        self.configure(config)
         self.jobs: list[_Job] = []
         self.written = 0
         self.failed = 0
         self.deleted = 0
         self.errors: list[str] = []  # taken by the channel for its status reports
         self.writing: Path | None = None
+
+    def configure(self, config: RecordingConfig) -> None:
+        """New settings (SIGHUP); clips already planned keep their path."""
+        self.config = config
+        self.directory = Path(config.directory) / self.source
 
     def schedule(self, event: dict, onset_pos: int, offset_pos: int, segment_start: int, segment_end: int | None, sidecar: dict) -> Path:
         """Plan the clip of an event that has ended; it is written once its post-roll has arrived.

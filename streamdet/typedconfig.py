@@ -78,11 +78,11 @@ def check(obj: Any, where: str = "") -> None:
 def set_path(obj: Any, dotted: str, raw: str) -> None:
     """Apply `section.key=value` from the command line; the value is parsed as YAML."""
     parts = dotted.split(".")
-    target = obj
+    parent, target = None, obj
     for part in parts[:-1]:
         if not dataclasses.is_dataclass(target) or not hasattr(target, part):
             raise ConfigError(f"--set {dotted}: unknown key {part!r}")
-        target = getattr(target, part)
+        parent, target = target, getattr(target, part)
     name = parts[-1]
     names = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
     if name not in names:
@@ -92,7 +92,11 @@ def set_path(obj: Any, dotted: str, raw: str) -> None:
     except yaml.YAMLError:
         value = raw
     hint = typing.get_type_hints(type(target))[name]
-    setattr(target, name, _coerce(hint, value, dotted, names[name].metadata))
+    value = _coerce(hint, value, dotted, names[name].metadata)
+    if type(target).__dataclass_params__.frozen:  # e.g. FeatureParams: a new one takes its place
+        setattr(parent, parts[-2], dataclasses.replace(target, **{name: value}))
+    else:
+        setattr(target, name, value)
 
 
 def _coerce(hint: Any, value: Any, key: str, meta: typing.Mapping) -> Any:

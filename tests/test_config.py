@@ -90,3 +90,14 @@ def test_the_shipped_configs_are_valid():
     assert daemon.sources[0].path == str(REPO / "streamdet" / "assets" / "demo")
     train = load_train_config(REPO / "configs" / "train.yaml")
     assert train.output == str(REPO / "runs" / "default.pt")
+
+
+def test_set_reaches_frozen_sections_and_checks_them():
+    from streamdet.typedconfig import set_path
+    from train.config import TrainConfig
+
+    config = TrainConfig()
+    set_path(config, "features.kind", "pcen")
+    assert config.features.kind == "pcen" and config.features.n_mels == 64
+    with pytest.raises(ConfigError, match="features.n_mels: expected an integer"):
+        set_path(config, "features.n_mels", "many")

@@ -138,14 +138,7 @@ def load_config_with_overrides(args):
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item}: expected KEY=VALUE")
-        if key.startswith("features."):  # frozen: rebuild it
-            import dataclasses
-
-            import yaml
-
-            config.features = dataclasses.replace(config.features, **{key.split(".", 1)[1]: yaml.safe_load(value)})
-        else:
-            set_path(config, key, value)
+        set_path(config, key, value)
     try:
         check(config)
     except ConfigError as exc:

@@ -13,7 +13,7 @@ from .config import TrainConfig
 from .crossval import crossval
 from .datasets import read_labels
 from .evaluate import evaluate
-from .fit import fit, progress_bar
+from .fit import default_cache_dir, fit, progress_bar
 
 VARIANTS = [
     (mode, kind, weight)
@@ -42,7 +42,7 @@ def study(config: TrainConfig, eval_data: Path, eval_labels: Path, eval_split: s
         cv = crossval(c, folds=folds, seed=0)
         path, fit_metrics = fit(c, out_dir / f"{name}.pt")
         model = load(path, "cpu")
-        cache = FeatureCache(c.cache_dir or _default_cache(), model.features)
+        cache = FeatureCache(c.cache_dir or default_cache_dir(), model.features)
         with progress_bar() as progress:
             cache.ensure([i.path for i in eval_items], progress)
             ev = evaluate(model, eval_items, cache, out_dir / name, progress)
@@ -66,9 +66,3 @@ def markdown(rows: list[dict]) -> str:
     cells += [f"{ref[b]['reference']['auc']:.3f}" for b in blocks]
     lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _default_cache():
-    from .fit import default_cache_dir
-
-    return default_cache_dir()
