@@ -186,8 +186,8 @@ def metadata_problems(meta: dict):
     if not _finite(s.get("scale")) or s["scale"] <= 0:
         yield f"scoring.scale: expected a positive number, found {s.get('scale')!r}"
     yield from energy_problems(s.get("energy"))
-    if s.get("energy") and params.kind != "logmel_db":
-        yield f"scoring.energy: needs features.kind 'logmel_db' (it measures dB band energy), found {params.kind!r}"
+    if s.get("energy") and params.kind == "pcen":
+        yield f"scoring.energy: needs features.kind 'logmel_db' or 'bgnorm' (it measures dB band energy), found {params.kind!r}"
 
 
 def _smoke_test(model: Model, where: str) -> None:

@@ -168,9 +168,13 @@ class FileDecoder:
         return None
 
 
-def load_resampled(path: Path, sample_rate: int) -> np.ndarray:
-    """The whole file as one mono float32 array at `sample_rate` (for training and tests)."""
-    blocks = list(FileDecoder(Path(path), sample_rate).blocks())
+def load_resampled(path: Path, sample_rate: int, notices: list | None = None) -> np.ndarray:
+    """The whole file as one mono float32 array at `sample_rate` (for training and tests); a
+    truncated file gives what it holds, and says so in `notices` when given."""
+    decoder = FileDecoder(Path(path), sample_rate)
+    blocks = list(decoder.blocks())
+    if notices is not None and (truncated := decoder.truncation()):
+        notices.append(truncated)
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchaudio.transforms import AmplitudeToDB, MelSpectrogram
 
-FEATURE_KINDS = ("logmel_db", "pcen")
+FEATURE_KINDS = ("logmel_db", "pcen", "bgnorm")
 # A frame whose every log-mel value is at or below this is digital silence (zeros sit at the
 # -100 dB floor; even one-LSB dither reaches about -52 dB): a mute, a dropout or padding.  A window
 # holding any such frame is not scored: no natural recording looks like that to the model.
@@ -32,11 +32,13 @@ class FeatureParams:
     f_max: float = 10000.0  # below the resampler roll-off (0.99 x Nyquist) of 22.05 kHz audio made from 44.1 kHz
     window_frames: int = 49  # 48 hops + one FFT = exactly 1.000 s at the defaults
     hop_frames: int = 25  # a new window every 0.5 s
-    kind: str = "logmel_db"  # or "pcen": per-channel energy normalisation of the mel magnitudes
+    kind: str = "logmel_db"  # or "pcen" (per-channel energy normalisation), or "bgnorm" (see background_floors)
     pcen_time_constant: float = 0.4  # seconds; the PCEN values are librosa's defaults
     pcen_alpha: float = 0.98
     pcen_delta: float = 2.0
     pcen_r: float = 0.5
+    bg_seconds: float = 5.0  # bgnorm: each band's noise floor is a low percentile of the trailing bg_seconds ...
+    bg_percentile: float = 20.0  # ... of the segment, ending with the window; the window is shown relative to it
 
     @property
     def window_samples(self) -> int:
@@ -55,9 +57,11 @@ class FeatureParams:
         """(field, what was expected) for each thing that makes these parameters unusable."""
         if self.kind not in FEATURE_KINDS:
             yield "kind", f"expected one of {', '.join(map(repr, FEATURE_KINDS))}, found {self.kind!r}"
-        for name in ("pcen_time_constant", "pcen_alpha", "pcen_delta", "pcen_r"):
-            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
-                yield name, f"expected a positive number, found {getattr(self, name)!r}"
+        for name in ("pcen_time_constant", "pcen_alpha", "pcen_delta", "pcen_r", "bg_seconds"):
+            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool) or not 0 < getattr(self, name) < 1e4:
+                yield name, f"expected a positive number below 10000, found {str(getattr(self, name))[:40]}"
+        if not isinstance(self.bg_percentile, (int, float)) or not 0 <= self.bg_percentile <= 100:
+            yield "bg_percentile", f"expected a number from 0 to 100, found {str(self.bg_percentile)[:40]}"
         ints = ("sample_rate", "n_fft", "hop_length", "n_mels", "window_frames", "hop_frames")
         bad = [n for n in ints if isinstance(getattr(self, n), bool) or not isinstance(getattr(self, n), int) or getattr(self, n) <= 0]
         for name in bad:
@@ -76,7 +80,12 @@ class FeatureParams:
 
     def frame_dict(self) -> dict:
         """Only what decides the log-mel frames themselves (PCEN is computed from those)."""
-        return {k: v for k, v in self.to_dict().items() if k != "kind" and not k.startswith("pcen_")}
+        return {k: v for k, v in self.to_dict().items() if k != "kind" and not k.startswith(("pcen_", "bg_"))}
+
+    @property
+    def bg_frames(self) -> int:
+        """bgnorm's context in frames: never shorter than a window, so every window sees its whole self."""
+        return max(self.window_frames, int(round(self.bg_seconds * self.sample_rate / self.hop_length)))
 
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureParams":
@@ -161,6 +170,32 @@ class PCEN:
         return out.to(frames_db.dtype)
 
 
+def background_floors(frames_db: torch.Tensor, base: int, n_frames: int, starts: list[int], params: FeatureParams) -> torch.Tensor:
+    """bgnorm: each window's noise floor per band, [n_windows, n_mels].
+
+    The floor of the window starting at frame s is the `bg_percentile` percentile (the lower of two
+    neighbours, a k-th smallest value) of each band over the frames [max(0, e - bg_frames), e) of its
+    segment, e = min(s + window_frames, n_frames): the window itself and the seconds before it.  It
+    needs nothing after the window, so a stream computes it when the window completes, and the
+    streaming result equals the offline one.  Subtracting it makes a window's values 'dB above this
+    band's recent floor': the recorder's gain, the microphone's colour and stationary noise (rain,
+    wind, hum, insect drones) cancel.  `frames_db` holds the segment's frames from index `base` on."""
+    if not starts:
+        return torch.zeros(0, params.n_mels, dtype=frames_db.dtype, device=frames_db.device)
+    ends = np.minimum(np.asarray(starts) + params.window_frames, n_frames)
+    lows = np.maximum(ends - params.bg_frames, 0)
+    out = torch.empty(len(starts), params.n_mels, dtype=frames_db.dtype, device=frames_db.device)
+    lengths = ends - lows
+    for length in np.unique(lengths).tolist():  # one batched k-th value per context length
+        chosen = np.nonzero(lengths == length)[0]
+        k = 1 + int(params.bg_percentile / 100.0 * (length - 1))
+        for a in range(0, len(chosen), 256):  # bounded memory: 256 x bg_frames x n_mels at most
+            part = chosen[a : a + 256]
+            index = torch.from_numpy(lows[part][:, None] - base + np.arange(length)).to(frames_db.device)
+            out[torch.from_numpy(part).to(frames_db.device)] = frames_db[index].kthvalue(k, dim=1).values
+    return out
+
+
 def model_frames(frames_db, params: FeatureParams) -> torch.Tensor:
     """A whole segment's log-mel dB frames as the model sees them (PCEN applied when asked for)."""
     if not isinstance(frames_db, torch.Tensor):  # a copy: cached frames are read-only memory maps
@@ -215,7 +250,10 @@ def windows_from_frames(frames, params: FeatureParams) -> tuple[list[int], torch
     starts = window_starts(len(frames), params, final=True)
     if not starts:
         return [], torch.zeros(0, params.window_frames, params.n_mels)
-    return starts, frames[torch.from_numpy(window_index(starts, len(frames), params))]
+    windows = frames[torch.from_numpy(window_index(starts, len(frames), params))]
+    if params.kind == "bgnorm":
+        windows = windows - background_floors(frames, 0, len(frames), starts, params)[:, None, :]
+    return starts, windows
 
 
 def offline_windows(samples: np.ndarray, params: FeatureParams, frontend: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[int], torch.Tensor]:
@@ -296,6 +334,9 @@ class StreamingWindows:
             local = torch.from_numpy(window_index([start], n, self.params)[0] - self._frames_base)
             starts.append(start)
             parts.append(self._frames[local.to(self._frames.device)].unsqueeze(0))
+        if starts and self.params.kind == "bgnorm":
+            floors = background_floors(self._frames, self._frames_base, n, starts, self.params)
+            parts = [torch.cat(parts) - floors[:, None, :]]
         if starts and self._any_silent:
             local = torch.from_numpy(window_index(starts, n, self.params) - self._frames_base).to(self._silent_frames.device)
             self.silent = self._silent_frames[local].any(dim=1).cpu().numpy()
@@ -303,6 +344,8 @@ class StreamingWindows:
             self.silent = np.zeros(len(starts), dtype=bool)
         # Keep what the next grid window, or a tail window, could still need.
         keep_from = max(0, self._next_grid * h - h + 1) if self._next_grid else 0
+        if self.params.kind == "bgnorm":  # and the background context of any later window (grid or tail)
+            keep_from = max(0, min(keep_from, n - self.params.bg_frames))
         if keep_from > self._frames_base:
             self._frames = self._frames[keep_from - self._frames_base :]
             self._silent_frames = self._silent_frames[keep_from - self._frames_base :]

@@ -43,6 +43,68 @@ class VAE(nn.Module):
         return self.decoder(mu)
 
 
+class ConvVAE(nn.Module):
+    """A VAE with 2-D convolutions over (time, mel): local time-frequency shapes (a call's sweep, a
+    harmonic stack) are learnt once wherever they sit, instead of per position as in the MLP.
+
+    Same interface as VAE (flat windows in, flat reconstructions out), so the Detector, training and
+    scoring do not care which it is.  Three stride-2 stages take a window padded to a multiple of 8
+    frames down to 1/8 of its size, and three transposed ones back; the padding is cropped off."""
+
+    def __init__(self, window_frames: int, n_mels: int, channels: int = 16, latent: int = 16):
+        super().__init__()
+        if n_mels % 8:
+            raise ValueError(f"a convolutional VAE needs n_mels divisible by 8, found {n_mels}")
+        self.window_frames, self.n_mels, self.channels = window_frames, n_mels, channels
+        self.padded = (window_frames + 7) // 8 * 8
+        c = channels
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, c, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), nn.GELU(),
+        )
+        self.flat = 4 * c * (self.padded // 8) * (n_mels // 8)
+        self.to_mu = nn.Linear(self.flat, latent)
+        self.to_logvar = nn.Linear(self.flat, latent)
+        self.from_latent = nn.Sequential(nn.Linear(latent, self.flat), nn.GELU())
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(4 * c, 2 * c, 4, stride=2, padding=1), nn.GELU(),
+            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1), nn.GELU(),
+            nn.ConvTranspose2d(c, 1, 4, stride=2, padding=1),
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image = x.reshape(x.shape[0], 1, self.window_frames, self.n_mels)
+        image = nn.functional.pad(image, (0, 0, 0, self.padded - self.window_frames))
+        h = self.encoder(image).reshape(x.shape[0], self.flat)
+        return self.to_mu(h), self.to_logvar(h).clamp(-12.0, 12.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.from_latent(z).reshape(z.shape[0], 4 * self.channels, self.padded // 8, self.n_mels // 8)
+        return self.decoder(h)[:, 0, : self.window_frames, :].reshape(z.shape[0], self.window_frames * self.n_mels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decode(z), mu, logvar
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        mu, _ = self.encode(x)
+        return self.decode(mu)
+
+
+MODEL_KINDS = ("mlp", "conv")
+
+
+def make_vae(kind: str, window_frames: int, n_mels: int, hidden: int, latent: int, channels: int) -> nn.Module:
+    """A fresh VAE of `kind` for windows of window_frames x n_mels."""
+    if kind == "conv":
+        return ConvVAE(window_frames, n_mels, channels, latent)
+    if kind == "mlp":
+        return VAE(window_frames * n_mels, hidden, latent)
+    raise ValueError(f"model.kind: expected one of {', '.join(MODEL_KINDS)}, found {kind!r}")
+
+
 def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float) -> torch.Tensor:
     reconstruction = (recon - x).pow(2).mean(dim=1)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1) / x.shape[1]
@@ -50,7 +112,7 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: tor
 
 
 class Detector(nn.Module):
-    def __init__(self, frontend: LogMel, vaes: List[VAE], signs: List[float], mean: torch.Tensor, std: torch.Tensor, window_frames: int):
+    def __init__(self, frontend: LogMel, vaes: List[nn.Module], signs: List[float], mean: torch.Tensor, std: torch.Tensor, window_frames: int):
         """`mean` and `std` are [n_vaes, n_mels]: each VAE sees windows normalised by its own training data."""
         super().__init__()
         if len(vaes) != len(signs) or mean.shape[0] != len(vaes) or std.shape != mean.shape:
@@ -80,14 +142,20 @@ class Detector(nn.Module):
         return self.band_errors(windows).mean(dim=1)
 
 
-def architecture(detector: Detector, hidden: int, latent: int) -> dict:
+ARCH_KINDS = {"mlp": "mlp_vae", "conv": "conv_vae"}
+
+
+def architecture(detector: Detector, kind: str, hidden: int, latent: int, channels: int) -> dict:
     """The description stored in an artifact's metadata, enough to rebuild the module eagerly."""
-    return {"kind": "mlp_vae", "hidden": hidden, "latent": latent, "signs": detector.signs.tolist()}
+    arch = {"kind": ARCH_KINDS[kind], "latent": latent, "signs": detector.signs.tolist()}
+    arch.update({"channels": channels} if kind == "conv" else {"hidden": hidden})
+    return arch
 
 
 def rebuild_eager(scripted: torch.nn.Module, arch: dict, frontend: LogMel, window_frames: int, n_mels: int) -> Detector:
     """An eager Detector with a scripted one's weights (for benchmarks and debugging)."""
-    vaes = [VAE(window_frames * n_mels, arch["hidden"], arch["latent"]) for _ in arch["signs"]]
+    kind = "conv" if arch["kind"] == "conv_vae" else "mlp"
+    vaes = [make_vae(kind, window_frames, n_mels, arch.get("hidden", 0), arch["latent"], arch.get("channels", 0)) for _ in arch["signs"]]
     state = scripted.state_dict()
     k = len(arch["signs"])
     detector = Detector(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames)

@@ -24,15 +24,51 @@ def feed_in_random_chunks(framer, x, seed=0, max_chunk=5000):
     return starts + s, torch.cat(windows + [w])
 
 
-@pytest.mark.parametrize("seconds", [0.3, 0.99, 1.0, 3.3, 7.77])
-def test_streaming_windows_equal_offline(seconds):
+@pytest.mark.parametrize("kind", ["logmel_db", "bgnorm"])
+@pytest.mark.parametrize("seconds", [0.3, 0.99, 1.0, 3.3, 7.77, 13.1])
+def test_streaming_windows_equal_offline(seconds, kind):
+    params = FeatureParams(kind=kind, bg_seconds=2.0)  # a short context, so that 13 s slides it well past the start
     x = clip(seconds, P.sample_rate, calls=[(0.2, 0.5)], seed=3)
-    off_starts, off = offline_windows(x, P)
-    starts, got = feed_in_random_chunks(StreamingWindows(P), x)
+    off_starts, off = offline_windows(x, params)
+    starts, got = feed_in_random_chunks(StreamingWindows(params), x)
     assert starts == off_starts
     assert got.shape == off.shape
     # Same frames, computed in different chunkings: equal to float32 rounding (dB values around -100..0).
     assert torch.allclose(got, off, atol=1e-3), (got - off).abs().max()
+
+
+def test_background_normalisation_ignores_gain_colour_and_stationary_noise():
+    """bgnorm shows each band relative to its recent floor: a recorder's gain and a microphone's
+    colour (a per-band gain) change log-mel dB windows, and do not change bgnorm windows."""
+    from audiogen import noise
+
+    params = FeatureParams(kind="bgnorm")
+    x = clip(6.0, P.sample_rate, calls=[(3.0, 1.0)], seed=5)
+    _, plain = offline_windows(x, params)
+    _, louder = offline_windows(x * 10 ** (-12 / 20), params)  # 12 dB quieter recorder
+    assert torch.allclose(plain, louder, atol=1e-2)
+    # Colour: a first-order high-pass tilts the spectrum by up to ~20 dB across the bands.
+    tilted = np.append(x[0], x[1:] - 0.9 * x[:-1]).astype(np.float32)
+    _, tilt = offline_windows(tilted, params)
+    _, db_plain = offline_windows(x, P)
+    _, db_tilt = offline_windows(tilted, P)
+    assert (db_tilt - db_plain).abs().mean() > 5 * (tilt - plain).abs().mean()
+    # Stationary noise 10 dB louder than the recording's own: windows without the call (0-2.5 s) stay
+    # where they were against their floor, while in plain dB they rise with the noise.
+    from streamdet.features import mel_band_edges
+
+    centres = mel_band_edges(params)[:, 1]
+    bands = torch.from_numpy((centres > 2500) & (centres < 5500))
+
+    def level(windows):  # the call's bands, each band's loudest frame, averaged
+        return windows[:, :, bands].amax(dim=1).mean().item()
+
+    noisy = x + noise(6.0, P.sample_rate, level_db=-20, seed=9)
+    _, bg_noisy = offline_windows(noisy, params)
+    _, db_noisy = offline_windows(noisy, P)
+    assert abs(level(bg_noisy[:4]) - level(plain[:4])) < 1.0
+    assert level(db_noisy[:4]) - level(db_plain[:4]) > 5.0
+    assert level(bg_noisy[6:8]) > level(bg_noisy[:4]) + 10  # and the call (windows at 3.0-3.5 s) still stands out
 
 
 def test_windows_cover_the_tail_of_a_segment():

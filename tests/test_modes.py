@@ -16,7 +16,8 @@ from train.cli import main as train_main
 from train.config import DataConfig, load_train_config
 from train.datasets import read_dataset, read_labels, unlabelled
 from train.evaluate import evaluate, predict
-from train.fit import Checkpoint, fit
+from train.checkpoint import Checkpoint, CheckpointError
+from train.fit import fit
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +43,15 @@ def config_for(root, mode, **changes):
     text = TINY_TRAIN_YAML.format(epochs=15).replace("mode: nobird", f"mode: {mode}")
     text += f"cache_dir: {root / 'cache'}\n"
     for key, value in changes.items():
-        text += f"{key}: {value}\n"
+        text = "\n".join(line for line in text.splitlines() if not line.startswith(f"{key}:")) + f"\n{key}: {value}\n"
     path = root / f"{mode}.yaml"
     path.write_text(text)
     return load_train_config(path)
 
 
-@pytest.mark.parametrize("mode", ["nobird", "bird", "contrast"])
-def test_every_mode_trains_and_is_measured_on_held_out_clips(dataset, held_out, tmp_path, mode):
-    config = config_for(dataset, mode)
+@pytest.mark.parametrize("mode,kind", [("nobird", "mlp"), ("bird", "mlp"), ("contrast", "mlp"), ("contrast", "conv")])
+def test_every_mode_trains_and_is_measured_on_held_out_clips(dataset, held_out, tmp_path, mode, kind):
+    config = config_for(dataset, mode, model=f"{{kind: {kind}, hidden: 64, channels: 4, latent: 8}}")
     path, metrics = fit(config, tmp_path / f"{mode}.pt")
     model = artifact.load(path, "cpu")
     assert model.meta["scoring"]["mode"] == mode
@@ -61,12 +62,10 @@ def test_every_mode_trains_and_is_measured_on_held_out_clips(dataset, held_out, 
     cache.ensure([i.path for i in items])
     result = evaluate(model, items, cache, tmp_path / "eval")
     auc = result["blocks"]["all"]["model"]["auc"]
-    if mode == "bird":
-        # The seed's literal method stays at chance, here as on real audio (README): a VAE of bird
-        # windows reconstructs plain background at least as well, so low loss does not mean bird.
-        assert 0.3 <= auc <= 0.7, auc
-    else:
-        assert auc >= 0.8, (mode, auc)  # chance is 0.5
+    assert model.meta["model"]["kind"] == {"mlp": "mlp_vae", "conv": "conv_vae"}[kind]
+    # The seed's literal method (bird) is measured, not required to work: its figures are in the README.
+    if mode != "bird":
+        assert auc >= 0.8, (mode, kind, auc)  # chance is 0.5
     assert (tmp_path / "eval" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["clips_scored"] == 12
 
@@ -107,31 +106,76 @@ def test_predict_writes_a_submission_row_for_every_file(tmp_path, tiny_model):
     assert scores["c1"] > max(scores["c0"], scores["c2"])
 
 
-def test_resume_continues_an_interrupted_training(dataset, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory):
+    path, _ = fit(config_for(dataset, "contrast"), tmp_path_factory.mktemp("whole") / "m.pt")
+    return artifact.load(path, "cpu")
+
+
+@pytest.mark.parametrize("stop_after_saves", [5, 16])  # in the middle of the first VAE; between the two
+def test_a_resumed_training_equals_an_uninterrupted_one(dataset, uninterrupted, tmp_path, monkeypatch, stop_after_saves):
     config = config_for(dataset, "contrast")
     out = tmp_path / "m.pt"
     saves = {"n": 0}
     real_save = Checkpoint.save
 
-    def interrupt_after_five(self):
+    def interrupt(self):
         real_save(self)
         saves["n"] += 1
-        if saves["n"] == 5:
+        if saves["n"] == stop_after_saves:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Checkpoint, "save", interrupt_after_five)
+    monkeypatch.setattr(Checkpoint, "save", interrupt)
     with pytest.raises(KeyboardInterrupt):
         fit(config, out)
     assert out.with_suffix(".ckpt").exists() and not out.exists()
     monkeypatch.setattr(Checkpoint, "save", real_save)
+    torch.manual_seed(1234)  # whatever the process did in between, the checkpoint's state is what counts
     path, _ = fit(config, out, resume=True)
-    history = artifact.load(path, "cpu").meta["provenance"]["history"]
-    assert [h["epoch"] for h in history["background"]] == list(range(1, 16))  # epochs 1-5 before, 6-15 after
+    resumed = artifact.load(path, "cpu")
+    assert resumed.meta["provenance"]["history"] == uninterrupted.meta["provenance"]["history"]
+    for (name, a), (_, b) in zip(resumed.module.state_dict().items(), uninterrupted.module.state_dict().items()):
+        assert torch.equal(a, b), name
     assert not out.with_suffix(".ckpt").exists()
-    changed = config_for(dataset, "contrast", **{"select": "{call_db: 1.0}"})
-    Checkpoint(out.with_suffix(".ckpt"), config, resume=False).save()
-    with pytest.raises(ValueError, match="different configuration"):
-        fit(changed, out, resume=True)
+
+
+def test_resume_allows_more_epochs_and_another_device_and_refuses_other_changes(dataset, tmp_path):
+    config = config_for(dataset, "contrast")
+    ckpt = tmp_path / "m.ckpt"
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        Checkpoint(ckpt, config, resume=True)
+    Checkpoint(ckpt, config, resume=False).save()
+    longer = config_for(dataset, "contrast", training="{epochs: 40, batch_size: 64, learning_rate: 0.002, beta: 0.1, val_fraction: 0.25, seed: 0, device: auto}")
+    assert Checkpoint(ckpt, longer, resume=True).resumed
+    changed = config_for(dataset, "contrast", select="{call_db: 1.0}")
+    with pytest.raises(CheckpointError, match="different configuration"):
+        Checkpoint(ckpt, changed, resume=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        Checkpoint(ckpt, config, resume=True)
+
+
+def test_ctrl_c_during_fit_says_how_to_resume_and_the_output_folder_is_made(dataset, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    config = (dataset / "contrast.yaml").read_text().replace("output: model.pt", f"output: {tmp_path / 'new' / 'deeper' / 'm.pt'}")
+    config = config.replace("epochs: 15", "epochs: 100000")
+    (dataset / "long.yaml").write_text(config)
+    proc = subprocess.Popen([sys.executable, "-m", "train", "fit", "--config", str(dataset / "long.yaml")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = tmp_path / "new" / "deeper" / "m.ckpt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert ckpt.exists(), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and f"saved in {ckpt}; continue with the same command and --resume" in err
 
 
 def test_dataset_presets_find_the_distributed_layout(tmp_path):

@@ -11,7 +11,7 @@ from streamdet import artifact
 from train.config import DataConfig, load_train_config
 from train.datasets import DatasetError, Item, read_bad, read_dataset, read_manifest
 from train.calibrate import spread, threshold_for
-from train.fit import split_by_file
+from train.splits import k_folds, split_by_group
 from train.metrics import roc_auc
 
 
@@ -37,7 +37,8 @@ def test_bad_csv_with_and_without_datasetid_and_wav_suffix(bad_layout):
     [
         ("a1,1\nzz,0\n", "line 3: no audio file for 'zz'"),
         ("a1,1\nb2,yes\n", "line 3: hasbird for 'b2' must be 0 or 1, found 'yes'"),
-        ("a1,1\na1,0\n", "line 3: duplicate itemid 'a1' (first on line 2)"),
+        ("a1,1\na1,0\n", "line 3: duplicate itemid 'a1' (the same clip as line 2)"),
+        ("a1,1\na1.wav,0\n", "line 3: duplicate itemid 'a1.wav' (the same clip as line 2)"),
         ("a1,1\n,0\n", "line 3: empty itemid"),
     ],
 )
@@ -48,6 +49,15 @@ def test_bad_rows_stop_the_run_naming_file_and_line(bad_layout, rows, expected):
     assert str(err.value).startswith(str(bad_layout / "l.csv")) and expected in str(err.value)
     items = read_bad(bad_layout / "wav", bad_layout / "l.csv", skip_bad_rows=True)
     assert [i.itemid for i in items] == ["a1"]
+
+
+def test_rows_longer_than_the_header_and_non_utf8_tables_are_named(bad_layout):
+    (bad_layout / "l.csv").write_text("itemid,hasbird\na1,1\nb2,0,extra\n")
+    with pytest.raises(DatasetError, match=r"l.csv line 3: 1 more field\(s\) than the header's 2"):
+        read_bad(bad_layout / "wav", bad_layout / "l.csv")
+    (bad_layout / "l.csv").write_bytes(b"itemid,hasbird\na1,1\n\xff\xfe,0\n")
+    with pytest.raises(DatasetError, match=r"l.csv: not UTF-8 text"):
+        read_bad(bad_layout / "wav", bad_layout / "l.csv")
 
 
 def test_missing_columns_are_named(bad_layout):
@@ -73,15 +83,31 @@ def test_manifest_reader_filters_split_unknown_and_confidence(tmp_path):
     assert len(read_dataset(DataConfig(kind="manifest", labels=str(tmp_path / "MANIFEST.tsv"), split="dev", min_confidence="low"))) == 3
 
 
-def test_split_is_by_file_stratified_and_repeatable(tmp_path):
+def test_split_without_groups_is_by_file_stratified_and_repeatable(tmp_path):
     items = [Item(tmp_path / f"{d}{l}{i}.wav", l, d, f"{d}{l}{i}") for d in ("ff", "wb") for l in (0, 1) for i in range(8)]
-    train, val = split_by_file(items, 0.25, seed=3)
+    train, val = split_by_group(items, 0.25, seed=3)
     assert not set(train) & set(val) and len(train) + len(val) == len(items)
     for d in ("ff", "wb"):
         for l in (0, 1):
             assert sum(1 for i in val if i.dataset == d and i.label == l) == 2
-    assert split_by_file(items, 0.25, seed=3) == (train, val)
-    assert split_by_file(items, 0.25, seed=4) != (train, val)
+    assert split_by_group(items, 0.25, seed=3) == (train, val)
+    assert split_by_group(items, 0.25, seed=4) != (train, val)
+
+
+def test_splits_and_folds_keep_each_recording_on_one_side(tmp_path):
+    # 12 recordings of 1-9 clips each, in two blocks and both labels: a group never straddles.
+    items = [
+        Item(tmp_path / f"r{g}_{c}.wav", g % 2, "nips4b" if g < 6 else "esc50", f"r{g}_{c}", f"rec{g}")
+        for g in range(12) for c in range(1 + g % 9)
+    ]
+    def sides(parts):
+        return {i.group: {k for k, part in enumerate(parts) if i in part} for i in items}
+    assert all(len(s) == 1 for s in sides(split_by_group(items, 0.25, seed=1)).values())
+    folds = k_folds(items, 3, seed=1)
+    assert sorted(str(i.path) for f in folds for i in f) == sorted(str(i.path) for i in items)
+    assert all(len(s) == 1 for s in sides(folds).values())
+    for fold in folds:  # every fold sees both blocks and both labels
+        assert {(i.dataset, i.label) for i in fold} == {(b, l) for b in ("nips4b", "esc50") for l in (0, 1)}
 
 
 def test_calibration_strategies():
@@ -128,3 +154,80 @@ def test_train_cli_reports_config_and_data_errors_in_one_line(tmp_path):
     (tmp_path / "t.yaml").write_text("data: [{kind: bad, audio_dir: wav, labels: missing.csv}]\n")
     result = subprocess.run([sys.executable, "-m", "train", "fit", "--config", str(tmp_path / "t.yaml")], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2 and "missing.csv: cannot read" in result.stderr
+
+
+def test_pauc_is_mcclish_standardised_as_dcase_reports_it():
+    """Checked against an independent computation: the ROC curve traced by brute force over every
+    threshold, integrated numerically on a fine grid, then standardised (McClish 1989)."""
+    from train.metrics import partial_auc
+
+    rng = np.random.default_rng(5)
+    for trial in range(5):
+        labels = rng.integers(0, 2, 300)
+        scores = np.round(rng.standard_normal(300) + 0.8 * labels, 1)  # ties happen
+        thresholds = np.r_[np.inf, np.unique(scores)[::-1]]
+        fpr = np.array([(scores[labels == 0] >= t).mean() for t in thresholds])
+        tpr = np.array([(scores[labels == 1] >= t).mean() for t in thresholds])
+        grid = np.linspace(0, 0.1, 200001)
+        area = np.trapezoid(np.interp(grid, fpr, tpr), grid)
+        expected = 0.5 * (1 + (area - 0.005) / (0.1 - 0.005))
+        assert partial_auc(labels, scores, 0.1) == pytest.approx(expected, abs=1e-4)
+    labels = np.r_[np.zeros(50), np.ones(50)]
+    assert partial_auc(labels, np.arange(100.0)) == pytest.approx(1.0)  # perfect
+    assert partial_auc(labels, -np.arange(100.0)) == pytest.approx(0.5 * (1 - 0.005 / 0.095))  # worst: below chance
+    assert partial_auc(labels, np.zeros(100)) == pytest.approx(0.5)  # one tie everywhere: the diagonal, chance
+
+
+def test_the_feature_cache_cuts_a_torn_tail_instead_of_misreading_later_files(tmp_path):
+    from streamdet.features import FeatureParams
+    from train.cache import FeatureCache
+
+    for i in range(3):
+        write(tmp_path / f"a{i}.wav", clip(2.0, 22050, seed=i), 22050)
+    params = FeatureParams()
+    cache = FeatureCache(tmp_path / "cache", params)
+    cache.ensure([tmp_path / "a0.wav"])
+    first = np.array(cache.frames(tmp_path / "a0.wav"))
+    with open(cache._frames_path, "ab") as f:  # what SIGKILL mid-write leaves: part of a frame, unindexed
+        f.write(b"\x00" * (4 * params.n_mels * 7 + 5))
+    again = FeatureCache(tmp_path / "cache", params)
+    again.ensure([tmp_path / "a1.wav", tmp_path / "a2.wav"])
+    fresh = FeatureCache(tmp_path / "fresh", params)
+    fresh.ensure([tmp_path / "a1.wav", tmp_path / "a2.wav"])
+    for name in ("a1.wav", "a2.wav"):
+        np.testing.assert_array_equal(again.frames(tmp_path / name), fresh.frames(tmp_path / name))
+    np.testing.assert_array_equal(again.frames(tmp_path / "a0.wav"), first)
+
+
+@pytest.mark.parametrize("layout", ["distributed", "archive_folder", "root_is_archive_folder", "root_is_wav"])
+def test_bad_presets_find_their_csv_and_clips_in_the_layouts_found_in_the_wild(tmp_path, layout):
+    clips = {
+        "distributed": tmp_path / "ff" / "wav",
+        "archive_folder": tmp_path / "ff" / "ff1010bird_wav" / "wav",
+        "root_is_archive_folder": tmp_path / "ff" / "ff1010bird_wav" / "wav",
+        "root_is_wav": tmp_path / "ff" / "ff1010bird_wav" / "wav",
+    }[layout]
+    root = {"root_is_archive_folder": clips.parent, "root_is_wav": clips}.get(layout, tmp_path / "ff")
+    clips.mkdir(parents=True)
+    write(clips / "101089.wav", clip(1.0, 44100), 44100)
+    (tmp_path / "ff" / "ff1010bird_metadata_2018.csv").write_text("itemid,datasetid,hasbird\n101089,ff1010bird,1\n")
+    items = read_dataset(DataConfig(kind="ff1010bird", root=str(root)))
+    assert [(i.itemid, i.path) for i in items] == [("101089", clips / "101089.wav")]
+
+
+def test_a_bad_preset_that_finds_nothing_says_where_it_looked(tmp_path):
+    with pytest.raises(DatasetError, match="no warblrb10k_public_metadata_2018.csv in"):
+        read_dataset(DataConfig(kind="warblrb10k", root=str(tmp_path)))
+    (tmp_path / "warblrb10k_public_metadata_2018.csv").write_text("itemid,datasetid,hasbird\n")
+    with pytest.raises(DatasetError, match=r"no folder of .wav clips under .*looked in"):
+        read_dataset(DataConfig(kind="warblrb10k", root=str(tmp_path)))
+
+
+def test_unlabelled_folders_give_distinct_item_ids_for_same_named_files(tmp_path):
+    from train.datasets import unlabelled
+
+    for sub in ("site1", "site2"):
+        (tmp_path / sub).mkdir()
+        write(tmp_path / sub / "0001.wav", clip(1.0, 22050), 22050)
+    write(tmp_path / "only.wav", clip(1.0, 22050), 22050)
+    assert sorted(i.itemid for i in unlabelled(tmp_path)) == ["only", "site1/0001", "site2/0001"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ from streamdet.audio import AudioError, load_resampled
 from streamdet.features import PCEN, FeatureParams, LogMel, frame_count
 
 CACHE_VERSION = 1  # bump when decoding or the front end changes what a frame holds
+
+log = logging.getLogger("train.cache")
 
 
 class FeatureCache:
@@ -46,19 +49,34 @@ class FeatureCache:
         frontend = LogMel(self.params)
         with self._locked():
             self.index = self._read_index()
-            with open(self._frames_path, "ab") as out:
-                for path in todo:
-                    if not self._fresh(path):
-                        self.index[_key(path)] = self._compute(path, frontend, out)
-                        self.computed += 1
-                    if progress:
-                        progress.update(task, advance=1, info=path.name[:40])
-                out.flush()
-                os.fsync(out.fileno())
-            tmp = self._index_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.index))
-            tmp.replace(self._index_path)
+            self._cut_torn_tail()
+            try:
+                with open(self._frames_path, "ab") as out:
+                    for path in todo:
+                        if not self._fresh(path):
+                            self.index[_key(path)] = self._compute(path, frontend, out)
+                            self.computed += 1
+                        if progress:
+                            progress.update(task, advance=1, info=path.name[:40])
+                    out.flush()
+                    os.fsync(out.fileno())
+            finally:
+                # Only what was written whole is indexed (a file interrupted mid-write is not), and the
+                # index is replaced atomically: an interruption keeps every finished file.
+                tmp = self._index_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.index))
+                tmp.replace(self._index_path)
         self._memmap = None
+
+    def _cut_torn_tail(self) -> None:
+        """Drop frames beyond the last indexed file (a write cut short by SIGKILL, OOM or a full
+        disk), so that appends start where the index says the frames end.  Called under the lock."""
+        row = 4 * self.params.n_mels
+        size = self._frames_path.stat().st_size if self._frames_path.exists() else 0
+        end = max((e["offset"] + e["n_frames"] for e in self.index.values() if "offset" in e), default=0)
+        if size > end * row:
+            log.warning("feature cache %s: dropping %d bytes written by an interrupted run", self._frames_path, size - end * row)
+            os.truncate(self._frames_path, end * row)
 
     def frames(self, path: Path) -> np.ndarray | None:
         """The cached frames of `path` [n, n_mels] (a read-only view), or None if it has none."""
@@ -84,7 +102,7 @@ class FeatureCache:
     def model_memmap(self, params: FeatureParams) -> np.ndarray:
         """Frames as the model sees them, at the same offsets as `memmap()`: the log-mel dB frames
         themselves, or PCEN of them, derived once into a file of its own (recomputed when files are added)."""
-        if params.kind == "logmel_db":
+        if params.kind in ("logmel_db", "bgnorm"):  # bgnorm's floors are per window (train/windows.py)
             return self.memmap()
         base = self.memmap()
         tag = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -105,10 +123,13 @@ class FeatureCache:
     def _compute(self, path: Path, frontend: LogMel, out) -> dict:
         stat = path.stat()
         entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        notices: list[str] = []
         try:
-            samples = load_resampled(path, self.params.sample_rate)
+            samples = load_resampled(path, self.params.sample_rate, notices)
         except (AudioError, OSError) as exc:
             return {**entry, "error": str(exc)}
+        for notice in notices:
+            log.warning("%s: %s; using what is there", path, notice)
         if not np.isfinite(samples).all():
             return {**entry, "error": "contains NaN or infinite samples"}
         n = frame_count(len(samples), self.params)
@@ -128,10 +149,16 @@ class FeatureCache:
         return entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns
 
     def _read_index(self) -> dict:
+        """The index, less any entry whose frames are not (all) in the frames file."""
         try:
-            return json.loads(self._index_path.read_text())
+            index = json.loads(self._index_path.read_text())
         except FileNotFoundError:
             return {}
+        except ValueError:
+            log.warning("feature cache %s: unreadable index; computing again", self._index_path)
+            return {}
+        rows = self._frames_path.stat().st_size // (4 * self.params.n_mels) if self._frames_path.exists() else 0
+        return {k: e for k, e in index.items() if "offset" not in e or e["offset"] + e["n_frames"] <= rows}
 
     @contextmanager
     def _locked(self):

@@ -36,14 +36,12 @@ class DataConfig:
     skip_bad_rows: bool = False
 
     def __post_init__(self):
-        if self.kind in PRESETS and self.root:
-            self.labels = self.labels or str(Path(self.root) / PRESETS[self.kind])
-            self.audio_dir = self.audio_dir or str(Path(self.root) / "wav")
+        if self.kind in PRESETS:
             self.name = self.name or self.kind
 
     def problems(self):
         if self.kind in PRESETS and not (self.root or (self.audio_dir and self.labels)):
-            yield "root", f"expected the folder holding {PRESETS[self.kind]} and wav/"
+            yield "root", f"expected the folder holding {PRESETS[self.kind]} and the clips (wav/, or <archive>_wav/wav/)"
         if self.kind == "bad" and not (self.audio_dir and self.labels):
             yield "audio_dir", "expected both audio_dir and labels for a 'bad' dataset"
         if self.kind == "manifest" and not self.labels:
@@ -52,8 +50,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    hidden: int = field(default=256, metadata={"min": 8})
-    latent: int = field(default=16, metadata={"min": 1})
+    kind: str = field(default="mlp", metadata={"choices": ("mlp", "conv")})  # conv: 2-D convolutions over (time, mel)
+    hidden: int = field(default=256, metadata={"min": 8, "max": 65536})  # mlp: width of the first layer
+    channels: int = field(default=8, metadata={"min": 1, "max": 512})  # conv: channels of the first stage (then x2, x4)
+    latent: int = field(default=16, metadata={"min": 1, "max": 4096})
 
 
 @dataclass
@@ -66,6 +66,9 @@ class TrainingConfig:
     val_fraction: float = field(default=0.25, metadata={"above": 0.0, "max": 0.9})
     seed: int = 0
     device: str = "auto"
+    # At most this many windows of one clip per VAE and epoch (evenly spread over the clip), so long
+    # focal recordings are cut into windows without dominating; 0: no limit.
+    max_windows_per_clip: int = field(default=0, metadata={"min": 0})
 
 
 @dataclass
@@ -98,7 +101,13 @@ class EnergyConfig:
 
 @dataclass
 class CalibrationConfig:
-    strategy: str = field(default="percentile", metadata={"choices": ("percentile", "gamma", "f1")})
+    strategy: str = field(default="clip_fpr", metadata={"choices": ("clip_fpr", "percentile", "gamma", "f1")})
+    # clip_fpr: the threshold is met by this fraction of held-out no-bird clips' aggregates (the level
+    # at which a clip is called); the daemon's windows use the same threshold.
+    clip_fpr: float = field(default=0.05, metadata={"above": 0.0, "max": 0.5})
+    # If set, the threshold is raised until held-out no-bird audio gives at most this many false
+    # alarms (runs of windows at or above it) per hour.
+    false_alarms_per_hour: float | None = None
     # percentile: the threshold is this percentile of held-out normal-class window scores.
     percentile: float = field(default=95.0, metadata={"above": 0.0, "max": 100.0})
     # gamma: a gamma distribution fitted to those scores (the DCASE baseline), cut at this quantile.
@@ -130,9 +139,9 @@ class TrainConfig:
     def problems(self):
         if not self.data:
             yield "data", "expected at least one dataset"
-        if self.energy.weight and self.features.kind != "logmel_db":
+        if self.energy.weight and self.features.kind == "pcen":
             yield "energy.weight", f"the energy term measures dB band energy: expected 0 with features.kind {self.features.kind!r}"
-        if self.augment.bird_mixes and self.features.kind != "logmel_db":
+        if self.augment.bird_mixes and self.features.kind == "pcen":
             yield "augment.bird_mixes", f"mixing adds powers of dB windows: expected 0 with features.kind {self.features.kind!r}"
 
 

@@ -1,5 +1,11 @@
-"""`python -m train crossval`: k-fold cross-validation by file on the training data, for choosing
-a configuration without touching evaluation data.  Out-of-fold clip scores are pooled."""
+"""`python -m train crossval`: cross-validation on the training data, grouped by recording, for
+choosing a configuration without touching evaluation data.
+
+Each fold's model is trained and calibrated exactly as `fit` does it (its own held-out part of the
+training folds), then scores the clips of its fold.  Out-of-fold clip scores are pooled, and
+reported per block: ROC AUC, pAUC, the share of no-bird clips called bird at the fold model's
+threshold (false alarms) and of bird clips found (recall).  `leave_out` trains without one block at
+a time and scores that block: what a model does at a site it never heard."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -7,39 +13,78 @@ from collections import defaultdict
 import numpy as np
 
 from .cache import FeatureCache
+from .checkpoint import Checkpoint
+from .clips import clip_aggregate
 from .config import TrainConfig
-from .datasets import read_dataset
-from .evaluate import clip_aggregate, reference_clip_score
-from .fit import Checkpoint, default_cache_dir, k_folds, progress_bar, scoring_base, split_by_file, train_detector, window_decisions
-from .metrics import roc_auc
+from .datasets import Item, read_dataset
+from .evaluate import reference_clip_score
+from .fit import calibrate, default_cache_dir, progress_bar, scoring_base, train_detector, window_decisions
+from .metrics import partial_auc, roc_auc
+from .splits import k_folds, split_by_group
+
+
+def _train_and_score(config: TrainConfig, train: list[Item], test: list[Item], cache: FeatureCache, progress) -> dict[Item, tuple[float, bool]]:
+    """(clip decision, called bird) for each of `test`, from a model trained and calibrated on `train`."""
+    fit_items, val_items = split_by_group(train, config.training.val_fraction, config.training.seed)
+    detector, _ = train_detector(config, fit_items, val_items, cache, progress, Checkpoint(None, config, False))
+    base = scoring_base(config, detector, fit_items, cache)
+    scoring, _ = calibrate(config, base, window_decisions(detector, val_items, cache, config.features, base))
+    how = config.calibration.clip_aggregate
+    return {i: (clip_aggregate(d, how), clip_aggregate(d, how) >= scoring["threshold"]) for i, d in window_decisions(detector, test, cache, config.features, base).items()}
+
+
+def _items(config: TrainConfig, cache: FeatureCache, progress) -> list[Item]:
+    items = [item for data in config.data for item in read_dataset(data)]
+    cache.ensure([i.path for i in items], progress)
+    return [i for i in items if cache.entry(i.path) is not None]
+
+
+def block_report(scored: dict[Item, tuple[float, bool]], cache: FeatureCache, config: TrainConfig) -> dict:
+    blocks = defaultdict(list)
+    for item in scored:
+        blocks[item.dataset].append(item)
+    out = {}
+    for name, members in {"all": list(scored), **dict(sorted(blocks.items()))}.items():
+        labels = np.array([i.label for i in members])
+        d = np.array([scored[i][0] for i in members])
+        called = np.array([scored[i][1] for i in members])
+        reference = np.array([reference_clip_score(cache.frames(i.path), config.features) for i in members])
+        out[name] = {
+            "clips": len(members), "bird": int(labels.sum()),
+            "model_auc": roc_auc(labels, d), "model_pauc": partial_auc(labels, d),
+            "reference_auc": roc_auc(labels, reference),
+            "nobird_called_bird": float(called[labels == 0].mean()) if (labels == 0).any() else float("nan"),
+            "bird_found": float(called[labels == 1].mean()) if (labels == 1).any() else float("nan"),
+        }
+    return out
 
 
 def crossval(config: TrainConfig, folds: int = 4, seed: int = 0, cache_dir=None) -> dict:
-    items = [item for data in config.data for item in read_dataset(data)]
     cache = FeatureCache(cache_dir or config.cache_dir or default_cache_dir(), config.features)
-    out_of_fold = {}
+    scored = {}
     with progress_bar() as progress:
-        cache.ensure([i.path for i in items], progress)
-        items = [i for i in items if cache.entry(i.path) is not None]
+        items = _items(config, cache, progress)
         task = progress.add_task("folds", total=folds, info="")
         for fold in k_folds(items, folds, seed):
-            rest = [i for i in items if i not in set(fold)]
-            train_items, val_items = split_by_file(rest, config.training.val_fraction, config.training.seed)
-            detector, _ = train_detector(config, train_items, val_items, cache, progress, Checkpoint(None, config, False))
-            base = scoring_base(config, detector, train_items, cache)
-            for item, d in window_decisions(detector, fold, cache, config.features, base).items():
-                out_of_fold[item] = clip_aggregate(d, config.calibration.clip_aggregate)
+            in_fold = set(fold)
+            scored.update(_train_and_score(config, [i for i in items if i not in in_fold], fold, cache, progress))
             progress.update(task, advance=1)
-    reference = {i: reference_clip_score(cache.frames(i.path), config.features) for i in out_of_fold}
-    blocks = defaultdict(list)
-    for item in out_of_fold:
-        blocks[item.dataset].append(item)
-    result = {"folds": folds, "seed": seed, "clips": len(out_of_fold), "blocks": {}}
-    for name, members in {"all": list(out_of_fold), **dict(sorted(blocks.items()))}.items():
-        labels = np.array([i.label for i in members])
-        result["blocks"][name] = {
-            "clips": len(members), "bird": int(labels.sum()),
-            "model_auc": roc_auc(labels, np.array([out_of_fold[i] for i in members])),
-            "reference_auc": roc_auc(labels, np.array([reference[i] for i in members])),
-        }
-    return result
+    return {"folds": folds, "seed": seed, "clips": len(scored), "blocks": block_report(scored, cache, config)}
+
+
+def leave_out(config: TrainConfig, blocks: list[str] | None = None, cache_dir=None) -> dict:
+    """For each block (every block by default): train on all the others, score it alone."""
+    cache = FeatureCache(cache_dir or config.cache_dir or default_cache_dir(), config.features)
+    out = {}
+    with progress_bar() as progress:
+        items = _items(config, cache, progress)
+        names = blocks or sorted({i.dataset for i in items})
+        task = progress.add_task("leave one block out", total=len(names), info="")
+        for name in names:
+            test = [i for i in items if i.dataset == name]
+            if not test:
+                raise ValueError(f"--leave-out {name}: no such block (blocks: {', '.join(sorted({i.dataset for i in items}))})")
+            scored = _train_and_score(config, [i for i in items if i.dataset != name], test, cache, progress)
+            out[name] = block_report(scored, cache, config)[name]
+            progress.update(task, advance=1, info=name)
+    return {"blocks": out}

@@ -11,29 +11,14 @@ import numpy as np
 import torch
 
 from streamdet.artifact import Model
-from streamdet.features import FeatureParams, silent_windows, window_starts, windows_from_frames
+from streamdet.features import FeatureParams, windows_from_frames
+from streamdet.scoring import band_energy_db
 
 from .cache import FeatureCache
+from .clips import clip_aggregate, silence_of, windows_of
 from .datasets import Item
 from .metrics import roc_curve, summary
 from .plot import COLOURS, roc_png
-from streamdet.scoring import band_energy_db
-
-def windows_of(frames: np.ndarray, params: FeatureParams) -> torch.Tensor:
-    return windows_from_frames(frames, params)[1]
-
-
-def silence_of(frames_db: np.ndarray, params: FeatureParams) -> np.ndarray:
-    """Which windows of a clip are digital silence, as the daemon decides it."""
-    return silent_windows(frames_db, window_starts(len(frames_db), params, final=True), params)
-
-
-def clip_aggregate(window_scores: np.ndarray, how: str) -> float:
-    """'max', or 'topK' (the mean of the K highest window scores)."""
-    if how == "max":
-        return float(window_scores.max())
-    k = int(how[3:])
-    return float(np.sort(window_scores)[-k:].mean())
 
 
 def model_clip_decisions(model: Model, items: list[Item], cache: FeatureCache, progress=None) -> dict[Item, float]:
@@ -98,8 +83,10 @@ def evaluate(model: Model, items: list[Item], cache: FeatureCache, out_dir: Path
     return results
 
 
-def predict(model: Model, items: list[Item], cache: FeatureCache, out_csv: Path, progress=None) -> int:
-    """One row per file, `itemid,hasbird` with hasbird the clip score in [0, 1] (the BAD submission format)."""
+def predict(model: Model, items: list[Item], cache: FeatureCache, out_csv: Path, progress=None) -> set[Item]:
+    """One row per file, `itemid,hasbird` with hasbird the clip score in [0, 1] (the BAD submission
+    format), written with all the digits it has, so that clips ranked apart are never tied (at 1.0,
+    say); returns the items that could be scored."""
     decisions = model_clip_decisions(model, items, cache, progress)
     scorer = model.scorer()
     scores = {i: float(scorer.score(np.array([d]))[0]) for i, d in decisions.items()}
@@ -108,5 +95,5 @@ def predict(model: Model, items: list[Item], cache: FeatureCache, out_csv: Path,
         f.write("itemid,hasbird\n")
         for item in items:
             # A clip too short or undecodable still gets a row: the challenge expects every item.
-            f.write(f"{item.itemid},{scores.get(item, 0.0):.6f}\n")
-    return len(scores)
+            f.write(f"{item.itemid},{scores.get(item, 0.0)!r}\n")
+    return set(scores)

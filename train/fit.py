@@ -1,11 +1,8 @@
 """`python -m train fit`: VAE(s) on cached windows, early stopping, calibration, one artifact."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import platform
-import random
 import subprocess
 import time
 from collections import defaultdict
@@ -20,15 +17,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import streamdet
 from streamdet import artifact
 from streamdet.features import LogMel
-from streamdet.model import VAE, Detector, architecture, vae_loss
+from streamdet.model import Detector, architecture, make_vae, vae_loss
 from streamdet.scoring import ENERGY_BAND_HZ, SILENT_DECISION, Scorer
 
 from .cache import FeatureCache
 from .calibrate import spread, threshold_for
+from .checkpoint import Checkpoint
+from .clips import alarm_runs, clip_aggregate, silence_of, windows_of
 from .config import TrainConfig
 from .datasets import Item, read_dataset
-from .evaluate import clip_aggregate, silence_of, windows_of
 from .metrics import precision_recall_f1, roc_auc
+from .splits import split_by_group
 from .windows import WindowSet, mix_windows
 
 log = logging.getLogger("train.fit")
@@ -40,79 +39,34 @@ def progress_bar() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
 
 
-def split_by_file(items: list[Item], val_fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
-    """Stratified by (dataset, label): each group gives about `val_fraction` of its files to validation."""
-    train, val = [], []
-    for members in _groups(items, seed):
-        n_val = min(len(members) - 1, max(1, round(val_fraction * len(members)))) if len(members) > 1 else 0
-        val += members[:n_val]
-        train += members[n_val:]
-    return train, val
-
-
-def k_folds(items: list[Item], k: int, seed: int) -> list[list[Item]]:
-    """Folds by file, each (dataset, label) group dealt round-robin after a seeded shuffle."""
-    folds, turn = [[] for _ in range(k)], 0
-    for members in _groups(items, seed):
-        for item in members:
-            folds[turn % k].append(item)
-            turn += 1
-    return folds
-
-
-def _groups(items: list[Item], seed: int) -> list[list[Item]]:
-    groups = defaultdict(list)
-    for item in sorted(items, key=lambda i: str(i.path)):
-        groups[(item.dataset, item.label)].append(item)
-    rng = random.Random(seed)
-    out = []
-    for key in sorted(groups):
-        members = groups[key]
-        rng.shuffle(members)
-        out.append(members)
-    return out
-
-
-class Checkpoint:
-    """Saved after every epoch; `--resume` continues from it if the configuration is the same."""
-
-    def __init__(self, path: Path | None, config: TrainConfig, resume: bool):
-        self.path = path
-        self.key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
-        self.state: dict = {"key": self.key, "done": {}, "current": None}
-        if resume and path and path.exists():
-            saved = torch.load(path, weights_only=False)
-            if saved.get("key") != self.key:
-                raise ValueError(f"{path}: checkpoint of a different configuration; remove it or train without --resume")
-            self.state = saved
-            log.info("resuming from %s (%s)", path, ", ".join(self.state["done"]) or "first model")
-
-    def save(self) -> None:
-        if self.path:
-            tmp = self.path.with_suffix(".tmp")
-            torch.save(self.state, tmp)
-            tmp.replace(self.path)
+def new_vae(config: TrainConfig) -> torch.nn.Module:
+    m, p = config.model, config.features
+    return make_vae(m.kind, p.window_frames, p.n_mels, m.hidden, m.latent, m.channels)
 
 
 def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: TrainConfig, device: torch.device, progress: Progress, checkpoint: Checkpoint) -> tuple[VAE, dict]:
     """Train one VAE; stop when the held-out reconstruction error has not improved for `patience` epochs."""
     if name in checkpoint.state["done"]:
         done = checkpoint.state["done"][name]
-        vae = VAE(train.rows.shape[1] * len(mean), config.model.hidden, config.model.latent)
+        vae = new_vae(config)
         vae.load_state_dict(done["best"])
         return vae.eval(), done["info"]
     t = config.training
-    vae = VAE(train.rows.shape[1] * len(mean), config.model.hidden, config.model.latent).to(device)
+    current = checkpoint.state.get("current")
+    resuming = bool(current and current["name"] == name)
+    if not resuming:
+        checkpoint.restore_rng()  # between two VAEs: the next one starts from the saved random state
+    vae = new_vae(config).to(device)
     optimiser = torch.optim.Adam(vae.parameters(), lr=t.learning_rate)
     generator = torch.Generator().manual_seed(t.seed)
     mean, std = mean.to(device), std.to(device)
     run = {"epoch": 0, "best_val": float("inf"), "best": None, "stale": 0, "history": []}
-    current = checkpoint.state.get("current")
-    if current and current["name"] == name:
+    if resuming:
         vae.load_state_dict(current["vae"])
         optimiser.load_state_dict(current["optimiser"])
         generator.set_state(current["generator"])
         run = current["run"]
+        checkpoint.restore_rng()
     task = progress.add_task(f"training {name}", total=t.epochs, completed=run["epoch"], info="")
     started = time.perf_counter()
 
@@ -144,7 +98,7 @@ def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: Trai
         progress.update(task, completed=run["epoch"], info=f"train {total / len(train):.4f} held-out {val_error:.4f} best {run['best_val']:.4f}")
     seconds = time.perf_counter() - started
     info = {"epochs": run["epoch"], "stopped_early": run["epoch"] < t.epochs, "best_val_error": round(run["best_val"], 5), "windows": len(train), "seconds": round(seconds, 2), "history": run["history"]}
-    best = VAE(train.rows.shape[1] * len(mean), config.model.hidden, config.model.latent)
+    best = new_vae(config)
     best.load_state_dict(run["best"])
     checkpoint.state["done"][name] = {"best": run["best"], "info": info}
     checkpoint.state["current"] = None
@@ -152,7 +106,7 @@ def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: Trai
     return best.eval(), info
 
 
-def _reconstruction_error(vae: VAE, windows: WindowSet, prepare, batch_size: int) -> float:
+def _reconstruction_error(vae: torch.nn.Module, windows: WindowSet, prepare, batch_size: int) -> float:
     vae.eval()
     total = 0.0
     with torch.no_grad():
@@ -169,7 +123,7 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
 
     def windows(items, label):
         chosen = [i for i in items if i.label == label]
-        return WindowSet.of(cache, params, chosen, config.select.call_db if label == 1 else None)
+        return WindowSet.of(cache, params, chosen, config.select.call_db if label == 1 else None, config.training.max_windows_per_clip)
 
     sets = {"background": (windows(train_items, 0), windows(val_items, 0)), "bird": (windows(train_items, 1), windows(val_items, 1))}
     for role in roles:
@@ -180,8 +134,8 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
         if not len(background):
             raise ValueError("augment.bird_mixes needs background clips to mix bird calls into")
         rng = np.random.default_rng(config.training.seed)
-        mixed = mix_windows(bird.all().numpy(), background.all().numpy(), tuple(config.augment.gain_db), config.augment.bird_mixes, rng)
-        sets["bird"] = (WindowSet(bird.frames, bird.rows, mixed), sets["bird"][1])
+        mixed = mix_windows(bird, background, tuple(config.augment.gain_db), config.augment.bird_mixes, rng)
+        sets["bird"] = (bird.with_extra(mixed), sets["bird"][1])
     # Each VAE is normalised by its own training windows (measured better than one shared normalisation).
     vaes, means, stds, info = [], [], [], {}
     for role in roles:
@@ -237,18 +191,47 @@ def window_decisions(detector: Detector, items: list[Item], cache: FeatureCache,
 
 
 def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]) -> tuple[dict, dict]:
-    """Threshold and scale on held-out decision values; returns (scoring metadata, held-out metrics)."""
+    """Threshold and scale on held-out decision values; returns (scoring metadata, held-out metrics).
+
+    A clip is called bird when its aggregate (the max of its windows, by default) reaches the
+    threshold, and the daemon raises an event when a window does: `clip_fpr` sets the threshold at
+    that level, on held-out no-bird clips.  The scale is the spread of held-out clips' aggregates,
+    so that calibrated scores stay informative (not 0 or 1) across the clips actually seen."""
     c = config.calibration
     normal_label = 1 if config.mode == "bird" else 0
     normal = np.concatenate([d[d > SILENT_DECISION] for i, d in decisions.items() if i.label == normal_label] or [np.zeros(0)])
-    if not len(normal):
-        raise ValueError("calibration needs held-out clips of the normal class; add data or raise training.val_fraction")
+    nobird_clips = np.array([clip_aggregate(d, c.clip_aggregate) for i, d in decisions.items() if i.label == 0])
+    if not len(normal) or (c.strategy == "clip_fpr" and not len(nobird_clips)):
+        raise ValueError("calibration needs held-out clips of the normal class (and of no-bird clips); add data or raise training.val_fraction")
     labels = np.array([i.label for i in decisions])
     clip_d = np.array([clip_aggregate(d, c.clip_aggregate) for d in decisions.values()])
-    t = threshold_for(c.strategy, normal, normal_label == 1, clip_d, labels, c.percentile, c.gamma_quantile)
-    scoring = {**base, "threshold": t, "scale": spread(normal), "strategy": c.strategy, "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
+    if c.strategy == "clip_fpr":
+        t = float(np.quantile(nobird_clips, 1.0 - c.clip_fpr, method="higher"))
+        sounding = clip_d[clip_d > SILENT_DECISION / 2]
+        scale = spread(sounding) if len(sounding) > 3 else spread(normal)
+    else:
+        t = threshold_for(c.strategy, normal, normal_label == 1, clip_d, labels, c.percentile, c.gamma_quantile)
+        scale = spread(normal)
+    nobird_hours = sum(len(d) for i, d in decisions.items() if i.label == 0) * config.features.hop_seconds / 3600
+    if c.false_alarms_per_hour is not None and nobird_hours > 0:
+        # Raise the threshold past no-bird windows' values until the alarm rate is low enough.
+        values = np.unique(np.concatenate([d for i, d in decisions.items() if i.label == 0]))
+        for candidate in values[values >= t]:
+            if sum(alarm_runs(d, candidate) for i, d in decisions.items() if i.label == 0) / nobird_hours <= c.false_alarms_per_hour:
+                t = float(candidate)
+                break
+        else:
+            t = float(values[-1]) + 1e-6
+    alarms = sum(alarm_runs(d, t) for i, d in decisions.items() if i.label == 0)
+    scoring = {**base, "threshold": t, "scale": scale, "strategy": c.strategy, "clip_fpr": c.clip_fpr, "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
     auc = roc_auc(labels, clip_d) if len(set(labels)) > 1 else float("nan")
-    metrics = {"val_clips": len(labels), "val_clip_auc": None if np.isnan(auc) else round(auc, 4), **{f"val_{k}": round(v, 4) for k, v in precision_recall_f1(labels, clip_d >= t).items() if not np.isnan(v)}}
+    metrics = {
+        "val_clips": len(labels), "val_clip_auc": None if np.isnan(auc) else round(auc, 4),
+        "val_nobird_clips_called_bird": round(float(np.mean(nobird_clips >= t)), 4) if len(nobird_clips) else None,
+        "val_nobird_hours": round(nobird_hours, 4),
+        "val_false_alarms_per_hour": round(alarms / nobird_hours, 2) if nobird_hours else None,
+        **{f"val_{k}": round(v, 4) for k, v in precision_recall_f1(labels, clip_d >= t).items() if not np.isnan(v)},
+    }
     return scoring, metrics
 
 
@@ -257,9 +240,10 @@ def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, c
     params = config.features
     output = Path(output or config.output)
     items = [item for data in config.data for item in read_dataset(data)]
-    train_items, val_items = split_by_file(items, config.training.val_fraction, config.training.seed)
+    train_items, val_items = split_by_group(items, config.training.val_fraction, config.training.seed)
+    output.parent.mkdir(parents=True, exist_ok=True)  # here, not after an hour of training
     cache = FeatureCache(cache_dir or config.cache_dir or default_cache_dir(), params)
-    checkpoint = Checkpoint(output.with_suffix(".ckpt"), config, resume)
+    checkpoint = Checkpoint(output.with_suffix(".ckpt"), config, resume, items)
     started = time.perf_counter()
     with progress_bar() as progress:
         cache.ensure([i.path for i in items], progress)
@@ -281,7 +265,7 @@ def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, c
     meta = {
         "features": params.to_dict(),
         "normalisation": {"mean": detector.mean.reshape(len(detector.vaes), -1).tolist(), "std": detector.std.reshape(len(detector.vaes), -1).tolist()},
-        "model": architecture(detector, config.model.hidden, config.model.latent),
+        "model": architecture(detector, config.model.kind, config.model.hidden, config.model.latent, config.model.channels),
         "scoring": scoring,
         "provenance": {
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

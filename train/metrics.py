@@ -34,7 +34,8 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def partial_auc(labels: np.ndarray, scores: np.ndarray, max_fpr: float = 0.1) -> float:
-    """Area under the ROC curve for FPR <= max_fpr, divided by max_fpr (1.0 is perfect), as DCASE reports it."""
+    """The partial ROC AUC for FPR <= max_fpr, McClish-standardised as DCASE reports it (and as
+    `sklearn.metrics.roc_auc_score(..., max_fpr=...)` computes it): 0.5 is chance, 1.0 is perfect."""
     labels = np.asarray(labels).astype(bool)
     if labels.all() or not labels.any():
         return float("nan")
@@ -44,7 +45,9 @@ def partial_auc(labels: np.ndarray, scores: np.ndarray, max_fpr: float = 0.1) ->
     if stop < len(fpr):  # close the area exactly at max_fpr on the segment that crosses it
         x0, x1, y0, y1 = fpr[stop - 1], fpr[stop], tpr[stop - 1], tpr[stop]
         x, y = np.r_[x, max_fpr], np.r_[y, y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)]
-    return float(np.trapezoid(y, x) / max_fpr)
+    area = float(np.trapezoid(y, x))
+    least, most = 0.5 * max_fpr**2, max_fpr  # the chance diagonal's area, and a perfect detector's
+    return 0.5 * (1 + (area - least) / (most - least))
 
 
 def precision_recall_f1(labels: np.ndarray, predicted: np.ndarray) -> dict:

@@ -4,32 +4,45 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from streamdet.features import FeatureParams, window_index, window_starts
+from streamdet.features import FeatureParams, background_floors, window_index, window_starts
 from streamdet.scoring import band_energy_db
 
 from .cache import FeatureCache
 from .datasets import Item
 
-class WindowSet:
-    """`rows[i]` holds the frame indices of window i; `extra` holds windows made in memory (augmentation)."""
 
-    def __init__(self, frames: np.ndarray, rows: np.ndarray, extra: np.ndarray | None = None):
+class WindowSet:
+    """`rows[i]` holds the frame indices of window i; `floors[i]` its per-band background floor
+    (bgnorm; zeros otherwise), subtracted when a batch is gathered; `extra` holds windows made in
+    memory (augmentation), already as the model sees them."""
+
+    def __init__(self, frames: np.ndarray, rows: np.ndarray, floors: np.ndarray | None = None, extra: np.ndarray | None = None):
         self.frames, self.rows = frames, rows
+        self.floors = floors if floors is not None else np.zeros((len(rows), frames.shape[1]), np.float32)
         self.extra = extra if extra is not None else np.zeros((0, rows.shape[1] if rows.ndim == 2 else 1, frames.shape[1]), np.float32)
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.extra)
 
+    def with_extra(self, extra: np.ndarray) -> "WindowSet":
+        return WindowSet(self.frames, self.rows, self.floors, extra)
+
+    def raw(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(frames as cached [n, W, M], floors [n, M]) of cached windows `index`, in that order."""
+        index = np.asarray(index)
+        order = np.argsort(index, kind="stable")  # sorted reads are kinder to the page cache
+        frames = np.empty((len(index), self.rows.shape[1], self.frames.shape[1]), np.float32)
+        frames[order] = self.frames[self.rows[index[order]]]
+        return frames, self.floors[index]
+
     def batch(self, index: np.ndarray) -> torch.Tensor:
-        index = np.sort(np.asarray(index))  # sorted reads are kinder to the page cache
+        index = np.sort(np.asarray(index))
         cached = index[index < len(self.rows)]
-        out = np.asarray(self.frames[self.rows[cached]], dtype=np.float32)
+        frames, floors = self.raw(cached)
+        out = frames - floors[:, None, :]
         if len(cached) < len(index):
             out = np.concatenate([out, self.extra[index[len(cached) :] - len(self.rows)]])
         return torch.from_numpy(out)
-
-    def all(self) -> torch.Tensor:
-        return self.batch(np.arange(len(self)))
 
     def band_stats(self, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-band mean and standard deviation over every frame of every window, in chunks."""
@@ -44,29 +57,41 @@ class WindowSet:
         return mean.float(), std.float()
 
     @classmethod
-    def of(cls, cache: FeatureCache, params: FeatureParams, items: list[Item], call_db: float | None = None) -> "WindowSet":
+    def of(cls, cache: FeatureCache, params: FeatureParams, items: list[Item], call_db: float | None = None, max_per_clip: int = 0) -> "WindowSet":
         """Every window of `items`; with `call_db`, only those whose 2-8 kHz energy is at least
-        `call_db` dB above their clip's median window (the likely calls of a bird clip)."""
+        `call_db` dB above their clip's median window (the likely calls of a bird clip); with
+        `max_per_clip`, at most that many per clip, evenly spread over it."""
         db = cache.memmap()
-        rows = []
+        rows, floors = [], []
         for item in items:
             entry = cache.entry(item.path)
             if entry is None:
                 continue
             n = entry["n_frames"]
-            clip_rows = entry["offset"] + window_index(window_starts(n, params, final=True), n, params)
+            starts = window_starts(n, params, final=True)
+            clip_rows = entry["offset"] + window_index(starts, n, params)
+            keep = np.arange(len(starts))
             if call_db is not None and len(clip_rows) > 1:
                 energy = band_energy_db(np.asarray(db[clip_rows]), params)
-                clip_rows = clip_rows[energy >= np.median(energy) + call_db]
-            rows.append(clip_rows)
+                keep = np.nonzero(energy >= np.median(energy) + call_db)[0]
+            if max_per_clip and len(keep) > max_per_clip:
+                keep = keep[np.linspace(0, len(keep) - 1, max_per_clip).round().astype(int)]
+            rows.append(clip_rows[keep])
+            if params.kind == "bgnorm":
+                frames = torch.from_numpy(np.array(db[entry["offset"] : entry["offset"] + n]))
+                floors.append(background_floors(frames, 0, n, [starts[k] for k in keep], params).numpy())
         rows = np.concatenate(rows) if rows else np.zeros((0, params.window_frames), np.int64)
-        return cls(cache.model_memmap(params), rows)
+        floor = np.concatenate(floors).astype(np.float32) if floors else None
+        return cls(cache.model_memmap(params), rows, floor)
 
 
-def mix_windows(birds_db: np.ndarray, backgrounds_db: np.ndarray, gain_db: tuple[float, float], count: int, rng: np.random.Generator) -> np.ndarray:
+def mix_windows(birds: WindowSet, backgrounds: WindowSet, gain_db: tuple[float, float], count: int, rng: np.random.Generator) -> np.ndarray:
     """`count` windows, each a random bird window added at a random gain to a random background
-    window; powers add, as they do for sounds that do not correlate."""
-    b = birds_db[rng.integers(len(birds_db), size=count)]
-    n = backgrounds_db[rng.integers(len(backgrounds_db), size=count)]
+    window, as the model sees them; powers add, as they do for sounds that do not correlate.  Only
+    the windows drawn are read from the cache, so memory grows with `count`, not with the data.
+    With bgnorm the mix is shown against its background's floor (a call barely moves a low percentile)."""
+    b, _ = birds.raw(rng.integers(len(birds.rows), size=count))
+    n, floors = backgrounds.raw(rng.integers(len(backgrounds.rows), size=count))
     g = rng.uniform(gain_db[0], gain_db[1], size=(count, 1, 1))
-    return (10 * np.log10(10 ** (n / 10) + 10 ** ((b + g) / 10))).astype(np.float32)
+    mixed = 10 * np.log10(10 ** (n / 10) + 10 ** ((b + g) / 10))
+    return (mixed - floors[:, None, :]).astype(np.float32)
