@@ -58,7 +58,9 @@ class Checkpoint:
             log.info("resuming from %s (%s)", path, ", ".join(self.state["done"]) or "first model")
 
     def save(self) -> None:
-        if self.path:
+        from .distributed import is_main
+
+        if self.path and is_main():
             self.state["torch_rng"] = torch.get_rng_state()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")

@@ -181,9 +181,11 @@ def load_config_with_overrides(args):
 
 
 def cmd_fit(args) -> int:
+    from . import distributed
     from .fit import fit
 
     config = load_config_with_overrides(args)
+    config.training.device = distributed.init_from_env(config.training.device)
     out = Path(args.out or config.output)
     try:
         path, metrics = fit(config, out, resume=args.resume, cache_dir=args.cache)
@@ -192,6 +194,10 @@ def cmd_fit(args) -> int:
         saved = f"the last finished epoch is saved in {ckpt}; continue with the same command and --resume" if ckpt.exists() else "no epoch had finished; nothing to resume"
         print(f"train: interrupted: {saved}", file=sys.stderr)
         return 130
+    finally:
+        distributed.finish()
+    if path is None:
+        return 0  # not rank 0: that one reports
     summary = {k: v for k, v in metrics.items() if k != "models"}
     Console().print(f"[bold]wrote {path}[/]  {json.dumps(summary)}")
     return 0

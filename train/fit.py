@@ -20,6 +20,7 @@ from streamdet.features import LogMel
 from streamdet.model import Detector, architecture, make_vae, vae_loss
 from streamdet.scoring import ENERGY_BAND_HZ, SILENT_DECISION, Scorer
 
+from . import distributed
 from .cache import FeatureCache
 from .calibrate import spread, threshold_for
 from .checkpoint import Checkpoint
@@ -69,22 +70,26 @@ def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: Trai
         checkpoint.restore_rng()
     task = progress.add_task(f"training {name}", total=t.epochs, completed=run["epoch"], info="")
     started = time.perf_counter()
+    pinned = device.type == "cuda"
+    model = distributed.wrap(vae)
 
     def prepare(x):
-        x = x.to(device)
+        # Pinned host memory and an asynchronous copy: the GPU is not kept waiting on the host.
+        x = (x.pin_memory() if pinned else x).to(device, non_blocking=pinned)
         return ((x - mean) / std).reshape(len(x), -1)
 
     while run["epoch"] < t.epochs and run["stale"] < t.patience:
         vae.train()
         order = torch.randperm(len(train), generator=generator).numpy()
-        total = 0.0
+        total = torch.zeros((), device=device)  # summed on the device: no host sync per step
         for a in range(0, len(order), t.batch_size):
-            x = prepare(train.batch(order[a : a + t.batch_size]))
-            loss = vae_loss(x, *vae(x), beta=t.beta)
+            x = prepare(train.batch(distributed.shard(order[a : a + t.batch_size])))
+            loss = vae_loss(x, *model(x), beta=t.beta)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += loss.item() * len(x)
+            total += loss.detach() * len(x)
+        total = distributed.all_mean(total).item() * distributed.size()
         val_error = _reconstruction_error(vae, val if len(val) else train, prepare, t.batch_size)
         run["epoch"] += 1
         run["history"].append({"epoch": run["epoch"], "train_loss": round(total / len(train), 5), "val_error": round(val_error, 5)})
@@ -108,12 +113,13 @@ def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: Trai
 
 def _reconstruction_error(vae: torch.nn.Module, windows: WindowSet, prepare, batch_size: int) -> float:
     vae.eval()
-    total = 0.0
+    total = None
     with torch.no_grad():
         for a in range(0, len(windows), batch_size * 8):
             x = prepare(windows.batch(np.arange(a, min(a + batch_size * 8, len(windows)))))
-            total += (vae.reconstruct(x) - x).pow(2).mean(dim=1).sum().item()
-    return total / len(windows)
+            error = (vae.reconstruct(x) - x).pow(2).mean(dim=1).sum()
+            total = error if total is None else total + error
+    return float(total) / len(windows)
 
 
 def train_detector(config: TrainConfig, train_items: list[Item], val_items: list[Item], cache: FeatureCache, progress: Progress, checkpoint: Checkpoint) -> tuple[Detector, dict]:
@@ -251,6 +257,8 @@ def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, c
         for item in unusable:
             log.warning("skipped %s: %s", item.path, cache.error(item.path) or "no audio")
         detector, info = train_detector(config, train_items, val_items, cache, progress, checkpoint)
+    if not distributed.is_main():
+        return None, {}  # rank 0 calibrates and writes the artifact
     base = scoring_base(config, detector, train_items, cache)
     scoring, metrics = calibrate(config, base, window_decisions(detector, val_items, cache, params, base))
     train_seconds = sum(v["seconds"] for v in info.values())
