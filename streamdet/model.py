@@ -5,7 +5,10 @@ Detector contract (what the daemon relies on, whatever trained it):
   forward(windows [B, W, M]) -> loss [B]
   band_errors(windows) -> [B, M], whose mean over M is the loss
 The loss is a signed sum of per-VAE reconstruction errors: one VAE with sign +1 for the
-single-class modes, or a background VAE (+1) and a bird VAE (-1) for the contrast mode.
+single-class modes, or a background VAE (+1) and a bird VAE (-1) for the contrast mode.  With
+`log_errors` each band's error enters as its logarithm, so the contrast is a per-band log ratio
+(which VAE explains the band better, by what factor) rather than a difference that grows with
+how loud and busy a window is.
 """
 from __future__ import annotations
 
@@ -112,7 +115,7 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: tor
 
 
 class Detector(nn.Module):
-    def __init__(self, frontend: LogMel, vaes: List[nn.Module], signs: List[float], mean: torch.Tensor, std: torch.Tensor, window_frames: int):
+    def __init__(self, frontend: LogMel, vaes: List[nn.Module], signs: List[float], mean: torch.Tensor, std: torch.Tensor, window_frames: int, log_errors: bool = False):
         """`mean` and `std` are [n_vaes, n_mels]: each VAE sees windows normalised by its own training data."""
         super().__init__()
         if len(vaes) != len(signs) or mean.shape[0] != len(vaes) or std.shape != mean.shape:
@@ -124,6 +127,8 @@ class Detector(nn.Module):
         self.register_buffer("std", std.reshape(len(vaes), 1, 1, -1).float().clamp_min(1e-3))
         self.window_frames = window_frames
         self.n_mels = int(mean.shape[1])
+        self.log_errors = log_errors
+        self.log_floor = 1e-3  # errors are in units of the training data's variance; below this is noise
 
     @torch.jit.export
     def features(self, samples: torch.Tensor) -> torch.Tensor:
@@ -135,6 +140,8 @@ class Detector(nn.Module):
         for i, vae in enumerate(self.vaes):
             x = ((windows - self.mean[i]) / self.std[i]).reshape(windows.shape[0], -1)
             err = (vae.reconstruct(x) - x).pow(2).reshape(windows.shape[0], self.window_frames, self.n_mels).mean(dim=1)
+            if self.log_errors:
+                err = torch.log(err + self.log_floor)
             total = total + self.signs[i] * err
         return total
 
@@ -147,7 +154,7 @@ ARCH_KINDS = {"mlp": "mlp_vae", "conv": "conv_vae"}
 
 def architecture(detector: Detector, kind: str, hidden: int, latent: int, channels: int) -> dict:
     """The description stored in an artifact's metadata, enough to rebuild the module eagerly."""
-    arch = {"kind": ARCH_KINDS[kind], "latent": latent, "signs": detector.signs.tolist()}
+    arch = {"kind": ARCH_KINDS[kind], "latent": latent, "signs": detector.signs.tolist(), "log_errors": detector.log_errors}
     arch.update({"channels": channels} if kind == "conv" else {"hidden": hidden})
     return arch
 
@@ -158,6 +165,6 @@ def rebuild_eager(scripted: torch.nn.Module, arch: dict, frontend: LogMel, windo
     vaes = [make_vae(kind, window_frames, n_mels, arch.get("hidden", 0), arch["latent"], arch.get("channels", 0)) for _ in arch["signs"]]
     state = scripted.state_dict()
     k = len(arch["signs"])
-    detector = Detector(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames)
+    detector = Detector(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch.get("log_errors", False))
     detector.load_state_dict(state)
     return detector.eval()

@@ -6,23 +6,24 @@ import torch
 
 from streamdet import artifact
 from streamdet.features import FeatureParams, LogMel, offline_windows
-from streamdet.model import VAE, Detector, architecture
+from streamdet.model import Detector, architecture, make_vae, rebuild_eager
 
 P = FeatureParams()
 
 
-def make_detector(signs=(1.0,)):
+def make_detector(signs=(1.0,), kind="mlp", log_errors=False):
     torch.manual_seed(0)
-    vaes = [VAE(P.window_frames * P.n_mels, hidden=32, latent=4) for _ in signs]
+    vaes = [make_vae(kind, P.window_frames, P.n_mels, hidden=32, latent=4, channels=4) for _ in signs]
     k = len(signs)
-    return Detector(LogMel(P), vaes, list(signs), torch.full((k, P.n_mels), -60.0), torch.full((k, P.n_mels), 12.0), P.window_frames).eval()
+    return Detector(LogMel(P), vaes, list(signs), torch.full((k, P.n_mels), -60.0), torch.full((k, P.n_mels), 12.0), P.window_frames, log_errors).eval()
 
 
 def make_meta(detector, **scoring):
+    kind = "conv" if type(detector.vaes[0]).__name__ == "ConvVAE" else "mlp"
     return {
         "features": P.to_dict(),
         "normalisation": {"mean": detector.mean.reshape(len(detector.vaes), -1).tolist(), "std": detector.std.reshape(len(detector.vaes), -1).tolist()},
-        "model": architecture(detector, 32, 4),
+        "model": architecture(detector, kind, 32, 4, 4),
         "scoring": {"mode": "nobird", "polarity": "high_loss_is_bird", "threshold": 1.5, "scale": 0.25, **scoring},
         "provenance": {"trained_at": "2026-11-25T00:00:00+00:00", "code_version": "test", "data": {"clips": 0}},
     }
@@ -31,6 +32,22 @@ def make_meta(detector, **scoring):
 def windows_of_noise(seconds=3.0):
     rng = np.random.default_rng(0)
     return offline_windows((rng.standard_normal(int(seconds * P.sample_rate)) * 0.05).astype(np.float32), P)[1]
+
+
+@pytest.mark.parametrize("kind,log_errors", [("conv", False), ("conv", True), ("mlp", True)])
+def test_every_vae_kind_scripts_saves_and_rebuilds_eagerly(tmp_path, kind, log_errors):
+    detector = make_detector((1.0, -1.0), kind, log_errors)
+    path = artifact.save(detector, make_meta(detector), tmp_path / "m.pt")
+    model = artifact.load(path, "cpu", optimise=True)
+    w = windows_of_noise()
+    with torch.no_grad():
+        expected = detector(w)
+        saved = artifact.load(path, "cpu").module  # as saved: the optimised copy is frozen, without a state dict
+        eager = rebuild_eager(saved, model.meta["model"], LogMel(P), P.window_frames, P.n_mels)(w)
+    assert torch.allclose(torch.from_numpy(model.losses(w)), expected, atol=1e-4)
+    assert torch.allclose(eager, expected, atol=1e-5)
+    losses, bands = model.errors(w)
+    assert np.allclose(bands.mean(axis=1), losses, atol=1e-5)  # the contract: the loss is the bands' mean
 
 
 @pytest.mark.parametrize("signs", [(1.0,), (1.0, -1.0)])

@@ -49,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
 
     st = sub.add_parser("study", help="all modes and front ends: cross-validated on the training data, measured on eval data (the README table)")
     st.add_argument("--config", type=Path, required=True)
-    st.add_argument("--eval-data", type=Path, required=True)
-    st.add_argument("--eval-labels", type=Path, required=True)
+    st.add_argument("--eval-data", type=Path, help="folder of the evaluation clips (measured once, after choosing)")
+    st.add_argument("--eval-labels", type=Path)
     st.add_argument("--eval-split", help="e.g. eval, for MANIFEST.tsv")
     st.add_argument("--out", type=Path, default=Path("runs/study"))
     st.add_argument("--folds", type=int, default=4)
+    st.add_argument("--jobs", type=int, default=2, help="variants trained at once, one process and one torch thread each")
     st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     threads_arg(st)
     st.set_defaults(handler=cmd_study, mode=None)
@@ -232,6 +233,6 @@ def cmd_study(args) -> int:
     from .study import study
 
     config = load_config_with_overrides(args)
-    study(config, args.eval_data, args.eval_labels, args.eval_split, args.out, args.folds)
+    study(config, args.eval_data, args.eval_labels, args.eval_split, args.out, args.folds, args.jobs)
     Console().print((args.out / "study.md").read_text())
     return 0

@@ -54,6 +54,7 @@ class ModelConfig:
     hidden: int = field(default=256, metadata={"min": 8, "max": 65536})  # mlp: width of the first layer
     channels: int = field(default=8, metadata={"min": 1, "max": 512})  # conv: channels of the first stage (then x2, x4)
     latent: int = field(default=16, metadata={"min": 1, "max": 4096})
+    log_errors: bool = False  # contrast per band as a log ratio of the VAEs' errors (streamdet.model.Detector)
 
 
 @dataclass
