@@ -4,6 +4,9 @@ Positions are absolute sample counts since the stream began, so a reader always 
 which samples it got and how many it lost.  The producer never blocks unless asked to: a live
 source overwrites the oldest samples and the loss is counted; a replay source waits for room.
 No locks: each position is written by one thread only, and CPython makes an int store atomic.
+A write reserves its span (`reserve_pos`) before it copies and commits it (`write_pos`) after, and
+a read checks against the reservation after its copy: samples the producer was overwriting while
+they were copied are dropped and counted, never returned.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ class RingBuffer:
             raise ValueError("ring capacity must be positive")
         self.capacity = int(capacity)
         self._data = np.zeros(self.capacity, dtype=np.float32)
-        self.write_pos = 0  # written only by the producer
+        self.write_pos = 0  # written only by the producer: everything before it is in the ring
+        self.reserve_pos = 0  # written only by the producer: it may be writing anything before this
         self.read_pos = 0  # written only by the consumer
         self.overwritten = 0  # samples the consumer never saw, counted by the consumer
         # When each write completed, for latency: (end position, monotonic time), preallocated.
@@ -43,6 +47,7 @@ class RingBuffer:
                     written += self.write(samples[i : i + self.capacity], wait=True, stop=stop)
                 return written
             self.write_pos += n - self.capacity
+            self.reserve_pos = self.write_pos
             samples = samples[n - self.capacity :]
             n = self.capacity
         if wait:
@@ -52,6 +57,7 @@ class RingBuffer:
                 time.sleep(0.001)
         start = self.write_pos % self.capacity
         first = min(n, self.capacity - start)
+        self.reserve_pos = self.write_pos + n  # reserve, then copy, then commit
         self._data[start : start + first] = samples[:first]
         if first < n:
             self._data[: n - first] = samples[first:]
@@ -65,6 +71,7 @@ class RingBuffer:
     def skip(self, n: int) -> None:
         """Advance the stream without data: samples the source knows it lost."""
         self.write_pos += n
+        self.reserve_pos = self.write_pos
 
     # -- consumer side ---------------------------------------------------------------------
     def read(self, max_samples: int) -> tuple[int, np.ndarray]:
@@ -85,13 +92,14 @@ class RingBuffer:
 
     def _copy(self, start_pos: int, n: int) -> tuple[int, np.ndarray]:
         """Copy n samples from absolute position start_pos; the producer may overwrite part of them
-        while we copy, so the first ones are dropped if they were: returns (first position kept, samples)."""
+        while we copy, so the first ones are dropped if they were: returns (first position kept, samples).
+        What it may have overwritten is known from its reservation, read after the copy."""
         out = np.empty(n, dtype=np.float32)
         start = start_pos % self.capacity
         first = min(n, self.capacity - start)
         out[:first] = self._data[start : start + first]
         out[first:] = self._data[: n - first]
-        lost = min(max(self.write_pos - self.capacity - start_pos, 0), n)
+        lost = min(max(self.reserve_pos - self.capacity - start_pos, 0), n)
         return start_pos + lost, out[lost:]
 
     def peek(self, start: int, end: int) -> tuple[int, np.ndarray]:

@@ -64,3 +64,40 @@ def test_arrival_time_is_when_the_covering_write_completed():
     assert ring.arrival_time(50) <= t1
     assert ring.arrival_time(150) > t1
     assert ring.arrival_time(201) is None
+
+
+class _PausingStore:
+    """The ring's sample store, which stops the producer right after it copied its samples in and
+    before it commits them: the moment a reader must not be fooled by."""
+
+    def __init__(self, data):
+        self.data, self.copied, self.resume = data, threading.Event(), threading.Event()
+        self.armed = False
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def __setitem__(self, key, value):
+        self.data[key] = value
+        if self.armed and threading.current_thread() is not threading.main_thread():
+            self.copied.set()
+            self.resume.wait(10)
+
+
+def test_a_read_racing_a_write_never_returns_samples_overwritten_during_the_copy():
+    ring = RingBuffer(10)
+    ring.write(np.arange(10, dtype=np.float32))  # positions 0-9, unread
+    store = _PausingStore(ring._data)
+    ring._data = store
+    store.armed = True
+    producer = threading.Thread(target=ring.write, args=(np.arange(10, 13, dtype=np.float32),))
+    producer.start()
+    assert store.copied.wait(10)  # positions 10-12 are in slots 0-2, not yet committed
+    start, out = ring.read(100)
+    store.resume.set()
+    producer.join()
+    # Positions 0-2 were overwritten while they were being read: dropped and counted, not returned.
+    assert start == 3 and np.array_equal(out, np.arange(3, 10, dtype=np.float32))
+    assert ring.overwritten == 3
+    start, out = ring.read(100)
+    assert start == 10 and np.array_equal(out, np.arange(10, 13, dtype=np.float32))
