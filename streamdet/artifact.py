@@ -202,6 +202,9 @@ def _smoke_test(model: Model, where: str) -> None:
         raise ArtifactError(f"{where}: features: metadata describes {p.window_frames}x{p.n_mels} frames per window, the embedded front end gives {tuple(frames.shape)}")
     if losses.shape != (2,):
         raise ArtifactError(f"{where}: forward: expected one loss per window, found shape {losses.shape}")
+    probe = torch.randn(4, p.window_frames, p.n_mels, generator=torch.Generator().manual_seed(0)) * 10 - 50  # dB-like windows
+    if not np.isfinite(losses).all() or not np.isfinite(model.losses(probe)).all():
+        raise ArtifactError(f"{where}: the model gives non-finite losses (NaN or infinite weights?); it cannot score anything")
 
 
 def _finite(x) -> bool:

@@ -284,6 +284,11 @@ class Channel:
 
     def _publish_windows(self, op: _Windows, losses: np.ndarray, band_errors: np.ndarray) -> None:
         seg, t0, starts, windows, read_time, silent = op.segment, op.t0, op.starts, op.windows, op.read_time, op.silent
+        invalid = ~np.isfinite(losses)
+        if invalid.any():  # audio far beyond full scale, or a model that misbehaves: never a crash, never a bird
+            losses, band_errors = np.where(invalid, 0.0, losses), np.where(invalid[:, None], 0.0, band_errors)
+            silent = silent | invalid
+            self._report("invalid", seg.file if seg is not None and seg.file else self.name, f"{int(invalid.sum())} window(s) gave a non-finite loss; published with loss 0 and score 0", logging.WARNING)
         decisions, energies = self.scorer.decide(losses, windows.cpu().numpy() if self.scorer.energy else None, silent)
         scores = self.scorer.score(decisions)
         p = self.params

@@ -104,6 +104,18 @@ def test_metadata_the_daemon_cannot_honour_is_refused(tmp_path, change, expected
     assert str(err.value).startswith(f"model {bad}: ") and expected in str(err.value)
 
 
+def test_a_model_with_nan_weights_is_refused_at_load(tmp_path):
+    detector = make_detector()
+    path = artifact.save(detector, make_meta(detector), tmp_path / "m.pt")
+    with torch.no_grad():
+        detector.vaes[0].decoder[-1].bias.fill_(float("nan"))
+    scripted = torch.jit.script(detector)
+    torch.jit.save(scripted, str(tmp_path / "nan.pt"), _extra_files={artifact.META_NAME: json.dumps({"format": artifact.FORMAT, "format_version": artifact.FORMAT_VERSION, **make_meta(detector)})})
+    with pytest.raises(artifact.ArtifactError, match="non-finite losses"):
+        artifact.load(tmp_path / "nan.pt", "cpu")
+    artifact.load(path, "cpu")  # the same model before its weights went bad loads
+
+
 def test_metadata_that_disagrees_with_the_module_is_refused(tmp_path):
     good = artifact.save(make_detector(), make_meta(make_detector()), tmp_path / "good.pt")
 

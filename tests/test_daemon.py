@@ -21,6 +21,9 @@ def bad_files(d):
     nan = clip(3.0, 22050, seed=9)
     nan[int(1.5 * 22050) :] = np.nan
     write(d / "e_nan.wav", nan, 22050, subtype="FLOAT")
+    huge = clip(3.0, 22050, seed=11)
+    huge[int(1.2 * 22050) :] = 1e18  # a float WAV of garbage: it would overflow the front end
+    write(d / "e_huge.wav", huge, 22050, subtype="FLOAT")
     trunc = write(d / "f_truncated.wav", clip(4.0, 22050, seed=10), 22050, subtype="PCM_16")
     trunc.write_bytes(trunc.read_bytes()[: 44 + 2 * 22050 * 2])  # header promises 4 s, 2 s remain
 
@@ -59,7 +62,7 @@ def test_replay_publishes_every_window_events_at_the_calls_and_a_final_status(ti
     assert source["windows"] == len(losses)
     # The NaN file contributes its first 1.5 s, the truncated file its 2 s, the good files all of theirs.
     files = {m["file"] for m in losses}
-    assert files == {"a_chirps.wav", "c_chirps.flac", "e_nan.wav", "f_truncated.wav"}
+    assert files == {"a_chirps.wav", "c_chirps.flac", "e_huge.wav", "e_nan.wav", "f_truncated.wav"}
     assert all(m["t_end"] > m["t_start"] and 0 <= m["score"] <= 1 and m["anomaly"] == (m["score"] >= 0.5) for m in losses)
     assert all(b["t_start"] >= a["t_start"] for a, b in zip(losses, losses[1:]))
 
@@ -69,9 +72,10 @@ def test_replay_publishes_every_window_events_at_the_calls_and_a_final_status(ti
     assert "empty file" in reports["b_zero.wav"]["reason"]
     assert "digital silence" in reports["d_silence.wav"]["reason"]
     assert "NaN" in reports["e_nan.wav"]["reason"] and "1.50 s" in reports["e_nan.wav"]["reason"]
+    assert "absurd" in reports["e_huge.wav"]["reason"] and "1.20 s" in reports["e_huge.wav"]["reason"]
     assert reports["f_truncated.wav"]["kind"] == "notice" and "truncated" in reports["f_truncated.wav"]["reason"]
-    assert source["files_skipped"] == 4 and source["files_played"] == 4
-    for name in ("b_notes.txt", "b_zero.wav", "d_silence.wav", "e_nan.wav"):
+    assert source["files_skipped"] == 5 and source["files_played"] == 5
+    for name in ("b_notes.txt", "b_zero.wav", "d_silence.wav", "e_nan.wav", "e_huge.wav"):
         assert name in stderr
 
     # Events: each chirp train is found, and nothing else is.

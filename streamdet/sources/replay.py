@@ -12,6 +12,10 @@ import numpy as np
 
 from ..audio import AudioError, FileDecoder, list_audio_candidates
 from ..config import SourceConfig, pace_speed
+
+# Samples beyond this (120 dB above full scale) are not audio but damage (a float WAV of garbage):
+# like NaN, they would overflow the front end, so a file is played up to the first of them.
+MAX_SAMPLE = 1e6
 from ..ringbuffer import RingBuffer
 from . import Finished, Notice, SegmentEnd, SegmentStart, Skipped
 
@@ -105,12 +109,12 @@ class ReplaySource:
             for block in decoder.blocks():
                 if self._stop.is_set():
                     break
-                bad = ~np.isfinite(block)
+                bad = ~(np.abs(block) <= MAX_SAMPLE)  # NaN, infinite, or absurd
                 cut = int(np.argmax(bad)) if bad.any() else len(block)
                 self._push(block[:cut], shown, info)
                 decoded += cut
                 if cut < len(block):
-                    self._end(f"contains NaN or infinite samples from {decoded / self.sample_rate:.2f} s; the rest of the file was skipped", shown)
+                    self._end(f"contains NaN, infinite or absurd (beyond +-{MAX_SAMPLE:g} of full scale) samples from {decoded / self.sample_rate:.2f} s; the rest of the file was skipped", shown)
                     return int(self._started)
         except AudioError as exc:
             self._end(str(exc), shown)
