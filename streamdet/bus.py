@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import zmq
 
 SCHEMA_VERSION = 1
+MAX_SUBSCRIPTION_BYTES = 4096  # a topic prefix longer than this is no subscription but an attack
 
 
 class BusError(Exception):
@@ -38,20 +39,27 @@ class Publisher:
     """An XPUB socket: a PUB that also sees subscriptions, so it can wait for subscribers.
 
     With `wait_when_full`, a subscriber that cannot keep up slows the publisher down instead of
-    losing messages (XPUB_NODROP); replays use this, live sources do not."""
+    losing messages (XPUB_NODROP, with a modest high-water mark so that the wait starts early);
+    replays use this, live sources do not.  A blocked send gives up only past `give_up_at` (the
+    shutdown deadline, set when a stop is requested), counting what it gave up in `dropped`, and
+    calls `while_blocked` meanwhile (the daemon pings its watchdog there)."""
 
-    def __init__(self, endpoint: str, send_hwm: int = 100_000, wait_when_full: bool = False, context: zmq.Context | None = None, connect: bool = False):
+    def __init__(self, endpoint: str, send_hwm: int = 1000, wait_when_full: bool = False, context: zmq.Context | None = None, connect: bool = False):
         """Bind `endpoint`, or with `connect` connect to it (a `streamdet proxy` frontend)."""
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.SNDHWM, send_hwm)
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # pass every subscription up, duplicates included
-        self.socket.setsockopt(zmq.LINGER, 5000)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)  # a peer's subscriptions are input too
         if wait_when_full:
             self.socket.setsockopt(zmq.XPUB_NODROP, 1)
         self.wait_when_full = wait_when_full
+        self.send_hwm = send_hwm
         self.subscriptions = 0
         self.sent = 0
+        self.dropped = 0
+        self.give_up_at = math.inf
+        self.while_blocked: Callable[[], object] = lambda: None
         try:
             self.socket.connect(endpoint) if connect else self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -79,7 +87,7 @@ class Publisher:
             self.socket.poll(50, zmq.POLLIN)
         return True
 
-    def send(self, topic: str, payload: dict, stop: Callable[[], bool] = lambda: False) -> bool:
+    def send(self, topic: str, payload: dict) -> bool:
         frames = [topic.encode(), encode(payload)]
         if not self.wait_when_full:
             self.socket.send_multipart(frames)
@@ -91,13 +99,23 @@ class Publisher:
                 self.sent += 1
                 return True
             except zmq.Again:
-                if stop():
+                if time.monotonic() >= self.give_up_at:
+                    self.dropped += 1
                     return False
+                self.while_blocked()
                 self.poll_subscriptions()
-                time.sleep(0.001)
+                self.socket.poll(20, zmq.POLLOUT)
 
-    def close(self) -> None:
+    def close(self, deadline_s: float = 0.0) -> bool:
+        """Close, first giving queued messages until `deadline_s` to reach their subscribers;
+        False if that time ran out with messages possibly still queued (at most `send_hwm` each)."""
+        self.socket.setsockopt(zmq.LINGER, max(0, int(deadline_s * 1000)))
+        started = time.monotonic()
         self.socket.close()
+        if deadline_s > 0 and self.context is zmq.Context.instance():
+            self.context.term()  # returns once every queued message is out, or LINGER ran out
+            zmq.Context._instance = None  # a later Context.instance() makes a fresh one
+        return time.monotonic() - started < deadline_s * 0.95 or deadline_s == 0
 
 
 class Subscriber:

@@ -157,7 +157,15 @@ def build_config(args):
     return config
 
 
+DRAIN_S = 10.0  # after the last message, how long queued messages may take to reach their subscribers
+EXIT_UNDELIVERED = 3  # the run ended, but not every message reached every subscriber
+
+
 def cmd_run(args) -> int:
+    # A SIGHUP before the daemon can reload (the model takes seconds to load) is kept for later,
+    # never the default action, which would kill the process.
+    early_hup = []
+    signal.signal(signal.SIGHUP, lambda *_: early_hup.append(1))
     config = build_config(args)
     setup_logging(config.log.level)
     from .artifact import ArtifactError, load
@@ -191,10 +199,21 @@ def cmd_run(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    if early_hup:
+        daemon.request_reload()
     try:
         daemon.run()
     finally:
-        publisher.close()
+        # Queued messages get the rest of the grace period to reach their subscribers.
+        delivered = publisher.close(DRAIN_S if wait else 0.0)
+    lost = []
+    if publisher.dropped:
+        lost.append(f"{publisher.dropped} message(s) given up at the shutdown deadline")
+    if not delivered:
+        lost.append(f"up to {publisher.send_hwm} queued message(s) per subscriber not delivered within {DRAIN_S:g} s")
+    if lost:
+        logging.getLogger("streamdet").error("a subscriber did not receive everything: %s", "; ".join(lost))
+        return EXIT_UNDELIVERED
     return 0
 
 

@@ -85,7 +85,7 @@ class BusConfig:
     wait_subscribers: int = field(default=0, metadata={"min": 0})
     wait_timeout_s: float = field(default=0.0, metadata={"min": 0.0})  # 0: wait forever
     status_interval_s: float = field(default=5.0, metadata={"above": 0.0})
-    send_hwm: int = field(default=100_000, metadata={"min": 1})
+    send_hwm: int = field(default=1000, metadata={"min": 1, "max": 10_000_000})
 
     def problems(self):
         if not re.match(r"^(tcp|ipc|inproc)://.+", self.endpoint):

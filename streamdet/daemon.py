@@ -51,6 +51,7 @@ class Daemon:
         self.name = name or socket.gethostname()
         self.run_id = secrets.token_hex(4)
         self.notifier = notifier or Notifier()
+        publisher.while_blocked = self.notifier.watchdog  # a slow subscriber is not a stalled daemon
         self._reload_fn = reload
         self.channels = []
         for source_config in config.sources:
@@ -62,6 +63,9 @@ class Daemon:
         self.reloads = {"done": 0, "rejected": 0, "last": None}
 
     def request_stop(self) -> None:
+        """From a signal handler: stop, and let no blocked send hold the exit past the grace period."""
+        if not self._stop.is_set():
+            self.publisher.give_up_at = time.monotonic() + STOP_GRACE_S
         self._stop.set()
 
     def request_reload(self) -> None:

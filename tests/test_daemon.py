@@ -162,3 +162,57 @@ def test_an_endpoint_already_in_use_is_a_clear_startup_error(tiny_model, tmp_pat
         holder.close(0)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"streamdet: error: bus.endpoint: cannot bind {endpoint} (Address already in use)"
+
+
+def _many_short_files(d, n=60, seconds=2.0):
+    d.mkdir()
+    for i in range(n):
+        write(d / f"f{i:03d}.wav", clip(seconds, 22050, seed=200 + i), 22050, subtype="PCM_16")
+    return d
+
+
+def test_a_slow_subscriber_of_a_replay_receives_everything_to_the_final_status(tiny_model, tmp_path, endpoint):
+    """Back-pressure: the replay waits for a subscriber that reads slowly, and the last queued
+    messages reach it before the daemon exits (here 240 windows read at 50 a second)."""
+    folder = _many_short_files(tmp_path / "many")
+    daemon = start_daemon("--replay", str(folder), "--pace", "max", "--model", str(tiny_model), "--endpoint", endpoint, "--wait-subscribers", "1", "--set", "bus.send_hwm=20")
+    got = collect(endpoint, timeout_s=120, on_message=lambda *_: time.sleep(0.02))
+    _, stderr = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, stderr
+    losses = [m for _, m, _ in got if m["type"] == "loss"]
+    final = [m for _, m, _ in got if m["type"] == "status"][-1]
+    assert final["state"] == "finished"
+    assert [m["seq"] for m in losses] == list(range(final["sources"]["replay"]["windows"]))
+
+
+def test_a_send_blocked_by_a_subscriber_that_never_reads_gives_up_at_the_deadline_and_counts_it(endpoint):
+    """What lets SIGTERM end a replay held up by a stuck subscriber: a blocked send waits (pinging
+    the watchdog) until the shutdown deadline, then gives up and counts the message."""
+    import zmq
+
+    from streamdet.bus import Publisher
+
+    publisher = Publisher(endpoint, send_hwm=2, wait_when_full=True, context=zmq.Context())
+    stuck = publisher.context.socket(zmq.SUB)
+    stuck.setsockopt(zmq.RCVHWM, 2)
+    stuck.setsockopt(zmq.RCVBUF, 4096)
+    stuck.setsockopt_string(zmq.SUBSCRIBE, "")
+    stuck.connect(endpoint)  # subscribes, then never reads
+    assert publisher.wait_for_subscribers(1, timeout_s=10)
+    pings = []
+    publisher.while_blocked = lambda: pings.append(1)
+    body = {"pad": "x" * 65536}  # large, so the socket buffers fill within a few messages
+    sent = 0
+    while sent < 2000 and not pings:
+        publisher.send("loss.x", body)
+        sent += 1
+    assert pings and sent < 2000  # it blocked, and pinged while blocked
+    publisher.give_up_at = time.monotonic() + 0.5
+    started = time.monotonic()
+    while publisher.send("loss.x", body) and sent < 4000:  # until the pipe is full again
+        sent += 1
+    assert 0.4 < time.monotonic() - started < 5 and publisher.dropped == 1
+    assert publisher.send("loss.x", body) is False and publisher.dropped == 2  # past the deadline: at once
+    stuck.close(0)
+    publisher.close()
+    publisher.context.term()
