@@ -106,16 +106,19 @@ class Publisher:
                 self.poll_subscriptions()
                 self.socket.poll(20, zmq.POLLOUT)
 
-    def close(self, deadline_s: float = 0.0) -> bool:
-        """Close, first giving queued messages until `deadline_s` to reach their subscribers;
-        False if that time ran out with messages possibly still queued (at most `send_hwm` each)."""
+    def close(self, deadline_s: float = 1.0, wait: bool = False) -> bool:
+        """Close, giving queued messages until `deadline_s` to reach their subscribers.  With
+        `wait` (the daemon's exit: no other socket is open) wait for that here, and return False
+        if the time ran out with messages possibly still queued (at most `send_hwm` each)."""
         self.socket.setsockopt(zmq.LINGER, max(0, int(deadline_s * 1000)))
         started = time.monotonic()
         self.socket.close()
-        if deadline_s > 0 and self.context is zmq.Context.instance():
-            self.context.term()  # returns once every queued message is out, or LINGER ran out
+        if not wait:
+            return True
+        self.context.term()  # returns once every queued message is out, or LINGER ran out
+        if zmq.Context._instance is self.context:
             zmq.Context._instance = None  # a later Context.instance() makes a fresh one
-        return time.monotonic() - started < deadline_s * 0.95 or deadline_s == 0
+        return time.monotonic() - started < deadline_s * 0.95
 
 
 class Subscriber:

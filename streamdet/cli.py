@@ -205,7 +205,7 @@ def cmd_run(args) -> int:
         daemon.run()
     finally:
         # Queued messages get the rest of the grace period to reach their subscribers.
-        delivered = publisher.close(DRAIN_S if wait else 0.0)
+        delivered = publisher.close(DRAIN_S, wait=True) or not wait  # live subscribers lose what they cannot take
     lost = []
     if publisher.dropped:
         lost.append(f"{publisher.dropped} message(s) given up at the shutdown deadline")
