@@ -29,6 +29,7 @@ class ClipRecorder:
     def __init__(self, config: RecordingConfig, source: str, ring: RingBuffer, rate: int):
         self.source, self.ring, self.rate = source, ring, rate
         self.configure(config)
+        self.leftovers = self._remove_leftovers()
         self.jobs: list[_Job] = []
         self.written = 0
         self.failed = 0
@@ -40,6 +41,16 @@ class ClipRecorder:
         """New settings (SIGHUP); clips already planned keep their path."""
         self.config = config
         self.directory = Path(config.directory) / self.source
+
+    def _remove_leftovers(self) -> int:
+        """`.part` files a crash left behind: never clips, but they took space; remove them."""
+        removed = 0
+        for part in self.directory.glob("*.flac.part") if self.directory.is_dir() else []:
+            part.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            log.warning("%s: removed %d unfinished clip file(s) left by an earlier run in %s", self.source, removed, self.directory)
+        return removed
 
     def schedule(self, event: dict, onset_pos: int, offset_pos: int, segment_start: int, segment_end: int | None, sidecar: dict) -> Path:
         """Plan the clip of an event that has ended; it is written once its post-roll has arrived.
@@ -72,17 +83,18 @@ class ClipRecorder:
         }
         sidecar.pop("stream_time_of_pos0")
         self.writing = job.path
+        tmp = job.path.with_name(job.path.name + ".part")
         try:
             job.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = job.path.with_name(job.path.name + ".part")
             sf.write(str(tmp), audio, self.rate, format="FLAC", subtype="PCM_24")
             tmp.replace(job.path)
             job.path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
             self.written += 1
             self._retain()
-        except OSError as exc:  # a full disk among them: report it and keep detecting
+        except (OSError, RuntimeError) as exc:  # a full disk among them (libsndfile's errors are RuntimeErrors): report it, keep detecting
             self.failed += 1
-            reason = f"could not write {job.path}: {exc.strerror or exc}"
+            tmp.unlink(missing_ok=True)
+            reason = f"could not write {job.path}: {getattr(exc, 'strerror', None) or ' '.join(str(exc).split())[:160]}"
             self.errors.append(reason)
             log.error("%s: clip recording failed: %s", self.source, reason)
         finally:
