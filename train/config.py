@@ -78,6 +78,9 @@ class SelectConfig:
 
     # Keep windows whose 2-8 kHz energy is this many dB above the clip's median window; null keeps all.
     call_db: float | None = 3.0
+    # Windows of bird clips at most this many dB above their clip's median also teach the background
+    # VAE: the ambience of the sites birds were recorded at (most windows of a bird clip hold no call).
+    background_quiet_db: float | None = None
 
 
 @dataclass

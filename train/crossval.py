@@ -29,10 +29,10 @@ def _train_and_score(config: TrainConfig, train: list[Item], test: list[Item], c
     different folds' models pool on one scale."""
     fit_items, val_items = split_by_group(train, config.training.val_fraction, config.training.seed)
     detector, _ = train_detector(config, fit_items, val_items, cache, progress, Checkpoint(None, config, False))
-    base = scoring_base(config, detector, fit_items, cache)
-    scoring, _ = calibrate(config, base, window_decisions(detector, val_items, cache, config.features, base))
+    base = scoring_base(config, detector, fit_items, cache, progress)
+    scoring, _ = calibrate(config, base, window_decisions(detector, val_items, cache, config.features, base, progress, "calibrating"))
     how, t, scale = config.calibration.clip_aggregate, scoring["threshold"], scoring["scale"]
-    return {i: ((clip_aggregate(d, how) - t) / scale, clip_aggregate(d, how) >= t) for i, d in window_decisions(detector, test, cache, config.features, base).items()}
+    return {i: ((clip_aggregate(d, how) - t) / scale, clip_aggregate(d, how) >= t) for i, d in window_decisions(detector, test, cache, config.features, base, progress, "scoring the fold").items()}
 
 
 def _items(config: TrainConfig, cache: FeatureCache, progress) -> list[Item]:
@@ -71,7 +71,12 @@ def crossval(config: TrainConfig, folds: int = 4, seed: int = 0, cache_dir=None)
             in_fold = set(fold)
             scored.update(_train_and_score(config, [i for i in items if i not in in_fold], fold, cache, progress))
             progress.update(task, advance=1)
-    return {"folds": folds, "seed": seed, "clips": len(scored), "blocks": block_report(scored, cache, config)}
+    return {"folds": folds, "seed": seed, "clips": len(scored), "blocks": block_report(scored, cache, config), "scores": clip_rows(scored)}
+
+
+def clip_rows(scored: dict[Item, tuple[float, bool]]) -> list[dict]:
+    """Every clip's out-of-fold score, for looking at what a model gets wrong."""
+    return [{"file": str(i.path), "block": i.dataset, "group": i.group, "label": i.label, "score": round(z, 4), "called_bird": bool(c)} for i, (z, c) in scored.items()]
 
 
 def leave_out(config: TrainConfig, blocks: list[str] | None = None, cache_dir=None) -> dict:
@@ -87,6 +92,6 @@ def leave_out(config: TrainConfig, blocks: list[str] | None = None, cache_dir=No
             if not test:
                 raise ValueError(f"--leave-out {name}: no such block (blocks: {', '.join(sorted({i.dataset for i in items}))})")
             scored = _train_and_score(config, [i for i in items if i.dataset != name], test, cache, progress)
-            out[name] = block_report(scored, cache, config)[name]
+            out[name] = {**block_report(scored, cache, config)[name], "scores": clip_rows(scored)}
             progress.update(task, advance=1, info=name)
     return {"blocks": out}

@@ -132,6 +132,12 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
         return WindowSet.of(cache, params, chosen, config.select.call_db if label == 1 else None, config.training.max_windows_per_clip)
 
     sets = {"background": (windows(train_items, 0), windows(val_items, 0)), "bird": (windows(train_items, 1), windows(val_items, 1))}
+    quiet = config.select.background_quiet_db
+    if quiet is not None and "background" in roles:
+        def ambience(items):
+            return WindowSet.of(cache, params, [i for i in items if i.label == 1], None, config.training.max_windows_per_clip, quiet_db=quiet)
+
+        sets["background"] = tuple(s.joined(ambience(items)) for s, items in zip(sets["background"], (train_items, val_items)))
     for role in roles:
         if not len(sets[role][0]):
             raise ValueError(f"no {role} windows to train on (mode {config.mode})")
@@ -154,7 +160,7 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
     return Detector(LogMel(params), vaes, signs, torch.stack(means), torch.stack(stds), params.window_frames, config.model.log_errors).eval(), info
 
 
-def scoring_base(config: TrainConfig, detector: Detector, train_items: list[Item], cache: FeatureCache) -> dict:
+def scoring_base(config: TrainConfig, detector: Detector, train_items: list[Item], cache: FeatureCache, progress: Progress | None = None) -> dict:
     """Polarity and, when asked for, the energy term with its centre and spreads, measured on the
     training windows of the normal class so that its two parts weigh as `energy.weight` says."""
     polarity = POLARITY[config.mode]
@@ -165,7 +171,7 @@ def scoring_base(config: TrainConfig, detector: Detector, train_items: list[Item
     probe = Scorer(base, config.features, context_windows=config.energy.context_windows)
     s, e = [], []
     with torch.no_grad():
-        for item in normal:
+        for item in _tracked(normal, progress, "energy term"):
             frames = cache.frames(item.path)
             if frames is None:
                 continue
@@ -182,12 +188,21 @@ def scoring_base(config: TrainConfig, detector: Detector, train_items: list[Item
     return base
 
 
-def window_decisions(detector: Detector, items: list[Item], cache: FeatureCache, params, scoring: dict) -> dict[Item, np.ndarray]:
+def _tracked(items: list, progress: Progress | None, what: str):
+    """`items`, advancing a progress bar for `what` as they are used."""
+    task = progress.add_task(what, total=len(items), info="") if progress else None
+    for item in items:
+        yield item
+        if progress:
+            progress.update(task, advance=1)
+
+
+def window_decisions(detector: Detector, items: list[Item], cache: FeatureCache, params, scoring: dict, progress: Progress | None = None, what: str = "scoring held-out clips") -> dict[Item, np.ndarray]:
     """Decision values (higher: more bird-like) of every window of every clip, each clip a segment."""
     scorer = Scorer(scoring, params)
     out = {}
     with torch.no_grad():
-        for item in items:
+        for item in _tracked(items, progress, what):
             frames = cache.frames(item.path)
             if frames is not None:
                 windows = windows_of(frames, params)
@@ -257,10 +272,10 @@ def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, c
         for item in unusable:
             log.warning("skipped %s: %s", item.path, cache.error(item.path) or "no audio")
         detector, info = train_detector(config, train_items, val_items, cache, progress, checkpoint)
-    if not distributed.is_main():
-        return None, {}  # rank 0 calibrates and writes the artifact
-    base = scoring_base(config, detector, train_items, cache)
-    scoring, metrics = calibrate(config, base, window_decisions(detector, val_items, cache, params, base))
+        if not distributed.is_main():
+            return None, {}  # rank 0 calibrates and writes the artifact
+        base = scoring_base(config, detector, train_items, cache, progress)
+        scoring, metrics = calibrate(config, base, window_decisions(detector, val_items, cache, params, base, progress, "calibrating on held-out clips"))
     train_seconds = sum(v["seconds"] for v in info.values())
     audio_hours = {role: v["windows"] * params.hop_seconds / 3600 for role, v in info.items()}
     metrics.update({

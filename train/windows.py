@@ -27,6 +27,10 @@ class WindowSet:
     def with_extra(self, extra: np.ndarray) -> "WindowSet":
         return WindowSet(self.frames, self.rows, self.floors, extra)
 
+    def joined(self, other: "WindowSet") -> "WindowSet":
+        """Both sets' cached windows (over the same frames), without extras."""
+        return WindowSet(self.frames, np.concatenate([self.rows, other.rows]), np.concatenate([self.floors, other.floors]))
+
     def raw(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(frames as cached [n, W, M], floors [n, M]) of cached windows `index`, in that order."""
         index = np.asarray(index)
@@ -57,10 +61,11 @@ class WindowSet:
         return mean.float(), std.float()
 
     @classmethod
-    def of(cls, cache: FeatureCache, params: FeatureParams, items: list[Item], call_db: float | None = None, max_per_clip: int = 0) -> "WindowSet":
+    def of(cls, cache: FeatureCache, params: FeatureParams, items: list[Item], call_db: float | None = None, max_per_clip: int = 0, quiet_db: float | None = None) -> "WindowSet":
         """Every window of `items`; with `call_db`, only those whose 2-8 kHz energy is at least
-        `call_db` dB above their clip's median window (the likely calls of a bird clip); with
-        `max_per_clip`, at most that many per clip, evenly spread over it."""
+        `call_db` dB above their clip's median window (the likely calls of a bird clip), or with
+        `quiet_db` only those at most that far above it (its ambience); with `max_per_clip`, at
+        most that many per clip, evenly spread over it."""
         db = cache.memmap()
         rows, floors = [], []
         for item in items:
@@ -71,9 +76,10 @@ class WindowSet:
             starts = window_starts(n, params, final=True)
             clip_rows = entry["offset"] + window_index(starts, n, params)
             keep = np.arange(len(starts))
-            if call_db is not None and len(clip_rows) > 1:
+            if (call_db is not None or quiet_db is not None) and len(clip_rows) > 1:
                 energy = band_energy_db(np.asarray(db[clip_rows]), params)
-                keep = np.nonzero(energy >= np.median(energy) + call_db)[0]
+                above = energy - np.median(energy)
+                keep = np.nonzero(above >= call_db if call_db is not None else above <= quiet_db)[0]
             if max_per_clip and len(keep) > max_per_clip:
                 keep = keep[np.linspace(0, len(keep) - 1, max_per_clip).round().astype(int)]
             rows.append(clip_rows[keep])
