@@ -224,3 +224,34 @@ def test_torchrun_with_two_processes_trains_the_same_model_as_one(dataset, unint
     for role in ("background", "bird"):
         assert ddp[role]["epochs"] == one[role]["epochs"]
         assert ddp[role]["best_val_error"] == pytest.approx(one[role]["best_val_error"], rel=0.10), role
+
+
+def test_grouped_crossval_and_leave_one_block_out_score_every_clip_per_block(tmp_path):
+    """Two blocks of recordings, each cut into clips that share a group: every clip gets an
+    out-of-fold score from a model that never heard its recording, reported per block."""
+    from train.crossval import crossval, leave_out
+
+    rows = ["file\tlabel\tgroup"]
+    for block, sr in (("siteA", 22050), ("siteB", 16000)):
+        (tmp_path / block).mkdir()
+        for rec in range(8):
+            bird = rec % 2
+            for part in range(2):
+                name = f"{block}/r{rec}_{part}.wav"
+                write(tmp_path / name, clip(4.0, sr, [(1.5, 1.0)] if bird else [], seed=hash((block, rec, part)) % 1000), sr)
+                rows.append(f"{name}\t{'bird' if bird else 'nobird'}\t{block}_r{rec}")
+    (tmp_path / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
+    text = TINY_TRAIN_YAML.format(epochs=10).replace("  - kind: bad\n    audio_dir: wav\n    labels: labels.csv", "  - kind: manifest\n    labels: MANIFEST.tsv")
+    text = text.replace("mode: nobird", "mode: contrast").replace("val_fraction: 0.25", "val_fraction: 0.3")
+    (tmp_path / "t.yaml").write_text(text + f"cache_dir: {tmp_path / 'cache'}\n")
+    config = load_train_config(tmp_path / "t.yaml")
+    result = crossval(config, folds=2, seed=0)
+    assert result["clips"] == 32 and set(result["blocks"]) == {"all", "siteA", "siteB"}
+    for block in ("siteA", "siteB"):
+        b = result["blocks"][block]
+        assert b["clips"] == 16 and b["bird"] == 8 and b["model_auc"] >= 0.8, (block, b)
+        assert 0 <= b["nobird_called_bird"] <= 1 and 0 <= b["bird_found"] <= 1
+    assert {r["block"] for r in result["scores"]} == {"siteA", "siteB"} and len(result["scores"]) == 32
+    loso = leave_out(config, ["siteB"])
+    assert list(loso["blocks"]) == ["siteB"] and loso["blocks"]["siteB"]["clips"] == 16
+    assert loso["blocks"]["siteB"]["model_auc"] >= 0.8
