@@ -31,11 +31,11 @@ class SourceConfig:
     block_seconds: float = field(default=0.05, metadata={"above": 0.0, "max": 10.0})
     # mic
     device: str | None = None  # index or part of the name; None: the default input
-    sample_rate: int | None = field(default=None, metadata={"min": 1000})  # None: the model's if the device takes it
+    sample_rate: int | None = field(default=None, metadata={"min": 1000, "max": 768_000})  # None: the model's if the device takes it
     channels: int = field(default=1, metadata={"min": 1, "max": 64})  # captured, then averaged to mono
     block_frames: int = field(default=1024, metadata={"min": 16, "max": 65536})
-    latency: float | None = field(default=None, metadata={"above": 0.0})  # seconds; None: the device's low latency
-    ring_seconds: float = field(default=30.0, metadata={"above": 0.0})
+    latency: float | None = field(default=None, metadata={"above": 0.0, "max": 10.0})  # seconds; None: the device's low latency
+    ring_seconds: float = field(default=30.0, metadata={"above": 0.0, "max": 3600.0})  # an hour of 48 kHz audio is 660 MB
 
     def problems(self):
         if not NAME_PATTERN.match(self.name):
@@ -57,7 +57,7 @@ class ModelConfig:
     batch_windows: int = field(default=64, metadata={"min": 1, "max": 4096})
     # torch intra-op threads. One per pipeline thread measured best on 2 cores (812x vs 613x real
     # time end to end): the source thread decodes on the other core.  0 keeps torch's default.
-    threads: int = field(default=1, metadata={"min": 0})
+    threads: int = field(default=1, metadata={"min": 0, "max": 1024})
 
     def problems(self):
         if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", self.device):
@@ -70,8 +70,8 @@ class DetectorConfig:
 
     on_score: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
     off_score: float = field(default=0.35, metadata={"min": 0.0, "max": 1.0})
-    min_event_s: float = field(default=0.5, metadata={"min": 0.0})
-    merge_gap_s: float = field(default=1.0, metadata={"min": 0.0})
+    min_event_s: float = field(default=0.5, metadata={"min": 0.0, "max": 86400.0})
+    merge_gap_s: float = field(default=1.0, metadata={"min": 0.0, "max": 86400.0})
 
     def problems(self):
         if self.off_score > self.on_score:
@@ -82,14 +82,16 @@ class DetectorConfig:
 class BusConfig:
     endpoint: str = "tcp://127.0.0.1:5556"
     connect: bool = False  # connect to the endpoint (a `streamdet proxy` frontend) instead of binding it
-    wait_subscribers: int = field(default=0, metadata={"min": 0})
-    wait_timeout_s: float = field(default=0.0, metadata={"min": 0.0})  # 0: wait forever
-    status_interval_s: float = field(default=5.0, metadata={"above": 0.0})
+    wait_subscribers: int = field(default=0, metadata={"min": 0, "max": 100_000})
+    wait_timeout_s: float = field(default=0.0, metadata={"min": 0.0, "max": 1e7})  # 0: wait forever
+    status_interval_s: float = field(default=5.0, metadata={"above": 0.0, "max": 86400.0})
     send_hwm: int = field(default=1000, metadata={"min": 1, "max": 10_000_000})
 
     def problems(self):
         if not re.match(r"^(tcp|ipc|inproc)://.+", self.endpoint):
-            yield "endpoint", f"expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {self.endpoint!r}"
+            yield "endpoint", f"expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {self.endpoint[:60]!r}"
+        elif (port := re.match(r"^tcp://.*:(\d+)$", self.endpoint)) and not 1 <= int(port.group(1)) <= 65535:
+            yield "endpoint", f"expected a TCP port from 1 to 65535, found {port.group(1)[:12]}"
 
 
 @dataclass
@@ -98,10 +100,10 @@ class RecordingConfig:
 
     enabled: bool = False
     directory: str = "clips"  # relative to the config file; under systemd, /var/lib/streamdet/clips
-    pre_roll_s: float = field(default=2.0, metadata={"min": 0.0})
-    post_roll_s: float = field(default=2.0, metadata={"min": 0.0})
-    max_age_days: float = field(default=30.0, metadata={"above": 0.0})
-    max_total_mb: float = field(default=1000.0, metadata={"above": 0.0})
+    pre_roll_s: float = field(default=2.0, metadata={"min": 0.0, "max": 60.0})
+    post_roll_s: float = field(default=2.0, metadata={"min": 0.0, "max": 60.0})
+    max_age_days: float = field(default=30.0, metadata={"above": 0.0, "max": 36500.0})
+    max_total_mb: float = field(default=1000.0, metadata={"above": 0.0, "max": 1e9})
 
 
 @dataclass

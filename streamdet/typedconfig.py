@@ -6,6 +6,7 @@ A field may carry metadata: `choices` (allowed values), `min` / `max` (inclusive
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -20,18 +21,47 @@ class ConfigError(Exception):
     pass
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 20
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """Safe YAML without aliases (a configuration never needs them, and an alias bomb expands
+    to gigabytes) and without deep nesting (which exhausts the stack)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a configuration", event.start_mark)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def load_yaml(path: Path | str) -> dict:
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path}: {len(raw)} bytes; a configuration is at most {MAX_CONFIG_BYTES}")
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"config {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"config {path}: not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r} on line {line}); save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_PlainLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"config {path}: not valid YAML{where}: {' '.join(str(getattr(exc, 'problem', None) or exc).split())[:120]}") from None
+    except RecursionError:
+        raise ConfigError(f"config {path}: nested too deeply to be a configuration") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -137,21 +167,30 @@ def _coerce(hint: Any, value: Any, key: str, meta: typing.Mapping) -> Any:
     elif hint is typing.Any or hint is dict:
         return value
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{key}: expected one of {', '.join(map(repr, meta['choices']))}, found {value!r}")
+        raise ConfigError(f"{key}: expected one of {', '.join(map(repr, meta['choices']))}, found {_short(value)}")
     if "min" in meta and value < meta["min"]:
-        raise ConfigError(f"{key}: expected at least {meta['min']}, found {value!r}")
+        raise ConfigError(f"{key}: expected at least {meta['min']}, found {_short(value)}")
     if "max" in meta and value > meta["max"]:
-        raise ConfigError(f"{key}: expected at most {meta['max']}, found {value!r}")
+        raise ConfigError(f"{key}: expected at most {meta['max']}, found {_short(value)}")
     if "above" in meta and value <= meta["above"]:
-        raise ConfigError(f"{key}: expected more than {meta['above']}, found {value!r}")
+        raise ConfigError(f"{key}: expected more than {meta['above']}, found {_short(value)}")
     return value
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 3, 3, 30, 30, 30
+
+
+def _short(value: Any) -> str:
+    """A bad value quoted in an error: a short prefix, never the whole (possibly huge) thing."""
+    text = _REPR.repr(value)
+    return text if len(text) < 40 else text[:37] + "..."
 
 
 def _describe(value: Any) -> str:
     if value is None:
         return "nothing (null)"
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) < 40 else text[:37] + '...'}"
+    return f"{type(value).__name__} {_short(value)}"
 
 
 def _join(where: str, key: str) -> str:

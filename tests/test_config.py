@@ -34,6 +34,14 @@ def test_a_good_config_loads_into_typed_objects(tmp_path):
         ("model: {device: gpu}\nsources: [{path: /tmp}]\n", "model.device", "'auto', 'cpu'"),
         ("- just\n- a list\n", "config", "mapping"),
         ("detector: {on_score: [\n", "config", "not valid YAML"),
+        ("sources:\n  - {path: /tmp, ring_seconds: 1000000}\n", "sources[0].ring_seconds", "expected at most 3600"),
+        ("model: {threads: 100000}\nsources: [{path: /tmp}]\n", "model.threads", "expected at most 1024"),
+        ("bus: {wait_subscribers: 18446744073709551616}\nsources: [{path: /tmp}]\n", "bus.wait_subscribers", "expected at most 100000"),
+        ("bus: {send_hwm: 1000000000000}\nsources: [{path: /tmp}]\n", "bus.send_hwm", "expected at most"),
+        ("bus: {endpoint: 'tcp://127.0.0.1:99999'}\nsources: [{path: /tmp}]\n", "bus.endpoint", "a TCP port from 1 to 65535"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "config", "nested more than 20 levels"),
+        ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n", "config", "aliases (*name) are not allowed"),
+        ("detector: {on_score: '" + "x" * 100000 + "'}\n", "detector.on_score", "found str 'xxxxxxxxxxxx..."),
     ],
 )
 def test_bad_values_name_the_key_and_what_was_expected(tmp_path, text, key, expected):
@@ -43,6 +51,19 @@ def test_bad_values_name_the_key_and_what_was_expected(tmp_path, text, key, expe
     assert message.startswith(f"config {tmp_path / 'c.yaml'}: ")
     assert key in message and expected in message
     assert "\n" not in message
+
+
+def test_a_non_utf8_config_is_named_with_its_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"log:\n  level: info  # caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: not UTF-8 text \(byte b'\\xe9' on line 2\)"):
+        check_config(load_config(path), path)
+
+
+def test_bad_values_are_quoted_as_a_short_prefix(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, "detector: {on_score: '" + "x" * 100000 + "'}\n")
+    assert len(str(err.value)) < 200
 
 
 def test_daemon_exits_nonzero_with_one_line_before_starting(tmp_path):
