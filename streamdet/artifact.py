@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 META_NAME = "streamdet.json"
 POLARITIES = ("high_loss_is_bird", "low_loss_is_bird")
 MODES = ("nobird", "bird", "contrast")
+MODEL_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)  # the daemon resamples every source to one of these
 
 
 class ArtifactError(Exception):
@@ -119,7 +120,9 @@ def load(path: Path | str | None, device: str | torch.device = "auto", optimise:
     try:
         meta = json.loads(extra[META_NAME])
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{where}: {META_NAME} is not valid JSON ({exc})") from None
+        raise ArtifactError(f"{where}: {META_NAME} is not valid JSON ({' '.join(str(exc).split())[:100]})") from None
+    except RecursionError:
+        raise ArtifactError(f"{where}: {META_NAME} is nested too deeply to be a model description") from None
     for problem in metadata_problems(meta):
         raise ArtifactError(f"{where}: {problem}")
     module.eval()
@@ -168,6 +171,12 @@ def metadata_problems(meta: dict):
         return
     for key, text in params.problems():
         yield f"features.{key}: {text}"
+    if params.sample_rate not in MODEL_RATES:
+        yield f"features.sample_rate: expected one of {', '.join(map(str, MODEL_RATES))} Hz, found {str(params.sample_rate)[:20]}"
+        return
+    if not 16 <= params.n_fft <= 16384 or params.n_mels > 512 or params.window_frames > 1000:
+        yield f"features: expected n_fft 16-16384, n_mels at most 512 and window_frames at most 1000, found {params.n_fft}, {params.n_mels}, {params.window_frames}"
+        return
     signs = meta["model"].get("signs")
     if not isinstance(signs, list) or not signs:
         yield f"model.signs: expected a list with one sign per VAE, found {signs!r}"

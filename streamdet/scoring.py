@@ -82,9 +82,12 @@ def energy_problems(energy) -> list[str]:
     for key in ("weight", "loss_centre"):
         if not isinstance(energy.get(key), (int, float)) or not np.isfinite(energy[key]):
             found.append(f"scoring.energy.{key}: expected a finite number, found {energy.get(key)!r}")
-    for key in ("loss_spread", "energy_spread", "context_windows"):
+    for key in ("loss_spread", "energy_spread"):
         if not isinstance(energy.get(key), (int, float)) or not energy[key] > 0:
-            found.append(f"scoring.energy.{key}: expected a positive number, found {energy.get(key)!r}")
+            found.append(f"scoring.energy.{key}: expected a positive number, found {str(energy.get(key))[:30]}")
+    windows = energy.get("context_windows")
+    if isinstance(windows, bool) or not isinstance(windows, int) or not 1 <= windows <= 10000:
+        found.append(f"scoring.energy.context_windows: expected a whole number of windows from 1 to 10000, found {str(windows)[:30]}")
     band = energy.get("band_hz")
     if not (isinstance(band, list) and len(band) == 2 and all(isinstance(b, (int, float)) for b in band) and 0 <= band[0] < band[1]):
         found.append(f"scoring.energy.band_hz: expected [low, high] in Hz, found {band!r}")

@@ -76,8 +76,8 @@ def rewrite_meta(src, dst, change):
     extra = {artifact.META_NAME: ""}
     module = torch.jit.load(str(src), _extra_files=extra)
     meta = json.loads(extra[artifact.META_NAME])
-    change(meta)
-    torch.jit.save(module, str(dst), _extra_files={artifact.META_NAME: json.dumps(meta)})
+    text = change(meta)  # a change may return the text itself, for what json.dumps cannot write
+    torch.jit.save(module, str(dst), _extra_files={artifact.META_NAME: text if isinstance(text, str) else json.dumps(meta)})
     return dst
 
 
@@ -94,6 +94,10 @@ def rewrite_meta(src, dst, change):
         (lambda m: m["features"].update(unknown_param=3), "features: unknown feature parameter"),
         (lambda m: m.pop("provenance"), "provenance: expected an object"),
         (lambda m: m["scoring"].update(energy={"weight": 0.5}), "scoring.energy.loss_centre: expected a finite number"),
+        (lambda m: m["scoring"].update(energy={"weight": 0.5, "loss_centre": 0, "loss_spread": 1, "energy_spread": 1, "band_hz": [2000, 8000], "context_windows": 0.5}), "scoring.energy.context_windows: expected a whole number of windows"),
+        (lambda m: m["features"].update(sample_rate=1_000_000_000), "features.sample_rate: expected one of 8000"),
+        (lambda m: m["features"].update(sample_rate=22051), "features.sample_rate: expected one of 8000"),
+        (lambda m: json.dumps(m)[:-1] + ', "deep": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
     ],
 )
 def test_metadata_the_daemon_cannot_honour_is_refused(tmp_path, change, expected):

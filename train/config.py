@@ -70,6 +70,11 @@ class TrainingConfig:
     # At most this many windows of one clip per VAE and epoch (evenly spread over the clip), so long
     # focal recordings are cut into windows without dominating; 0: no limit.
     max_windows_per_clip: int = field(default=0, metadata={"min": 0})
+    # Outlier exposure (contrast mode): each VAE is also shown the other VAE's windows, and pays
+    # this weight times how far their reconstruction error is below `outlier_margin` (in units of
+    # its training data's variance): it learns its own class and, explicitly, not the other.  0: off.
+    outlier_weight: float = field(default=0.0, metadata={"min": 0.0, "max": 100.0})
+    outlier_margin: float = field(default=1.0, metadata={"above": 0.0, "max": 100.0})
 
 
 @dataclass

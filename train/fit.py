@@ -45,8 +45,10 @@ def new_vae(config: TrainConfig) -> torch.nn.Module:
     return make_vae(m.kind, p.window_frames, p.n_mels, m.hidden, m.latent, m.channels)
 
 
-def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: TrainConfig, device: torch.device, progress: Progress, checkpoint: Checkpoint) -> tuple[VAE, dict]:
-    """Train one VAE; stop when the held-out reconstruction error has not improved for `patience` epochs."""
+def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: TrainConfig, device: torch.device, progress: Progress, checkpoint: Checkpoint, outliers: WindowSet | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train one VAE; stop when the held-out reconstruction error has not improved for `patience`
+    epochs.  With `outliers` (and training.outlier_weight), each step also shows it a batch of
+    them and penalises reconstructing them better than the margin (outlier exposure)."""
     if name in checkpoint.state["done"]:
         done = checkpoint.state["done"][name]
         vae = new_vae(config)
@@ -82,9 +84,15 @@ def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: Trai
         vae.train()
         order = torch.randperm(len(train), generator=generator).numpy()
         total = torch.zeros((), device=device)  # summed on the device: no host sync per step
+        exposed = outliers is not None and len(outliers) > 0 and t.outlier_weight > 0
+        other = torch.randint(len(outliers), (len(order),), generator=generator).numpy() if exposed else None
         for a in range(0, len(order), t.batch_size):
             x = prepare(train.batch(distributed.shard(order[a : a + t.batch_size])))
             loss = vae_loss(x, *model(x), beta=t.beta)
+            if exposed:
+                o = prepare(outliers.batch(distributed.shard(other[a : a + t.batch_size])))
+                recon, _, _ = model(o)
+                loss = loss + t.outlier_weight * torch.relu(t.outlier_margin - (recon - o).pow(2).mean(dim=1)).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -152,7 +160,8 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
     vaes, means, stds, info = [], [], [], {}
     for role in roles:
         mean, std = sets[role][0].band_stats()
-        vae, info[role] = fit_vae(role, *sets[role], mean, std.clamp_min(1e-3), config, device, progress, checkpoint)
+        other = sets["bird" if role == "background" else "background"][0] if config.mode == "contrast" else None
+        vae, info[role] = fit_vae(role, *sets[role], mean, std.clamp_min(1e-3), config, device, progress, checkpoint, other)
         vaes.append(vae)
         means.append(mean)
         stds.append(std.clamp_min(1e-3))
