@@ -9,10 +9,13 @@ decoded is remembered as such until it changes.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,8 +31,10 @@ log = logging.getLogger("train.cache")
 
 
 class FeatureCache:
-    def __init__(self, root: Path | str, params: FeatureParams):
+    def __init__(self, root: Path | str, params: FeatureParams, workers: int | None = None):
+        """`workers`: processes decoding files in parallel (default: one per core, at most 8)."""
         self.params = params
+        self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
         spec = json.dumps({"version": CACHE_VERSION, "frames": params.frame_dict()}, sort_keys=True)
         self.dir = Path(root) / f"logmel-{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -46,21 +51,25 @@ class FeatureCache:
         if not todo:
             return
         task = progress.add_task("features", total=len(todo), info="") if progress else None
-        frontend = LogMel(self.params)
         with self._locked():
             self.index = self._read_index()
             self._cut_torn_tail()
+            todo = [p for p in todo if not self._fresh(p)]
+            workers = min(self.workers, len(todo) // 20)  # a pool pays only for enough files
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) if workers > 1 else None
+            results = pool.map(compute_frames, todo, [self.params] * len(todo), chunksize=4) if pool else map(compute_frames, todo, [self.params] * len(todo))
             try:
                 with open(self._frames_path, "ab") as out:
-                    for path in todo:
-                        if not self._fresh(path):
-                            self.index[_key(path)] = self._compute(path, frontend, out)
-                            self.computed += 1
+                    for path, computed in zip(todo, results):  # in order: appends stay deterministic
+                        self.index[_key(path)] = self._append(path, computed, out)
+                        self.computed += 1
                         if progress:
                             progress.update(task, advance=1, info=path.name[:40])
                     out.flush()
                     os.fsync(out.fileno())
             finally:
+                if pool:
+                    pool.shutdown(cancel_futures=True)
                 # Only what was written whole is indexed (a file interrupted mid-write is not), and the
                 # index is replaced atomically: an interruption keeps every finished file.
                 tmp = self._index_path.with_suffix(".tmp")
@@ -120,26 +129,15 @@ class FeatureCache:
                 done.write_text(str(len(base)))
         return np.load(path, mmap_mode="r") if len(base) else base
 
-    def _compute(self, path: Path, frontend: LogMel, out) -> dict:
-        stat = path.stat()
-        entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        notices: list[str] = []
-        try:
-            samples = load_resampled(path, self.params.sample_rate, notices)
-        except (AudioError, OSError) as exc:
-            return {**entry, "error": str(exc)}
+    def _append(self, path: Path, computed: tuple[dict, np.ndarray | None, list[str]], out) -> dict:
+        entry, frames, notices = computed
         for notice in notices:
             log.warning("%s: %s; using what is there", path, notice)
-        if not np.isfinite(samples).all():
-            return {**entry, "error": "contains NaN or infinite samples"}
-        n = frame_count(len(samples), self.params)
-        frames = np.zeros((0, self.params.n_mels), np.float32)
-        if n:
-            with torch.no_grad():
-                frames = frontend(torch.from_numpy(samples[: (n - 1) * self.params.hop_length + self.params.n_fft])).numpy()
+        if frames is None:
+            return entry
         offset = out.tell() // (4 * self.params.n_mels)
         out.write(np.ascontiguousarray(frames, dtype=np.float32).tobytes())
-        return {**entry, "offset": offset, "n_frames": int(len(frames)), "seconds": round(len(samples) / self.params.sample_rate, 3)}
+        return {**entry, "offset": offset, "n_frames": int(len(frames))}
 
     def _fresh(self, path: Path) -> bool:
         entry = self.index.get(_key(path))
@@ -168,6 +166,35 @@ class FeatureCache:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@functools.lru_cache(maxsize=4)
+def _frontend(params: FeatureParams) -> LogMel:
+    return LogMel(params)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def compute_frames(path: Path, params: FeatureParams) -> tuple[dict, np.ndarray | None, list[str]]:
+    """(index entry, log-mel frames or None, notices) of one file: decoding and the front end,
+    runnable in a worker process."""
+    stat = path.stat()
+    entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    notices: list[str] = []
+    try:
+        samples = load_resampled(path, params.sample_rate, notices)
+    except (AudioError, OSError) as exc:
+        return {**entry, "error": str(exc)}, None, notices
+    if not np.isfinite(samples).all():
+        return {**entry, "error": "contains NaN or infinite samples"}, None, notices
+    n = frame_count(len(samples), params)
+    frames = np.zeros((0, params.n_mels), np.float32)
+    if n:
+        with torch.no_grad():
+            frames = _frontend(params)(torch.from_numpy(samples[: (n - 1) * params.hop_length + params.n_fft])).numpy()
+    return {**entry, "seconds": round(len(samples) / params.sample_rate, 3)}, frames, notices
 
 
 def _key(path: Path) -> str:
