@@ -114,7 +114,8 @@ def load(path: Path | str | None, device: str | torch.device = "auto", optimise:
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as exc:
-        raise ArtifactError(f"{where}: not a TorchScript archive ({' '.join(str(exc).split())[:160]})") from None
+        reason = " ".join(str(exc).split())
+        raise ArtifactError(f"{where}: not a TorchScript archive ({reason if len(reason) <= 100 else reason[:100] + '...'})") from None
     if not extra[META_NAME]:
         raise ArtifactError(f"{where}: no {META_NAME} metadata inside; it was not exported by streamdet")
     try:

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -255,7 +256,21 @@ def cmd_devices(args) -> int:
 def cmd_listen(args) -> int:
     from .listen import listen
 
+    import zmq
+
     topics = tuple(args.topic) or ("",)
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError(f"--timeout: expected a positive number of seconds, found {args.timeout:g}")
+    if not re.match(r"^(tcp|ipc|inproc)://.+", args.endpoint):
+        raise UserError(f"--endpoint: expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {args.endpoint[:60]!r}")
+    if args.jsonl is not None and not args.jsonl.parent.is_dir():
+        raise UserError(f"--jsonl {args.jsonl}: no such folder {args.jsonl.parent}")
+    try:
+        from .bus import Subscriber
+
+        Subscriber(args.endpoint).close()  # a malformed address fails here, with ZeroMQ's reason
+    except zmq.ZMQError as exc:
+        raise UserError(f"--endpoint {args.endpoint[:60]}: {zmq.strerror(exc.errno)}") from None
     listen(args.endpoint, topics=topics, sources=tuple(args.source), jsonl=args.jsonl, until_finished=args.until_finished, timeout_s=args.timeout, live=not args.quiet)
     return 0
 
@@ -279,6 +294,11 @@ def cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     if args.data is not None and not args.data.is_dir():
         raise UserError(f"--data {args.data}: not a directory")
+    if args.data is not None:
+        from .audio import AUDIO_SUFFIXES, list_audio_candidates
+
+        if not any(p.suffix.lower() in AUDIO_SUFFIXES for p in list_audio_candidates(args.data)):
+            raise UserError(f"--data {args.data}: no audio files to measure with")
     try:
         if args.mic is not None:
             from .bench import run_mic_bench
@@ -286,8 +306,8 @@ def cmd_bench(args) -> int:
             results = run_mic_bench(args.mic, args.seconds, args.model)
         else:
             results = run_bench(args.data, args.model, args.device, max(1, args.passes))
-    except (ArtifactError, RuntimeError) as exc:
-        raise UserError(str(exc)) from None
+    except (ArtifactError, RuntimeError, ValueError) as exc:
+        raise UserError(" ".join(str(exc).split())[:200]) from None
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -27,3 +27,21 @@ def test_bench_prints_its_figures(tiny_model, tmp_path):
     got = json.loads(figures.read_text())
     assert got["audio_s"] == 40.0 and got["end_to_end_missed"] == 0
     assert got["end_to_end_x"] > 1 and got["latency_ms_scripted"]["p99"] > 0
+
+
+def test_front_door_mistakes_are_one_line_and_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "some.mp3").write_bytes(b"\xff\xfb" + bytes(range(256)) * 8)
+    cases = [
+        (("listen", "--endpoint", "nonsense"), "--endpoint: expected a ZeroMQ endpoint"),
+        (("listen", "--jsonl", str(tmp_path / "missing" / "x.jsonl")), "no such folder"),
+        (("listen", "--timeout", "-1"), "--timeout: expected a positive number"),
+        (("bench", "--data", str(tmp_path / "empty")), "no audio files to measure with"),
+        (("run", "--model", str(tmp_path / "some.mp3"), "--replay", str(tmp_path / "empty")), "not a TorchScript archive ("),
+    ]
+    for args, expected in cases:
+        result = subprocess.run(streamdet_command(*args), capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert result.returncode == 2, (args, result.stderr[-500:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr, (args, result.stderr[-500:])
+        assert not args[0] == "run" or lines[0].endswith("...)")  # a long reason is cut with a mark, never mid-sentence
