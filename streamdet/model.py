@@ -8,7 +8,9 @@ The loss is a signed sum of per-VAE reconstruction errors: one VAE with sign +1 
 single-class modes, or a background VAE (+1) and a bird VAE (-1) for the contrast mode.  With
 `log_errors` each band's error enters as its logarithm, so the contrast is a per-band log ratio
 (which VAE explains the band better, by what factor) rather than a difference that grows with
-how loud and busy a window is.
+how loud and busy a window is.  With `peak_frames` k > 0 the window's errors are not averaged
+over all its frames but taken where the contrast peaks: over the k consecutive frames whose mean
+is highest (a 100-ms call fills 5 of a window's 49 frames; the mean over all of them dilutes it).
 """
 from __future__ import annotations
 
@@ -115,7 +117,7 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: tor
 
 
 class Detector(nn.Module):
-    def __init__(self, frontend: LogMel, vaes: List[nn.Module], signs: List[float], mean: torch.Tensor, std: torch.Tensor, window_frames: int, log_errors: bool = False):
+    def __init__(self, frontend: LogMel, vaes: List[nn.Module], signs: List[float], mean: torch.Tensor, std: torch.Tensor, window_frames: int, log_errors: bool = False, peak_frames: int = 0):
         """`mean` and `std` are [n_vaes, n_mels]: each VAE sees windows normalised by its own training data."""
         super().__init__()
         if len(vaes) != len(signs) or mean.shape[0] != len(vaes) or std.shape != mean.shape:
@@ -128,6 +130,7 @@ class Detector(nn.Module):
         self.window_frames = window_frames
         self.n_mels = int(mean.shape[1])
         self.log_errors = log_errors
+        self.peak_frames = min(peak_frames, window_frames)
         self.log_floor = 1e-3  # errors are in units of the training data's variance; below this is noise
 
     @torch.jit.export
@@ -136,14 +139,23 @@ class Detector(nn.Module):
 
     @torch.jit.export
     def band_errors(self, windows: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(windows.shape[0], self.n_mels, device=windows.device, dtype=windows.dtype)
+        b = windows.shape[0]
+        frames = 1 if self.peak_frames == 0 else self.window_frames
+        total = torch.zeros(b, frames, self.n_mels, device=windows.device, dtype=windows.dtype)
         for i, vae in enumerate(self.vaes):
-            x = ((windows - self.mean[i]) / self.std[i]).reshape(windows.shape[0], -1)
-            err = (vae.reconstruct(x) - x).pow(2).reshape(windows.shape[0], self.window_frames, self.n_mels).mean(dim=1)
+            x = ((windows - self.mean[i]) / self.std[i]).reshape(b, -1)
+            err = (vae.reconstruct(x) - x).pow(2).reshape(b, self.window_frames, self.n_mels)
+            if self.peak_frames == 0:
+                err = err.mean(dim=1, keepdim=True)
             if self.log_errors:
                 err = torch.log(err + self.log_floor)
             total = total + self.signs[i] * err
-        return total
+        if self.peak_frames == 0:
+            return total[:, 0]
+        # Moving averages over peak_frames frames; the window's bands are those of the best stretch.
+        smooth = nn.functional.avg_pool1d(total.transpose(1, 2), self.peak_frames, stride=1).transpose(1, 2)
+        best = smooth.mean(dim=2).argmax(dim=1)
+        return smooth[torch.arange(b, device=windows.device), best]
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         return self.band_errors(windows).mean(dim=1)
@@ -154,7 +166,7 @@ ARCH_KINDS = {"mlp": "mlp_vae", "conv": "conv_vae"}
 
 def architecture(detector: Detector, kind: str, hidden: int, latent: int, channels: int) -> dict:
     """The description stored in an artifact's metadata, enough to rebuild the module eagerly."""
-    arch = {"kind": ARCH_KINDS[kind], "latent": latent, "signs": detector.signs.tolist(), "log_errors": detector.log_errors}
+    arch = {"kind": ARCH_KINDS[kind], "latent": latent, "signs": detector.signs.tolist(), "log_errors": detector.log_errors, "peak_frames": detector.peak_frames}
     arch.update({"channels": channels} if kind == "conv" else {"hidden": hidden})
     return arch
 
@@ -165,6 +177,6 @@ def rebuild_eager(scripted: torch.nn.Module, arch: dict, frontend: LogMel, windo
     vaes = [make_vae(kind, window_frames, n_mels, arch.get("hidden", 0), arch["latent"], arch.get("channels", 0)) for _ in arch["signs"]]
     state = scripted.state_dict()
     k = len(arch["signs"])
-    detector = Detector(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch.get("log_errors", False))
+    detector = Detector(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch.get("log_errors", False), arch.get("peak_frames", 0))
     detector.load_state_dict(state)
     return detector.eval()

@@ -11,11 +11,11 @@ from streamdet.model import Detector, architecture, make_vae, rebuild_eager
 P = FeatureParams()
 
 
-def make_detector(signs=(1.0,), kind="mlp", log_errors=False):
+def make_detector(signs=(1.0,), kind="mlp", log_errors=False, peak_frames=0):
     torch.manual_seed(0)
     vaes = [make_vae(kind, P.window_frames, P.n_mels, hidden=32, latent=4, channels=4) for _ in signs]
     k = len(signs)
-    return Detector(LogMel(P), vaes, list(signs), torch.full((k, P.n_mels), -60.0), torch.full((k, P.n_mels), 12.0), P.window_frames, log_errors).eval()
+    return Detector(LogMel(P), vaes, list(signs), torch.full((k, P.n_mels), -60.0), torch.full((k, P.n_mels), 12.0), P.window_frames, log_errors, peak_frames).eval()
 
 
 def make_meta(detector, **scoring):
@@ -34,9 +34,9 @@ def windows_of_noise(seconds=3.0):
     return offline_windows((rng.standard_normal(int(seconds * P.sample_rate)) * 0.05).astype(np.float32), P)[1]
 
 
-@pytest.mark.parametrize("kind,log_errors", [("conv", False), ("conv", True), ("mlp", True)])
-def test_every_vae_kind_scripts_saves_and_rebuilds_eagerly(tmp_path, kind, log_errors):
-    detector = make_detector((1.0, -1.0), kind, log_errors)
+@pytest.mark.parametrize("kind,log_errors,peak_frames", [("conv", False, 0), ("conv", True, 0), ("mlp", True, 0), ("mlp", False, 5)])
+def test_every_vae_kind_scripts_saves_and_rebuilds_eagerly(tmp_path, kind, log_errors, peak_frames):
+    detector = make_detector((1.0, -1.0), kind, log_errors, peak_frames)
     path = artifact.save(detector, make_meta(detector), tmp_path / "m.pt")
     model = artifact.load(path, "cpu", optimise=True)
     w = windows_of_noise()
@@ -48,6 +48,10 @@ def test_every_vae_kind_scripts_saves_and_rebuilds_eagerly(tmp_path, kind, log_e
     assert torch.allclose(eager, expected, atol=1e-5)
     losses, bands = model.errors(w)
     assert np.allclose(bands.mean(axis=1), losses, atol=1e-5)  # the contract: the loss is the bands' mean
+    if peak_frames:  # the same VAEs, averaged over the whole window: the peak stretch is never lower
+        whole = make_detector((1.0, -1.0), kind, log_errors, 0)
+        with torch.no_grad():
+            assert (expected >= whole(w) - 1e-6).all() and (expected > whole(w) + 1e-3).any()
 
 
 @pytest.mark.parametrize("signs", [(1.0,), (1.0, -1.0)])

@@ -55,6 +55,7 @@ class ModelConfig:
     channels: int = field(default=8, metadata={"min": 1, "max": 512})  # conv: channels of the first stage (then x2, x4)
     latent: int = field(default=16, metadata={"min": 1, "max": 4096})
     log_errors: bool = False  # contrast per band as a log ratio of the VAEs' errors (streamdet.model.Detector)
+    peak_frames: int = field(default=0, metadata={"min": 0, "max": 1000})  # 0: errors averaged over the window; k: where k frames peak
 
 
 @dataclass
