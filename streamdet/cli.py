@@ -271,7 +271,10 @@ def cmd_listen(args) -> int:
         Subscriber(args.endpoint).close()  # a malformed address fails here, with ZeroMQ's reason
     except zmq.ZMQError as exc:
         raise UserError(f"--endpoint {args.endpoint[:60]}: {zmq.strerror(exc.errno)}") from None
-    listen(args.endpoint, topics=topics, sources=tuple(args.source), jsonl=args.jsonl, until_finished=args.until_finished, timeout_s=args.timeout, live=not args.quiet)
+    view = listen(args.endpoint, topics=topics, sources=tuple(args.source), jsonl=args.jsonl, until_finished=args.until_finished, timeout_s=args.timeout, live=not args.quiet)
+    if not view.received and args.timeout:
+        print(f"streamdet: no message arrived from {args.endpoint} within {args.timeout:g} s (is a daemon publishing there?)", file=sys.stderr)
+        return 1
     return 0
 
 

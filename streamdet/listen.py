@@ -169,6 +169,7 @@ def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, .
         ready()
     last_draw = 0.0
     last_message = time.monotonic()
+    received = 0
     try:
         with Live(view.render(), console=console, auto_refresh=False, transient=False) if live else _NoLive() as display:
             while True:
@@ -180,6 +181,7 @@ def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, .
                         display.update(view.render(), refresh=True)
                     continue
                 last_message = time.monotonic()
+                received += 1
                 topic, msg = got
                 if sources and msg.get("source") not in (None, *sources):
                     continue
@@ -198,6 +200,7 @@ def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, .
         subscriber.close()
         if out:
             out.close()
+    view.received = received
     return view
 
 

@@ -45,3 +45,8 @@ def test_front_door_mistakes_are_one_line_and_exit_2(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr, (args, result.stderr[-500:])
         assert not args[0] == "run" or lines[0].endswith("...)")  # a long reason is cut with a mark, never mid-sentence
+
+
+def test_listen_to_an_address_nobody_publishes_on_says_so_and_fails():
+    result = subprocess.run(streamdet_command("listen", "--endpoint", "tcp://127.0.0.1:1", "--timeout", "1", "--quiet"), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 1 and "no message arrived from tcp://127.0.0.1:1 within 1 s" in result.stderr
