@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--mode", choices=("nobird", "bird", "contrast"), help="override mode")
     fit.add_argument("--resume", action="store_true", help="continue from the checkpoint next to the output")
     fit.add_argument("--cache", type=Path, help="feature cache folder (default: the config's cache_dir, else ~/.cache/streamdet/features)")
+    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set model.kind=conv")
     threads_arg(fit)
     fit.set_defaults(handler=cmd_fit)
 
