@@ -3,7 +3,7 @@
 Stage 1 cross-validates (grouped by recording, per block) the contrast detector over both front ends
 and both VAE kinds; the winner is the one with the best mean AUC over the blocks that hold both
 classes.  Stage 2 varies the winner: the seed's two single-VAE readings (nobird, bird) and the
-energy term off.  The final choice (again by cross-validation alone) is then scored leaving each
+energy term switched (on if the config has it off, off if on).  The final choice (again by cross-validation alone) is then scored leaving each
 block out.  Only after choosing is every variant trained on all development data and measured once
 on the evaluation clips: that column is reported, never used.  Each variant's results are kept in
 `OUT/variants/` under a hash of its configuration, so an interrupted study resumes."""
@@ -103,7 +103,7 @@ def study(config: TrainConfig, eval_data: Path | None, eval_labels: Path | None,
     cv1 = run_all(stage1, "crossval")
     best = stage1[int(np.argmax([both_class_mean(r) for r in cv1]))]
     stage2 = [variant(config, m, best.model.kind, best.features.kind, energy) for m in ("nobird", "bird")]
-    stage2 += [variant(config, "contrast", best.model.kind, best.features.kind, 0.0)] if energy else []
+    stage2.append(variant(config, "contrast", best.model.kind, best.features.kind, 0.0 if energy else 0.5))  # the energy term on/off
     cv2 = run_all(stage2, "crossval")
     rows = list(zip(stage1 + stage2, cv1 + cv2))
     chosen = max(rows, key=lambda r: both_class_mean(r[1]))[0]
