@@ -93,7 +93,10 @@ class ClipRecorder:
             self._retain()
         except (OSError, RuntimeError) as exc:  # a full disk among them (libsndfile's errors are RuntimeErrors): report it, keep detecting
             self.failed += 1
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # its folder may be what failed (a file where the folder should be)
+                pass
             reason = f"could not write {job.path}: {getattr(exc, 'strerror', None) or ' '.join(str(exc).split())[:160]}"
             self.errors.append(reason)
             log.error("%s: clip recording failed: %s", self.source, reason)
