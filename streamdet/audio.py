@@ -6,6 +6,7 @@ daemon and for training alike, so the two can never disagree about what a file s
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -27,16 +28,30 @@ def list_audio_candidates(directory: Path) -> list[Path]:
 
     Non-audio files are returned too, so that the caller can report them rather than
     silently ignoring something the user put there."""
-    return sorted(p for p in directory.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    # Not only regular files: a FIFO, a device or a dangling or looping symlink is there too, and is
+    # reported as what it is instead of being passed over in silence.
+    return sorted(p for p in directory.rglob("*") if (p.is_symlink() or not p.is_dir()) and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+
+
+def sf_name(path: Path):
+    """The name to give libsndfile: bytes, so that a file name that is not UTF-8 still opens."""
+    return os.fsencode(path)
 
 
 def probe(path: Path) -> sf._SoundFileInfo:
     if path.suffix.lower() not in AUDIO_SUFFIXES:
         raise AudioError(f"not an audio file (suffix {path.suffix or 'none'!r}; expected one of {', '.join(sorted(AUDIO_SUFFIXES))})")
+    try:
+        if not path.is_file():
+            raise AudioError("not a regular file (a FIFO, a device, or a dangling or looping symlink)")
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise AudioError(f"cannot read: {(exc.strerror or str(exc)).lower()}") from None
     if path.stat().st_size == 0:
         raise AudioError("empty file (0 bytes)")
     try:
-        info = sf.info(str(path))
+        info = sf.info(sf_name(path))
     except Exception as exc:  # libsndfile reports every decoding problem as a RuntimeError or LibsndfileError
         raise AudioError(f"cannot decode: {_one_line(exc).replace(repr(str(path)), 'it')}") from None
     if info.frames <= 0 or info.samplerate <= 0:
@@ -47,7 +62,7 @@ def probe(path: Path) -> sf._SoundFileInfo:
 def read_mono_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
     """Yield mono float32 blocks at the file's own rate, downmixing by averaging channels."""
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(sf_name(path)) as f:
             while True:
                 block = f.read(block_frames, dtype="float32", always_2d=True)
                 if block.shape[0] == 0:

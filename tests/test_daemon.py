@@ -73,8 +73,10 @@ def test_replay_publishes_every_window_events_at_the_calls_and_a_final_status(ti
     assert "digital silence" in reports["d_silence.wav"]["reason"]
     assert "NaN" in reports["e_nan.wav"]["reason"] and "1.50 s" in reports["e_nan.wav"]["reason"]
     assert "absurd" in reports["e_huge.wav"]["reason"] and "1.20 s" in reports["e_huge.wav"]["reason"]
+    assert reports["e_nan.wav"]["kind"] == reports["e_huge.wav"]["kind"] == "notice"  # played in part: not also skipped
     assert reports["f_truncated.wav"]["kind"] == "notice" and "truncated" in reports["f_truncated.wav"]["reason"]
-    assert source["files_skipped"] == 5 and source["files_played"] == 5
+    # Every file is counted once: played (in whole or in part) or skipped.
+    assert source["files_skipped"] == 3 and source["files_played"] == 5
     for name in ("b_notes.txt", "b_zero.wav", "d_silence.wav", "e_nan.wav", "e_huge.wav"):
         assert name in stderr
 

@@ -1,4 +1,6 @@
 """Feature front end: streaming equals offline, resampling equals whole-file resampling, decoding of every format."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -139,6 +141,20 @@ def test_unusable_files_say_why(tmp_path, name, content, expected):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(AudioError, match=expected):
         probe(tmp_path / name)
+
+
+def test_a_fifo_is_reported_and_a_name_that_is_not_utf8_still_plays(tmp_path):
+    import os
+
+    from streamdet.audio import list_audio_candidates
+
+    os.mkfifo(tmp_path / "pipe.wav")
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.wav")  # Latin-1 bytes, as old recorders name files
+    os.rename(write(tmp_path / "plain.wav", clip(1.0, 22050, seed=4), 22050), os.fsencode(odd))
+    assert [p.name for p in list_audio_candidates(tmp_path)] == sorted([Path(odd).name, "pipe.wav"])
+    with pytest.raises(AudioError, match="not a regular file"):
+        probe(tmp_path / "pipe.wav")
+    assert len(load_resampled(Path(odd), 22050)) == 22050
 
 
 def test_feature_params_reject_impossible_values():

@@ -144,9 +144,13 @@ class ReplaySource:
         self._write(samples)
 
     def _end(self, reason: str, shown: str) -> None:
+        """A file that went bad part of the way: played up to there (a notice), or skipped if
+        nothing of it had been played, never both."""
         if self._started:
             self.markers.append(SegmentEnd(self.ring.write_pos))
-        self.markers.append(Skipped(self.ring.write_pos, shown, reason))
+            self.markers.append(Notice(self.ring.write_pos, shown, f"played up to here: {reason}"))
+        else:
+            self.markers.append(Skipped(self.ring.write_pos, shown, reason))
 
     def _write(self, samples: np.ndarray) -> None:
         if math.isinf(self.speed):
