@@ -80,11 +80,22 @@ class StreamingResampler:
     samples [k*orig - width, (k+1)*orig + width), so the last `orig + width` input samples are held
     back until more arrive or the stream is flushed."""
 
+    MAX_TERMS = 2000  # the kernel has orig/gcd phases: 640 at most between the usual rates
+
     def __init__(self, orig_rate: int, new_rate: int):
         self.orig_rate, self.new_rate = int(orig_rate), int(new_rate)
         self.passthrough = self.orig_rate == self.new_rate
         if self.passthrough:
             return
+        # An odd rate (44,056 Hz) makes the exact ratio's terms, and the kernel, enormous (8 GB):
+        # such audio is read as if at the nearest multiple of 50 Hz, a pitch and speed error of at
+        # most 25 Hz / rate (0.06% at 44 kHz), inaudible to a detector, in bounded memory.
+        g = math.gcd(self.orig_rate, self.new_rate)
+        if max(self.orig_rate, self.new_rate) // g > self.MAX_TERMS:
+            self.orig_rate = max(50, round(self.orig_rate / 50) * 50)
+            self.passthrough = self.orig_rate == self.new_rate
+            if self.passthrough:
+                return
         resample = Resample(self.orig_rate, self.new_rate)
         g = math.gcd(self.orig_rate, self.new_rate)
         self._orig, self._new = self.orig_rate // g, self.new_rate // g

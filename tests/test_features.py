@@ -157,6 +157,20 @@ def test_a_fifo_is_reported_and_a_name_that_is_not_utf8_still_plays(tmp_path):
     assert len(load_resampled(Path(odd), 22050)) == 22050
 
 
+@pytest.mark.parametrize("rate", [44056, 11127, 22049])
+def test_odd_sample_rates_resample_in_bounded_memory(tmp_path, rate):
+    """The exact kernel for 44,056 -> 22,050 Hz has 22,028 phases (8 GB); it is approximated."""
+    import resource
+
+    from audiogen import chirps, noise
+
+    path = write(tmp_path / "odd.wav", chirps(noise(3.0, rate, seed=8), rate, 1.0, 1.0), rate)  # made at the odd rate itself
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = load_resampled(path, 22050)
+    assert abs(len(out) - 3.0 * 22050) < 3.0 * 22050 * 0.003  # the length within 0.3%
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 200  # MiB
+
+
 def test_feature_params_reject_impossible_values():
     problems = dict(FeatureParams(hop_frames=60).problems())
     assert "hop_frames" in problems and "at most window_frames" in problems["hop_frames"]
