@@ -122,6 +122,7 @@ class Channel:
         self.explainer = BandExplainer(self.params, 1.0 if model.polarity == "high_loss_is_bird" else -1.0)
         self.resampler = StreamingResampler(self.rate, self.params.sample_rate)
         self.read_chunk = int(self.batch_windows * self.params.hop_seconds * self.rate)
+        self.flush_windows = self.batch_windows
         self.tracker.config = detector
         if not recording.enabled:
             self.recorder_finish()
@@ -132,6 +133,9 @@ class Channel:
             self.recorder.configure(recording)  # clips still waiting for their post-roll keep waiting
         # A replay waits for room in its ring; keep half of it behind the reader for clips' pre-roll.
         self.ring.keep_behind = self.ring.capacity // 2 if recording.enabled else 0
+        if recording.enabled:  # small reads and batches, so that what a clip needs is still behind the reader
+            self.read_chunk = min(self.read_chunk, self.ring.capacity // 8)
+            self.flush_windows = max(1, min(self.batch_windows, int(self.read_chunk / (self.params.hop_seconds * self.rate))))
 
     def replace_model(self, model: Model, detector: DetectorConfig, recording: RecordingConfig) -> None:
         """SIGHUP: finish the current segment with the old model, go on with the new one."""
@@ -189,12 +193,20 @@ class Channel:
             self.samples_scored += len(samples)
             self._frame(self.resampler.process(samples))
             did = True
-        if self._queued_windows >= self.batch_windows or (self._queue and self.ring.write_pos == self.ring.read_pos):
+        if self._queued_windows >= self.flush_windows or (self._queue and self.ring.write_pos == self.ring.read_pos):
             self._flush()
         if self.recorder is not None:
             self.recorder.poll()
             self._take_recorder_errors()
+            self._hold_for_clips()
         return did
+
+    def _hold_for_clips(self) -> None:
+        """A waiting writer (replay) must not overwrite audio a planned clip still needs; at most
+        the ring less a few reads is held, so the writer can always go on."""
+        oldest = self.recorder.oldest_needed()
+        need = self.ring.read_pos - oldest if oldest is not None else 0
+        self.ring.keep_behind = max(self.ring.capacity // 2, min(need, self.ring.capacity - 2 * self.read_chunk))
 
     def _begin(self, segment: SegmentStart) -> None:
         self.segment = segment

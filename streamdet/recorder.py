@@ -64,6 +64,10 @@ class ClipRecorder:
         self.jobs.append(_Job(path, start, end, sidecar))
         return path
 
+    def oldest_needed(self) -> int | None:
+        """The earliest ring position a planned clip still needs, if any."""
+        return min((j.start for j in self.jobs), default=None)
+
     def poll(self, final: bool = False) -> None:
         """Write every clip whose audio is all in (or whatever is left, when the stream ends)."""
         ready = [j for j in self.jobs if final or self.ring.write_pos >= j.end]

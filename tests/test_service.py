@@ -1,5 +1,6 @@
 """Running for months: systemd notify and watchdog, signals, reload, clip recording, the proxy, logs."""
 import json
+from pathlib import Path
 import os
 import re
 import shutil
@@ -146,6 +147,28 @@ def test_events_are_recorded_with_pre_and_post_roll_taken_from_the_stream(tiny_m
         np.testing.assert_allclose(recorded, audio[a : a + len(recorded)], atol=2e-5)  # 24-bit FLAC of the very samples scored
     final = got[-1][1]["sources"]["yard"]["recording"]
     assert final["written"] == 2 and final["failed"] == 0
+
+
+def test_clips_recorded_at_max_pace_hold_all_the_audio_they_announce(tiny_model, tmp_path, endpoint):
+    """At --pace max the reader takes large reads and the writer races ahead: a clip must still
+    find its pre-roll and its post-roll in the ring (24 files, 288 s, through a 30 s ring)."""
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    for i in range(24):
+        write(replay / f"f{i:02d}.wav", clip(12.0, 22050, [(4.0, 2.0), (9.0, 1.5)], seed=40 + i), 22050)
+    clips = tmp_path / "clips"
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{min_event_s: 1.4}}\nrecording: {{enabled: true, directory: {clips}, pre_roll_s: 2.0, post_roll_s: 2.0}}\n")
+    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
+    got = collect(endpoint, timeout_s=120)
+    assert daemon.wait(60) == 0
+    ends = [m for _, m, _ in got if m["type"] == "event" and m["state"] == "end"]
+    assert len(ends) >= 24
+    for end in ends:
+        path = Path(end["clip"])
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        assert not sidecar["truncated"], json.dumps(sidecar)
+        assert sf.info(str(path)).duration == pytest.approx(sidecar["clip_end"] - sidecar["clip_start"], abs=1e-3) and sf.info(str(path)).duration > 2.0
 
 
 def test_retention_deletes_the_oldest_clips_beyond_age_and_size(tiny_model, tmp_path, endpoint):
