@@ -160,6 +160,7 @@ def build_config(args):
 
 DRAIN_S = 10.0  # after the last message, how long queued messages may take to reach their subscribers
 EXIT_UNDELIVERED = 3  # the run ended, but not every message reached every subscriber
+EXIT_SOURCE_FAILED = 1  # a source's thread died: the stream did not finish
 
 
 def cmd_run(args) -> int:
@@ -207,6 +208,10 @@ def cmd_run(args) -> int:
     finally:
         # Queued messages get the rest of the grace period to reach their subscribers.
         delivered = publisher.close(DRAIN_S, wait=True) or not wait  # live subscribers lose what they cannot take
+    failed = [f"{c.name}: {c.source.failed}" for c in daemon.channels if getattr(c.source, "failed", None)]
+    if failed:  # a source that died did not finish: systemd's Restart=on-failure must see it
+        logging.getLogger("streamdet").error("source(s) failed, the stream is incomplete: %s", "; ".join(failed))
+        return EXIT_SOURCE_FAILED
     lost = []
     if publisher.dropped:
         lost.append(f"{publisher.dropped} message(s) given up at the shutdown deadline")

@@ -218,3 +218,30 @@ def test_a_send_blocked_by_a_subscriber_that_never_reads_gives_up_at_the_deadlin
     stuck.close(0)
     publisher.close()
     publisher.context.term()
+
+
+def test_a_replay_thread_that_dies_is_a_failure_not_a_finish(tmp_path, monkeypatch):
+    """A crash in the replay thread (an allocation failure, a bug) ends the stream with a report
+    and marks the source failed, which the daemon turns into a non-zero exit."""
+    from streamdet.config import SourceConfig
+    from streamdet.ringbuffer import RingBuffer
+    from streamdet.sources import Finished, Skipped
+    from streamdet.sources.replay import ReplaySource
+
+    folder = _many_short_files(tmp_path / "files", n=3, seconds=1.0)
+    source = ReplaySource(SourceConfig(kind="replay", name="r", path=str(folder), pace="max"), 22050, RingBuffer(22050 * 30))
+    real_play = source._play
+
+    def dies_on_the_second(path):
+        if path.name == "f001.wav":
+            raise MemoryError("cannot allocate 8.3 GB")
+        return real_play(path)
+
+    monkeypatch.setattr(source, "_play", dies_on_the_second)
+    source.start()
+    source.join(30)
+    markers = list(source.markers)
+    assert isinstance(markers[-1], Finished)
+    skipped = [m for m in markers if isinstance(m, Skipped)]
+    assert len(skipped) == 1 and "replay failed: MemoryError: cannot allocate 8.3 GB" in skipped[0].reason
+    assert source.failed == "MemoryError: cannot allocate 8.3 GB" and source.describe()["failed"] == source.failed

@@ -39,6 +39,7 @@ class ReplaySource:
         self.block = max(1, int(config.block_seconds * sample_rate))
         self.markers: deque = deque()
         self.current_file: str | None = None
+        self.failed: str | None = None  # why the replay thread died, if it did: an error, never a finish
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"replay-{self.name}", daemon=True)
         self._t0 = 0.0
@@ -52,7 +53,7 @@ class ReplaySource:
         pass  # markers are appended in order by the replay thread itself
 
     def describe(self) -> dict:
-        return {"path": str(self.directory), "pace": "max" if math.isinf(self.speed) else f"{self.speed:g}x", "loop": self.loop}
+        return {"path": str(self.directory), "pace": "max" if math.isinf(self.speed) else f"{self.speed:g}x", "loop": self.loop, "failed": self.failed}
 
     def start(self) -> None:
         self._t0, self._pos0 = time.monotonic(), self.ring.write_pos
@@ -74,7 +75,8 @@ class ReplaySource:
                     self._stop.wait(RESCAN_SECONDS)
         except Exception as exc:  # a bug must still end the stream properly, and be seen
             log.exception("replay source %s failed", self.name)
-            self.markers.append(Skipped(self.ring.write_pos, str(self.directory), f"replay failed: {exc}"))
+            self.failed = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            self.markers.append(Skipped(self.ring.write_pos, self.current_file or str(self.directory), f"replay failed: {self.failed}; the files after it were not played"))
         finally:
             self.current_file = None
             self.markers.append(Finished(self.ring.write_pos))
