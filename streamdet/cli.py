@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     listen.set_defaults(handler=cmd_listen)
 
     proxy = sub.add_parser("proxy", help="one bus for many daemons: ZeroMQ's XSUB/XPUB proxy")
-    proxy.add_argument("--frontend", default="tcp://*:5559", help="where daemons publish (they run with --connect FRONTEND)")
-    proxy.add_argument("--backend", default="tcp://*:5560", help="where subscribers connect")
+    proxy.add_argument("--frontend", default="tcp://127.0.0.1:5559", help="where daemons publish (they run with --connect FRONTEND); loopback unless told, e.g. tcp://*:5559")
+    proxy.add_argument("--backend", default="tcp://127.0.0.1:5560", help="where subscribers connect; loopback unless told")
     proxy.set_defaults(handler=cmd_proxy)
 
     demo = sub.add_parser("demo", help="replay the bundled clips through the daemon and show what a subscriber receives")
