@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from audiogen import clip, write
@@ -231,3 +232,25 @@ def test_unlabelled_folders_give_distinct_item_ids_for_same_named_files(tmp_path
         write(tmp_path / sub / "0001.wav", clip(1.0, 22050), 22050)
     write(tmp_path / "only.wav", clip(1.0, 22050), 22050)
     assert sorted(i.itemid for i in unlabelled(tmp_path)) == ["only", "site1/0001", "site2/0001"]
+
+
+@pytest.mark.parametrize("kind", ["logmel_db", "bgnorm"])
+def test_training_windows_are_the_windows_the_daemon_scores(tmp_path, kind):
+    """What a VAE learns from the cache is what evaluation and the daemon compute (streaming
+    equals offline is tested in test_features): the same frames, floors, and short-clip repeats."""
+    from streamdet.features import FeatureParams
+    from train.cache import FeatureCache
+    from train.clips import windows_of
+    from train.windows import WindowSet
+
+    params = FeatureParams(kind=kind, bg_seconds=2.0)
+    items = []
+    for i, seconds in enumerate((0.6, 3.3, 7.0)):
+        path = write(tmp_path / f"c{i}.wav", clip(seconds, 22050, [(0.2, 0.3)], seed=i), 22050)
+        items.append(Item(path, 0, "x", f"c{i}"))
+    cache = FeatureCache(tmp_path / "cache", params)
+    cache.ensure([i.path for i in items])
+    got = WindowSet.of(cache, params, items)
+    expected = torch.cat([windows_of(cache.frames(i.path), params) for i in items])
+    assert len(got) == len(expected)
+    assert torch.allclose(got.batch(np.arange(len(got))), expected, atol=1e-4)

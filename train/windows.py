@@ -1,4 +1,4 @@
-"""Training windows as rows of frame indices into the memory-mapped cache, gathered per batch."""
+"""Training windows as positions in the memory-mapped cache, gathered per batch."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,31 +12,38 @@ from .datasets import Item
 
 
 class WindowSet:
-    """`rows[i]` holds the frame indices of window i; `floors[i]` its per-band background floor
-    (bgnorm; zeros otherwise), subtracted when a batch is gathered; `extra` holds windows made in
-    memory (augmentation), already as the model sees them."""
+    """Window i is `rows[i]` = (first frame of its clip in the cache, its start in the clip, the
+    clip's frame count): 24 bytes, whatever the window length, expanded into frame indices per
+    batch (cyclically in a clip shorter than a window, as the daemon does).  `floors[i]` is its
+    per-band background floor (bgnorm; zeros otherwise), subtracted when a batch is gathered;
+    `extra` holds windows made in memory (augmentation), already as the model sees them."""
 
-    def __init__(self, frames: np.ndarray, rows: np.ndarray, floors: np.ndarray | None = None, extra: np.ndarray | None = None):
-        self.frames, self.rows = frames, rows
-        self.floors = floors if floors is not None else np.zeros((len(rows), frames.shape[1]), np.float32)
-        self.extra = extra if extra is not None else np.zeros((0, rows.shape[1] if rows.ndim == 2 else 1, frames.shape[1]), np.float32)
+    def __init__(self, frames: np.ndarray, rows: np.ndarray, floors: np.ndarray | None = None, extra: np.ndarray | None = None, window_frames: int = 49):
+        self.frames, self.rows, self.window_frames = frames, rows.reshape(-1, 3), window_frames
+        self.floors = floors if floors is not None else np.zeros((len(self.rows), frames.shape[1]), np.float32)
+        self.extra = extra if extra is not None else np.zeros((0, window_frames, frames.shape[1]), np.float32)
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.extra)
 
     def with_extra(self, extra: np.ndarray) -> "WindowSet":
-        return WindowSet(self.frames, self.rows, self.floors, extra)
+        return WindowSet(self.frames, self.rows, self.floors, extra, self.window_frames)
 
     def joined(self, other: "WindowSet") -> "WindowSet":
         """Both sets' cached windows (over the same frames), without extras."""
-        return WindowSet(self.frames, np.concatenate([self.rows, other.rows]), np.concatenate([self.floors, other.floors]))
+        return WindowSet(self.frames, np.concatenate([self.rows, other.rows]), np.concatenate([self.floors, other.floors]), None, self.window_frames)
+
+    def frame_index(self, index: np.ndarray) -> np.ndarray:
+        """[len(index), window_frames] cache frame indices of cached windows `index`."""
+        base, start, n = self.rows[index].T
+        return base[:, None] + (start[:, None] + np.arange(self.window_frames)) % n[:, None]
 
     def raw(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(frames as cached [n, W, M], floors [n, M]) of cached windows `index`, in that order."""
         index = np.asarray(index)
         order = np.argsort(index, kind="stable")  # sorted reads are kinder to the page cache
-        frames = np.empty((len(index), self.rows.shape[1], self.frames.shape[1]), np.float32)
-        frames[order] = self.frames[self.rows[index[order]]]
+        frames = np.empty((len(index), self.window_frames, self.frames.shape[1]), np.float32)
+        frames[order] = self.frames[self.frame_index(index[order])]
         return frames, self.floors[index]
 
     def batch(self, index: np.ndarray) -> torch.Tensor:
@@ -74,21 +81,20 @@ class WindowSet:
                 continue
             n = entry["n_frames"]
             starts = window_starts(n, params, final=True)
-            clip_rows = entry["offset"] + window_index(starts, n, params)
             keep = np.arange(len(starts))
-            if (call_db is not None or quiet_db is not None) and len(clip_rows) > 1:
-                energy = band_energy_db(np.asarray(db[clip_rows]), params)
+            if (call_db is not None or quiet_db is not None) and len(starts) > 1:
+                energy = band_energy_db(np.asarray(db[entry["offset"] + window_index(starts, n, params)]), params)
                 above = energy - np.median(energy)
                 keep = np.nonzero(above >= call_db if call_db is not None else above <= quiet_db)[0]
             if max_per_clip and len(keep) > max_per_clip:
                 keep = keep[np.linspace(0, len(keep) - 1, max_per_clip).round().astype(int)]
-            rows.append(clip_rows[keep])
+            rows.append(np.stack([np.full(len(keep), entry["offset"]), np.asarray(starts)[keep], np.full(len(keep), n)], axis=1).astype(np.int64))
             if params.kind == "bgnorm":
                 frames = torch.from_numpy(np.array(db[entry["offset"] : entry["offset"] + n]))
                 floors.append(background_floors(frames, 0, n, [starts[k] for k in keep], params).numpy())
-        rows = np.concatenate(rows) if rows else np.zeros((0, params.window_frames), np.int64)
+        rows = np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
         floor = np.concatenate(floors).astype(np.float32) if floors else None
-        return cls(cache.model_memmap(params), rows, floor)
+        return cls(cache.model_memmap(params), rows, floor, None, params.window_frames)
 
 
 def mix_windows(birds: WindowSet, backgrounds: WindowSet, gain_db: tuple[float, float], count: int, rng: np.random.Generator) -> np.ndarray:
