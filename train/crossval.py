@@ -24,15 +24,15 @@ from .splits import k_folds, split_by_group
 
 
 def _train_and_score(config: TrainConfig, train: list[Item], test: list[Item], cache: FeatureCache, progress) -> dict[Item, tuple[float, bool]]:
-    """(clip score, called bird) for each of `test`, from a model trained and calibrated on `train`;
-    the score is the clip's decision relative to its model's threshold and scale, so that scores of
-    different folds' models pool on one scale."""
+    """(clip decision, called bird) for each of `test`, from a model trained and calibrated on
+    `train`.  Decisions of the folds' models are pooled as they are (as cross_val_predict does);
+    each fold's own threshold, estimated from its small held-out part, only decides `called`."""
     fit_items, val_items = split_by_group(train, config.training.val_fraction, config.training.seed)
     detector, _ = train_detector(config, fit_items, val_items, cache, progress, Checkpoint(None, config, False))
     base = scoring_base(config, detector, fit_items, cache, progress)
     scoring, _ = calibrate(config, base, window_decisions(detector, val_items, cache, config.features, base, progress, "calibrating"))
-    how, t, scale = config.calibration.clip_aggregate, scoring["threshold"], scoring["scale"]
-    return {i: ((clip_aggregate(d, how) - t) / scale, clip_aggregate(d, how) >= t) for i, d in window_decisions(detector, test, cache, config.features, base, progress, "scoring the fold").items()}
+    how, t = config.calibration.clip_aggregate, scoring["threshold"]
+    return {i: (clip_aggregate(d, how), clip_aggregate(d, how) >= t) for i, d in window_decisions(detector, test, cache, config.features, base, progress, "scoring the fold").items()}
 
 
 def _items(config: TrainConfig, cache: FeatureCache, progress) -> list[Item]:
