@@ -255,3 +255,17 @@ def test_grouped_crossval_and_leave_one_block_out_score_every_clip_per_block(tmp
     loso = leave_out(config, ["siteB"])
     assert list(loso["blocks"]) == ["siteB"] and loso["blocks"]["siteB"]["clips"] == 16
     assert loso["blocks"]["siteB"]["model_auc"] >= 0.8
+
+
+def test_predict_never_saturates_clips_ranked_apart(tmp_path, tiny_model):
+    """Louder and louder calls: every clip keeps a score of its own, none pinned at exactly 1.0."""
+    from audiogen import chirps, noise
+
+    folder = tmp_path / "loud"
+    folder.mkdir()
+    for i, level in enumerate((-30, -20, -10, -6, -3, -1)):
+        write(folder / f"l{i}.wav", chirps(noise(4.0, 22050, seed=i), 22050, 1.0, 2.0, level_db=level, seed=i), 22050)
+    out = tmp_path / "p.csv"
+    assert train_main(["predict", "--model", str(tiny_model), "--data", str(folder), "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    scores = [float(r["hasbird"]) for r in csv.DictReader(open(out))]
+    assert all(0 < s < 1.0 for s in scores) and len(set(scores)) == len(scores), scores

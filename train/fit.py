@@ -237,11 +237,10 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
     clip_d = np.array([clip_aggregate(d, c.clip_aggregate) for d in decisions.values()])
     if c.strategy == "clip_fpr":
         t = float(np.quantile(nobird_clips, 1.0 - c.clip_fpr, method="higher"))
-        sounding = clip_d[clip_d > SILENT_DECISION / 2]
-        scale = spread(sounding) if len(sounding) > 3 else spread(normal)
     else:
         t = threshold_for(c.strategy, normal, normal_label == 1, clip_d, labels, c.percentile, c.gamma_quantile)
-        scale = spread(normal)
+    sounding = clip_d[clip_d > SILENT_DECISION / 2]
+    scale = spread(sounding) if len(sounding) > 3 else spread(normal)
     nobird_hours = sum(len(d) for i, d in decisions.items() if i.label == 0) * config.features.hop_seconds / 3600
     if c.false_alarms_per_hour is not None and nobird_hours > 0:
         # Raise the threshold past no-bird windows' values until the alarm rate is low enough.
