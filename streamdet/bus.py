@@ -15,6 +15,7 @@ import zmq
 
 SCHEMA_VERSION = 1
 MAX_SUBSCRIPTION_BYTES = 4096  # a topic prefix longer than this is no subscription but an attack
+MAX_MESSAGE_BYTES = 1 << 20  # a status message is a few KB; a peer sending more is cut off
 
 
 class BusError(Exception):
@@ -128,6 +129,7 @@ class Subscriber:
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, rcv_hwm)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.LINGER, 0)
         for topic in topics:
             self.socket.setsockopt_string(zmq.SUBSCRIBE, topic)

@@ -8,7 +8,7 @@ import signal
 
 import zmq
 
-from .bus import BusError
+from .bus import MAX_MESSAGE_BYTES, MAX_SUBSCRIPTION_BYTES, BusError
 
 log = logging.getLogger("streamdet.proxy")
 
@@ -21,6 +21,8 @@ def run_proxy(frontend: str, backend: str, hwm: int = 1_000_000) -> None:
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
         sock.setsockopt(zmq.LINGER, 0)
+    xsub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # what stations publish
+    xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)  # what subscribers send: subscriptions
     xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # pass every subscription on, so each daemon can count them
     for sock, endpoint, role in ((xsub, frontend, "frontend"), (xpub, backend, "backend")):
         try:

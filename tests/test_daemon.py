@@ -2,6 +2,7 @@
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -245,3 +246,43 @@ def test_a_replay_thread_that_dies_is_a_failure_not_a_finish(tmp_path, monkeypat
     skipped = [m for m in markers if isinstance(m, Skipped)]
     assert len(skipped) == 1 and "replay failed: MemoryError: cannot allocate 8.3 GB" in skipped[0].reason
     assert source.failed == "MemoryError: cannot allocate 8.3 GB" and source.describe()["failed"] == source.failed
+
+
+FLOOD_CLIENT = """
+import sys, time, zmq
+ctx = zmq.Context()
+flood = ctx.socket(zmq.XSUB)  # sends subscription messages as they are
+flood.connect(sys.argv[1])
+for i in range(20):
+    flood.send(b"\\x01" + bytes([65 + i]) * 1_000_000)
+time.sleep(4)
+"""
+
+
+def test_a_flood_of_huge_subscriptions_does_not_grow_the_daemon(tiny_model, tmp_path, endpoint):
+    """A peer that can connect sends 1 MB topic prefixes, which XPUB would keep (a trie node per
+    byte); subscriptions are capped at 4 KiB, so the peer is cut off and memory stays put."""
+    import resource
+
+    write(tmp_path / "long.wav", clip(60.0, 22050, seed=3), 22050)
+    daemon = start_daemon("--replay", str(tmp_path), "--pace", "realtime", "--model", str(tiny_model), "--endpoint", endpoint)
+
+    def rss_mb():
+        for line in open(f"/proc/{daemon.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+    def big_stack():  # libzmq's own subscription trie recurses once per byte: the client needs it
+        resource.setrlimit(resource.RLIMIT_STACK, (1 << 30, 1 << 30))
+
+    try:
+        time.sleep(4)  # loaded and running
+        before = rss_mb()
+        client = subprocess.run([sys.executable, "-c", FLOOD_CLIENT, endpoint], preexec_fn=big_stack, capture_output=True, text=True, timeout=120)
+        assert client.returncode == 0, client.stderr[-1000:]
+        assert daemon.poll() is None
+        grown = rss_mb() - before
+        assert grown < 100, grown
+    finally:
+        daemon.terminate()
+        daemon.communicate(timeout=30)
