@@ -41,6 +41,22 @@ class ClipRecorder:
         """New settings (SIGHUP); clips already planned keep their path."""
         self.config = config
         self.directory = Path(config.directory) / self.source
+        self._index = None  # the folder may have changed: scanned again when next needed
+
+    def _clips(self) -> list[list]:
+        """[mtime, path, bytes] of every clip in the folder, oldest first: scanned once, then kept
+        up to date as clips are written and deleted, so retention never re-reads the folder."""
+        if self._index is None:
+            clips = []
+            for clip in self.directory.glob("*.flac") if self.directory.is_dir() else []:
+                try:
+                    st = clip.stat()
+                except OSError:
+                    continue
+                clips.append([st.st_mtime, clip, st.st_size + _size(clip.with_suffix(".json"))])
+            self._index = sorted(clips, key=lambda c: c[0])
+            self._total = sum(c[2] for c in self._index)
+        return self._index
 
     def _remove_leftovers(self) -> int:
         """`.part` files a crash left behind: never clips, but they took space; remove them."""
@@ -87,6 +103,7 @@ class ClipRecorder:
         }
         sidecar.pop("stream_time_of_pos0")
         self.writing = job.path
+        self._clips()  # scanned (once) before this clip exists, which is then added to the index
         tmp = job.path.with_name(job.path.name + ".part")
         try:
             job.path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +111,10 @@ class ClipRecorder:
             tmp.replace(job.path)
             job.path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
             self.written += 1
+            clips = self._clips()
+            size = _size(job.path) + _size(job.path.with_suffix(".json"))
+            clips.append([time.time(), job.path, size])
+            self._total += size
             self._retain()
         except (OSError, RuntimeError) as exc:  # a full disk among them (libsndfile's errors are RuntimeErrors): report it, keep detecting
             self.failed += 1
@@ -109,17 +130,13 @@ class ClipRecorder:
 
     def _retain(self) -> None:
         """Delete the oldest clips beyond max_age_days or max_total_mb; never the one just written."""
-        clips = sorted(self.directory.glob("*.flac"), key=lambda p: p.stat().st_mtime)
-        now = time.time()
-        total = sum(p.stat().st_size + _size(p.with_suffix(".json")) for p in clips)
-        limit = self.config.max_total_mb * 1e6
-        for clip in clips:
-            if clip == self.writing:
-                continue
-            too_old = now - clip.stat().st_mtime > self.config.max_age_days * 86400
-            if not too_old and total <= limit:
+        clips, now, limit = self._clips(), time.time(), self.config.max_total_mb * 1e6
+        while clips and clips[0][1] != self.writing:
+            mtime, clip, size = clips[0]
+            if now - mtime <= self.config.max_age_days * 86400 and self._total <= limit:
                 break
-            total -= clip.stat().st_size + _size(clip.with_suffix(".json"))
+            clips.pop(0)
+            self._total -= size
             clip.unlink(missing_ok=True)
             clip.with_suffix(".json").unlink(missing_ok=True)
             self.deleted += 1
