@@ -269,3 +269,14 @@ def test_predict_never_saturates_clips_ranked_apart(tmp_path, tiny_model):
     assert train_main(["predict", "--model", str(tiny_model), "--data", str(folder), "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
     scores = [float(r["hasbird"]) for r in csv.DictReader(open(out))]
     assert all(0 < s < 1.0 for s in scores) and len(set(scores)) == len(scores), scores
+
+
+def test_calibration_on_out_of_fold_decisions_covers_every_clip(dataset, tmp_path):
+    """calibration.folds: the threshold comes from every clip's decision by a model that did not
+    learn it, not from the held-out tenth alone."""
+    config = config_for(dataset, "contrast", calibration="{strategy: clip_fpr, clip_fpr: 0.1, folds: 2}")
+    path, metrics = fit(config, tmp_path / "m.pt")
+    model = artifact.load(path, "cpu")
+    assert model.meta["scoring"]["calibration_folds"] == 2
+    assert metrics["val_clips"] == 24  # every clip of the dataset, out of fold
+    assert metrics["val_nobird_clips_called_bird"] <= 0.1 + 1e-9

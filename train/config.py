@@ -118,6 +118,10 @@ class CalibrationConfig:
     # If set, the threshold is raised until held-out no-bird audio gives at most this many false
     # alarms (runs of windows at or above it) per hour.
     false_alarms_per_hour: float | None = None
+    # 0: calibrate on the held-out part (val_fraction).  K > 1: calibrate on out-of-fold decisions
+    # of K models trained on grouped folds of all the training data, so that the threshold is
+    # estimated on every recording and class rather than a tenth of them (K more trainings).
+    folds: int = field(default=0, metadata={"min": 0, "max": 20})
     # percentile: the threshold is this percentile of held-out normal-class window scores.
     percentile: float = field(default=95.0, metadata={"above": 0.0, "max": 100.0})
     # gamma: a gamma distribution fitted to those scores (the DCASE baseline), cut at this quantile.

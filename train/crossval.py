@@ -18,7 +18,7 @@ from .clips import clip_aggregate
 from .config import TrainConfig
 from .datasets import Item, read_dataset
 from .evaluate import reference_clip_score
-from .fit import calibrate, default_cache_dir, progress_bar, scoring_base, train_detector, window_decisions
+from .fit import calibrate, default_cache_dir, out_of_fold_decisions, progress_bar, scoring_base, train_detector, window_decisions
 from .metrics import partial_auc, roc_auc
 from .splits import k_folds, split_by_group
 
@@ -30,7 +30,11 @@ def _train_and_score(config: TrainConfig, train: list[Item], test: list[Item], c
     fit_items, val_items = split_by_group(train, config.training.val_fraction, config.training.seed)
     detector, _ = train_detector(config, fit_items, val_items, cache, progress, Checkpoint(None, config, False))
     base = scoring_base(config, detector, fit_items, cache, progress)
-    scoring, _ = calibrate(config, base, window_decisions(detector, val_items, cache, config.features, base, progress, "calibrating"))
+    if config.calibration.folds > 1:  # nested: the fold's own calibration folds, inside its training part
+        held_out = out_of_fold_decisions(config, train, cache, progress)
+    else:
+        held_out = window_decisions(detector, val_items, cache, config.features, base, progress, "calibrating")
+    scoring, _ = calibrate(config, base, held_out)
     how, t = config.calibration.clip_aggregate, scoring["threshold"]
     return {i: (clip_aggregate(d, how), clip_aggregate(d, how) >= t) for i, d in window_decisions(detector, test, cache, config.features, base, progress, "scoring the fold").items()}
 

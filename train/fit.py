@@ -28,7 +28,7 @@ from .clips import alarm_runs, clip_aggregate, silence_of, windows_of
 from .config import TrainConfig
 from .datasets import Item, read_dataset
 from .metrics import precision_recall_f1, roc_auc
-from .splits import split_by_group
+from .splits import k_folds, split_by_group
 from .windows import WindowSet, mix_windows
 
 log = logging.getLogger("train.fit")
@@ -220,6 +220,22 @@ def window_decisions(detector: Detector, items: list[Item], cache: FeatureCache,
     return out
 
 
+def out_of_fold_decisions(config: TrainConfig, items: list[Item], cache: FeatureCache, progress: Progress | None) -> dict[Item, np.ndarray]:
+    """Window decisions of every clip from a model that never heard its recording: K models on
+    grouped folds (calibration.folds), each trained as `fit` trains.  Their decisions are pooled as
+    they are: with the energy term off a decision is the loss itself, on one scale for all of them."""
+    decisions = {}
+    task = progress.add_task("calibration folds", total=config.calibration.folds, info="") if progress else None
+    for fold in k_folds(items, config.calibration.folds, config.training.seed):
+        in_fold = set(fold)
+        fit_items, val_items = split_by_group([i for i in items if i not in in_fold], config.training.val_fraction, config.training.seed)
+        detector, _ = train_detector(config, fit_items, val_items, cache, progress, Checkpoint(None, config, False))
+        decisions.update(window_decisions(detector, fold, cache, config.features, scoring_base(config, detector, fit_items, cache), progress, "scoring a calibration fold"))
+        if progress:
+            progress.update(task, advance=1)
+    return decisions
+
+
 def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]) -> tuple[dict, dict]:
     """Threshold and scale on held-out decision values; returns (scoring metadata, held-out metrics).
 
@@ -236,7 +252,9 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
     labels = np.array([i.label for i in decisions])
     clip_d = np.array([clip_aggregate(d, c.clip_aggregate) for d in decisions.values()])
     if c.strategy == "clip_fpr":
-        t = float(np.quantile(nobird_clips, 1.0 - c.clip_fpr, method="higher"))
+        # At most clip_fpr of them reach it: the threshold is the allowed-th highest, or just above all.
+        ordered, allowed = np.sort(nobird_clips), int(np.floor(c.clip_fpr * len(nobird_clips)))
+        t = float(ordered[len(ordered) - allowed]) if allowed else float(ordered[-1]) + 1e-6 * max(1.0, abs(float(ordered[-1])))
     else:
         t = threshold_for(c.strategy, normal, normal_label == 1, clip_d, labels, c.percentile, c.gamma_quantile)
     sounding = clip_d[clip_d > SILENT_DECISION / 2]
@@ -252,7 +270,7 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
         else:
             t = float(values[-1]) + 1e-6
     alarms = sum(alarm_runs(d, t) for i, d in decisions.items() if i.label == 0)
-    scoring = {**base, "threshold": t, "scale": scale, "strategy": c.strategy, "clip_fpr": c.clip_fpr, "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
+    scoring = {**base, "threshold": t, "scale": scale, "strategy": c.strategy, "clip_fpr": c.clip_fpr, "calibration_folds": c.folds, "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
     auc = roc_auc(labels, clip_d) if len(set(labels)) > 1 else float("nan")
     metrics = {
         "val_clips": len(labels), "val_clip_auc": None if np.isnan(auc) else round(auc, 4),
@@ -283,7 +301,11 @@ def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, c
         if not distributed.is_main():
             return None, {}  # rank 0 calibrates and writes the artifact
         base = scoring_base(config, detector, train_items, cache, progress)
-        scoring, metrics = calibrate(config, base, window_decisions(detector, val_items, cache, params, base, progress, "calibrating on held-out clips"))
+        if config.calibration.folds > 1:
+            held_out = out_of_fold_decisions(config, [i for i in items if i not in unusable], cache, progress)
+        else:
+            held_out = window_decisions(detector, val_items, cache, params, base, progress, "calibrating on held-out clips")
+        scoring, metrics = calibrate(config, base, held_out)
     train_seconds = sum(v["seconds"] for v in info.values())
     audio_hours = {role: v["windows"] * params.hop_seconds / 3600 for role, v in info.items()}
     metrics.update({
