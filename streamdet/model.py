@@ -22,7 +22,23 @@ from torch import nn
 from .features import LogMel
 
 
-class VAE(nn.Module):
+class _Sampling(nn.Module):
+    """What every VAE here shares: a sampled latent for training, the posterior mean for scoring.
+    A subclass provides encode(x) -> (mu, logvar) and decode(z) over flat windows."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: (reconstruction, mu, logvar) with a sampled latent."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decode(z), mu, logvar
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Scoring pass: decode the posterior mean, so a window always gets the same loss."""
+        mu, _ = self.encode(x)
+        return self.decode(mu)
+
+
+class VAE(_Sampling):
     def __init__(self, n_inputs: int, hidden: int = 256, latent: int = 16):
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(n_inputs, hidden), nn.GELU(), nn.Linear(hidden, hidden // 2), nn.GELU())
@@ -36,19 +52,11 @@ class VAE(nn.Module):
         h = self.encoder(x)
         return self.to_mu(h), self.to_logvar(h).clamp(-12.0, 12.0)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass: (reconstruction, mu, logvar) with a sampled latent."""
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return self.decoder(z), mu, logvar
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Scoring pass: decode the posterior mean, so a window always gets the same loss."""
-        mu, _ = self.encode(x)
-        return self.decoder(mu)
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
 
 
-class ConvVAE(nn.Module):
+class ConvVAE(_Sampling):
     """A VAE with 2-D convolutions over (time, mel): local time-frequency shapes (a call's sweep, a
     harmonic stack) are learnt once wherever they sit, instead of per position as in the MLP.
 
@@ -87,15 +95,6 @@ class ConvVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = self.from_latent(z).reshape(z.shape[0], 4 * self.channels, self.padded // 8, self.n_mels // 8)
         return self.decoder(h)[:, 0, : self.window_frames, :].reshape(z.shape[0], self.window_frames * self.n_mels)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return self.decode(z), mu, logvar
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        mu, _ = self.encode(x)
-        return self.decode(mu)
 
 
 MODEL_KINDS = ("mlp", "conv")
