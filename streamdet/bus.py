@@ -45,10 +45,19 @@ class Publisher:
     shutdown deadline, set when a stop is requested), counting what it gave up in `dropped`, and
     calls `while_blocked` meanwhile (the daemon pings its watchdog there)."""
 
-    def __init__(self, endpoint: str, send_hwm: int = 1000, wait_when_full: bool = False, context: zmq.Context | None = None, connect: bool = False):
-        """Bind `endpoint`, or with `connect` connect to it (a `streamdet proxy` frontend)."""
+    def __init__(self, endpoint: str, send_hwm: int = 1000, wait_when_full: bool = False, context: zmq.Context | None = None, connect: bool = False, curve=None):
+        """Bind `endpoint`, or with `connect` connect to it (a `streamdet proxy` frontend); with
+        `curve` (streamdet.security.Curve) encrypted and authenticated."""
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.XPUB)
+        if curve is not None:
+            from .security import SecurityError, secure_client, secure_server
+
+            try:
+                secure_client(self.socket, curve) if connect else secure_server(self.socket, curve)
+            except SecurityError as exc:
+                self.socket.close(0)
+                raise BusError(f"bus: {exc}") from None
         self.socket.setsockopt(zmq.SNDHWM, send_hwm)
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # pass every subscription up, duplicates included
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)  # a peer's subscriptions are input too
@@ -116,6 +125,9 @@ class Publisher:
         self.socket.close()
         if not wait:
             return True
+        from .security import stop_authenticators
+
+        stop_authenticators()  # its socket would hold the context open; connected peers need it no more
         self.context.term()  # returns once every queued message is out, or LINGER ran out
         if zmq.Context._instance is self.context:
             zmq.Context._instance = None  # a later Context.instance() makes a fresh one
@@ -125,9 +137,13 @@ class Publisher:
 class Subscriber:
     """A SUB socket that yields decoded (topic, payload) pairs."""
 
-    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("",), context: zmq.Context | None = None, rcv_hwm: int = 1_000_000):
+    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("",), context: zmq.Context | None = None, rcv_hwm: int = 1_000_000, curve=None):
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.SUB)
+        if curve is not None:
+            from .security import secure_client
+
+            secure_client(self.socket, curve)
         self.socket.setsockopt(zmq.RCVHWM, rcv_hwm)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.LINGER, 0)

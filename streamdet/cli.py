@@ -63,12 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--until-finished", action="store_true", help="exit once every daemon seen reports finished or stopped")
     listen.add_argument("--timeout", type=float, help="exit after this many seconds without a message")
     listen.add_argument("--quiet", action="store_true", help="no live view (with --jsonl: record only)")
+    listen.add_argument("--curve-secret-key", metavar="FILE", help="CURVE: this subscriber's certificate (NAME.key_secret from `streamdet keys`)")
+    listen.add_argument("--curve-server-key", metavar="FILE", help="CURVE: the daemon's or proxy's public certificate (NAME.key)")
     listen.set_defaults(handler=cmd_listen)
 
     proxy = sub.add_parser("proxy", help="one bus for many daemons: ZeroMQ's XSUB/XPUB proxy")
     proxy.add_argument("--frontend", default="tcp://127.0.0.1:5559", help="where daemons publish (they run with --connect FRONTEND); loopback unless told, e.g. tcp://*:5559")
     proxy.add_argument("--backend", default="tcp://127.0.0.1:5560", help="where subscribers connect; loopback unless told")
+    proxy.add_argument("--curve-secret-key", metavar="FILE", help="CURVE: the proxy's certificate (NAME.key_secret); both ends then admit only --curve-clients")
+    proxy.add_argument("--curve-clients", metavar="DIR", help="CURVE: folder of allowed stations' and subscribers' public certificates (NAME.key)")
     proxy.set_defaults(handler=cmd_proxy)
+
+    keys = sub.add_parser("keys", help="make a CURVE certificate pair for the bus: NAME.key (public) and NAME.key_secret")
+    keys.add_argument("folder", type=Path)
+    keys.add_argument("--name", default="streamdet", help="file name stem (default: streamdet)")
+    keys.set_defaults(handler=cmd_keys)
 
     demo = sub.add_parser("demo", help="replay the bundled clips through the daemon and show what a subscriber receives")
     demo.add_argument("--pace", default="max", help="max (default), realtime, or a factor such as 8x")
@@ -185,7 +194,7 @@ def cmd_run(args) -> int:
         raise UserError(str(exc)) from None
     wait = all(s.kind == "replay" for s in config.sources)
     try:
-        publisher = Publisher(config.bus.endpoint, config.bus.send_hwm, wait_when_full=wait, connect=config.bus.connect)
+        publisher = Publisher(config.bus.endpoint, config.bus.send_hwm, wait_when_full=wait, connect=config.bus.connect, curve=config.bus.curve())
     except BusError as exc:
         raise UserError(str(exc)) from None
     def reload():
@@ -223,13 +232,33 @@ def cmd_run(args) -> int:
     return 0
 
 
+def curve_args(args, server: bool):
+    """A Curve from --curve-* flags, or None; one line for a missing half."""
+    from .security import Curve
+
+    other = args.curve_clients if server else args.curve_server_key
+    if not args.curve_secret_key and not other:
+        return None
+    if not (args.curve_secret_key and other):
+        raise UserError("--curve-secret-key and " + ("--curve-clients" if server else "--curve-server-key") + " go together")
+    return Curve(args.curve_secret_key, clients=other) if server else Curve(args.curve_secret_key, server_key=other)
+
+
+def cmd_keys(args) -> int:
+    from .security import make_keys
+
+    public, secret = make_keys(args.folder, args.name)
+    print(f"wrote {public} (public: give it to the other end) and {secret} (secret: keep it, mode 600)")
+    return 0
+
+
 def cmd_proxy(args) -> int:
     from .bus import BusError
     from .proxy import run_proxy
 
     setup_logging("info")
     try:
-        run_proxy(args.frontend, args.backend)
+        run_proxy(args.frontend, args.backend, curve=curve_args(args, server=True))
     except BusError as exc:
         raise UserError(str(exc)) from None
     return 0
@@ -270,13 +299,17 @@ def cmd_listen(args) -> int:
         raise UserError(f"--endpoint: expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {args.endpoint[:60]!r}")
     if args.jsonl is not None and not args.jsonl.parent.is_dir():
         raise UserError(f"--jsonl {args.jsonl}: no such folder {args.jsonl.parent}")
+    curve = curve_args(args, server=False)
     try:
         from .bus import Subscriber
+        from .security import SecurityError
 
-        Subscriber(args.endpoint).close()  # a malformed address fails here, with ZeroMQ's reason
+        Subscriber(args.endpoint, curve=curve).close()  # a malformed address or key fails here
     except zmq.ZMQError as exc:
         raise UserError(f"--endpoint {args.endpoint[:60]}: {zmq.strerror(exc.errno)}") from None
-    view = listen(args.endpoint, topics=topics, sources=tuple(args.source), jsonl=args.jsonl, until_finished=args.until_finished, timeout_s=args.timeout, live=not args.quiet)
+    except SecurityError as exc:
+        raise UserError(str(exc)) from None
+    view = listen(args.endpoint, curve=curve, topics=topics, sources=tuple(args.source), jsonl=args.jsonl, until_finished=args.until_finished, timeout_s=args.timeout, live=not args.quiet)
     if not view.received and args.timeout:
         print(f"streamdet: no message arrived from {args.endpoint} within {args.timeout:g} s (is a daemon publishing there?)", file=sys.stderr)
         return 1

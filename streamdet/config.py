@@ -86,8 +86,27 @@ class BusConfig:
     wait_timeout_s: float = field(default=0.0, metadata={"min": 0.0, "max": 1e7})  # 0: wait forever
     status_interval_s: float = field(default=5.0, metadata={"above": 0.0, "max": 86400.0})
     send_hwm: int = field(default=1000, metadata={"min": 1, "max": 10_000_000})
+    # CURVE (README, "Security"): this daemon's secret certificate; with it, a bound bus admits only
+    # the clients whose public certificates are in curve_clients, and a connecting one (connect: true)
+    # needs the proxy's public certificate in curve_server_key.
+    curve_secret_key: str | None = None
+    curve_clients: str | None = None
+    curve_server_key: str | None = None
+
+    def curve(self):
+        from .security import Curve
+
+        return Curve(self.curve_secret_key, self.curve_clients, self.curve_server_key) if self.curve_secret_key else None
 
     def problems(self):
+        if self.curve_secret_key and not Path(self.curve_secret_key).is_file():
+            yield "curve_secret_key", f"expected a certificate file (NAME.key_secret from `streamdet keys`), found {self.curve_secret_key[:80]!r}"
+        elif self.curve_secret_key and not self.connect and not (self.curve_clients and Path(self.curve_clients).is_dir()):
+            yield "curve_clients", "expected the folder of allowed clients' public certificates (a bound bus with a curve_secret_key admits only those)"
+        elif self.curve_secret_key and self.connect and not (self.curve_server_key and Path(self.curve_server_key).is_file()):
+            yield "curve_server_key", "expected the proxy's public certificate (NAME.key) to connect to it with CURVE"
+        elif (self.curve_clients or self.curve_server_key) and not self.curve_secret_key:
+            yield "curve_secret_key", "expected this end's certificate: curve_clients and curve_server_key need it"
         if not re.match(r"^(tcp|ipc|inproc)://.+", self.endpoint):
             yield "endpoint", f"expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {self.endpoint[:60]!r}"
         elif (port := re.match(r"^tcp://.*:(\d+)$", self.endpoint)) and not 1 <= int(port.group(1)) <= 65535:

@@ -158,12 +158,12 @@ def _bar(score: float | None, threshold: float = 0.5, width: int = 10) -> Text:
 
 def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, ...] = (), jsonl: Path | None = None,
            until_finished: bool = False, timeout_s: float | None = None, live: bool = True, console: Console | None = None,
-           view: StreamView | None = None, ready=None) -> StreamView:
+           view: StreamView | None = None, ready=None, curve=None) -> StreamView:
     """Receive until interrupted, until every daemon seen is finished (`until_finished`), or until
     `timeout_s` passes without a message.  `ready` is called once the socket is connected."""
     console = console or Console(stderr=False)
     view = view or StreamView()
-    subscriber = Subscriber(endpoint, topics)
+    subscriber = Subscriber(endpoint, topics, curve=curve)
     out = open(jsonl, "a", buffering=1) if jsonl else None
     if ready:
         ready()

@@ -13,10 +13,20 @@ from .bus import MAX_MESSAGE_BYTES, MAX_SUBSCRIPTION_BYTES, BusError
 log = logging.getLogger("streamdet.proxy")
 
 
-def run_proxy(frontend: str, backend: str, hwm: int = 1_000_000) -> None:
+def run_proxy(frontend: str, backend: str, hwm: int = 1_000_000, curve=None) -> None:
+    """With `curve` (streamdet.security.Curve), both ends are CURVE servers admitting only the
+    allowed clients: stations publishing and subscribers alike."""
     context = zmq.Context.instance()
     xsub = context.socket(zmq.XSUB)
     xpub = context.socket(zmq.XPUB)
+    if curve is not None:
+        from .security import SecurityError, secure_server
+
+        try:
+            secure_server(xsub, curve)
+            secure_server(xpub, curve)
+        except SecurityError as exc:
+            raise BusError(f"proxy: {exc}") from None
     for sock in (xsub, xpub):
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
@@ -40,6 +50,9 @@ def run_proxy(frontend: str, backend: str, hwm: int = 1_000_000) -> None:
     except (KeyboardInterrupt, zmq.ContextTerminated):
         pass
     finally:
+        from .security import stop_authenticators
+
         xsub.close(0)
         xpub.close(0)
+        stop_authenticators()
         log.info("proxy stopped")

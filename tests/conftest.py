@@ -76,11 +76,11 @@ def start_daemon(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(streamdet_command("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 
 
-def collect(endpoint: str, until_final: bool = True, timeout_s: float = 60.0, on_message=None) -> list[tuple[str, dict, float]]:
+def collect(endpoint: str, until_final: bool = True, timeout_s: float = 60.0, on_message=None, curve=None) -> list[tuple[str, dict, float]]:
     """Subscribe and gather (topic, message, receive time) until a final status (or timeout)."""
     from streamdet.bus import Subscriber
 
-    sub = Subscriber(endpoint)
+    sub = Subscriber(endpoint, curve=curve)
     got = []
     deadline = time.monotonic() + timeout_s
     try:

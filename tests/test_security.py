@@ -1,0 +1,94 @@
+"""CURVE on the bus: only subscribers whose keys the daemon (or proxy) allows hear anything."""
+import subprocess
+import time
+
+from audiogen import clip, write
+from conftest import REPO, collect, start_daemon, streamdet_command
+
+
+def keys(folder, name):
+    result = subprocess.run(streamdet_command("keys", str(folder), "--name", name), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return folder / f"{name}.key", folder / f"{name}.key_secret"
+
+
+def test_a_curve_bus_serves_allowed_subscribers_and_refuses_others(tiny_model, tmp_path, endpoint):
+    from streamdet.bus import Subscriber
+    from streamdet.security import Curve
+
+    server_public, server_secret = keys(tmp_path / "server", "station")
+    allowed = tmp_path / "allowed"
+    good_public, good_secret = keys(allowed, "home")
+    _, bad_secret = keys(tmp_path / "strangers", "stranger")  # a valid key, never allowed
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    write(replay / "calls.wav", clip(6.0, 22050, [(2.0, 1.0)], seed=1), 22050)
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"sources: [{{kind: replay, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\nbus: {{curve_secret_key: {server_secret}, curve_clients: {allowed}}}\n")
+
+    stranger = Subscriber(endpoint, curve=Curve(str(bad_secret), server_key=str(server_public)))
+    plain = Subscriber(endpoint)  # no CURVE at all
+    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
+    try:
+        time.sleep(3)
+        assert daemon.poll() is None  # still waiting: neither subscription was let through
+        got = collect(endpoint, timeout_s=60, curve=Curve(str(good_secret), server_key=str(server_public)))
+        _, stderr = daemon.communicate(timeout=60)
+        assert daemon.returncode == 0, stderr
+        assert got[-1][1]["state"] == "finished" and any(m["type"] == "loss" for _, m, _ in got)
+        assert stranger.receive(timeout_s=0.5) is None and plain.receive(timeout_s=0.5) is None
+    finally:
+        stranger.close()
+        plain.close()
+        if daemon.poll() is None:
+            daemon.kill()
+
+
+def test_curve_settings_that_cannot_work_exit_2_before_starting(tiny_model, tmp_path):
+    _, secret = keys(tmp_path / "k", "station")
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"sources: [{{kind: replay, path: {tmp_path}}}]\nbus: {{curve_secret_key: {secret}}}\n")
+    result = subprocess.run(streamdet_command("run", "--config", str(config)), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2 and "bus.curve_clients: expected the folder of allowed clients' public certificates" in result.stderr
+
+
+def test_a_curve_proxy_admits_allowed_stations_and_subscribers_only(tiny_model, tmp_path):
+    import signal
+
+    from streamdet.bus import Subscriber
+    from streamdet.demo import free_tcp_endpoint
+    from streamdet.security import Curve
+
+    hub_public, hub_secret = keys(tmp_path / "hub", "hub")
+    allowed = tmp_path / "allowed"
+    _, station_secret = keys(allowed, "north")
+    _, reader_secret = keys(allowed, "reader")
+    _, stranger_secret = keys(tmp_path / "strangers", "stranger")
+    frontend, backend = free_tcp_endpoint(), free_tcp_endpoint()
+    proxy = subprocess.Popen(streamdet_command("proxy", "--frontend", frontend, "--backend", backend, "--curve-secret-key", str(hub_secret), "--curve-clients", str(allowed)), cwd=REPO, stderr=subprocess.PIPE, text=True)
+    reader = Subscriber(backend, curve=Curve(str(reader_secret), server_key=str(hub_public)))
+    stranger = Subscriber(backend, curve=Curve(str(stranger_secret), server_key=str(hub_public)))
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    write(replay / "x.wav", clip(4.0, 22050, [(1.0, 1.0)], seed=3), 22050)
+    station = None
+    try:
+        time.sleep(0.5)
+        station = start_daemon("--replay", str(replay), "--name", "north", "--pace", "8x", "--model", str(tiny_model), "--connect", frontend, "--wait-subscribers", "1",
+                               "--set", f"bus.curve_secret_key={station_secret}", "--set", f"bus.curve_server_key={hub_public}")
+        final = None
+        deadline = time.monotonic() + 60
+        while final is None and time.monotonic() < deadline:
+            got = reader.receive(timeout_s=0.5)
+            if got and got[1]["type"] == "status" and got[1]["state"] == "finished":
+                final = got[1]
+        assert final is not None and final["sources"]["north"]["windows"] > 0
+        assert stranger.receive(timeout_s=0.5) is None
+        assert station.wait(30) == 0
+    finally:
+        reader.close()
+        stranger.close()
+        if station is not None and station.poll() is None:
+            station.kill()
+        proxy.send_signal(signal.SIGTERM)
+        assert proxy.wait(10) == 0
