@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--curve-clients", metavar="DIR", help="CURVE: folder of allowed stations' and subscribers' public certificates (NAME.key)")
     proxy.set_defaults(handler=cmd_proxy)
 
+    soak = sub.add_parser("soak", help="replay a folder in a loop at max pace for a while: memory every minute, its slope, windows lost")
+    soak.add_argument("--data", type=Path, required=True, help="folder of audio to replay over and over")
+    soak.add_argument("--minutes", type=float, default=60.0)
+    soak.add_argument("--interval", type=float, default=60.0, help="seconds between memory samples")
+    soak.add_argument("--model", type=Path)
+    soak.add_argument("--json", type=Path, help="also write the figures here")
+    soak.set_defaults(handler=cmd_soak)
+
     keys = sub.add_parser("keys", help="make a CURVE certificate pair for the bus: NAME.key (public) and NAME.key_secret")
     keys.add_argument("folder", type=Path)
     keys.add_argument("--name", default="streamdet", help="file name stem (default: streamdet)")
@@ -242,6 +250,24 @@ def curve_args(args, server: bool):
     if not (args.curve_secret_key and other):
         raise UserError("--curve-secret-key and " + ("--curve-clients" if server else "--curve-server-key") + " go together")
     return Curve(args.curve_secret_key, clients=other) if server else Curve(args.curve_secret_key, server_key=other)
+
+
+def cmd_soak(args) -> int:
+    import json
+
+    from .soak import run_soak
+
+    if not args.data.is_dir():
+        raise UserError(f"--data {args.data}: not a directory")
+    if not args.minutes > 0 or not args.interval > 0:
+        raise UserError("--minutes and --interval: expected positive numbers")
+    try:
+        result = run_soak(args.data, args.minutes, args.model, args.interval)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0 if result["missed"] == 0 else 1
 
 
 def cmd_keys(args) -> int:

@@ -50,3 +50,15 @@ def test_front_door_mistakes_are_one_line_and_exit_2(tmp_path):
 def test_listen_to_an_address_nobody_publishes_on_says_so_and_fails():
     result = subprocess.run(streamdet_command("listen", "--endpoint", "tcp://127.0.0.1:1", "--timeout", "1", "--quiet"), capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 1 and "no message arrived from tcp://127.0.0.1:1 within 1 s" in result.stderr
+
+
+def test_soak_prints_memory_every_interval_and_counts_every_window(tiny_model, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write(data / "a.wav", clip(6.0, 22050, [(2, 1)], seed=1), 22050)
+    figures = tmp_path / "soak.json"
+    result = subprocess.run(streamdet_command("soak", "--data", str(data), "--minutes", "0.3", "--interval", "5", "--model", str(tiny_model), "--json", str(figures)), capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(figures.read_text())
+    assert got["windows"] > 100 and got["missed"] == 0 and len(got["rss_mib"]) >= 3
+    assert all(50 < m < 2000 for m in got["rss_mib"]) and "slope" in result.stdout
