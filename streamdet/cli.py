@@ -314,9 +314,9 @@ def cmd_devices(args) -> int:
 
 
 def cmd_listen(args) -> int:
-    from .listen import listen
-
     import zmq
+
+    from .listen import listen
 
     topics = tuple(args.topic) or ("",)
     if args.timeout is not None and args.timeout <= 0:

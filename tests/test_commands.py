@@ -2,9 +2,10 @@
 import json
 import subprocess
 
+from streamdet.demo import demo_clips_dir
+
 from audiogen import clip, write
 from conftest import REPO, streamdet_command
-from streamdet.demo import demo_clips_dir
 
 
 def test_demo_replays_every_bundled_clip_to_a_subscriber():

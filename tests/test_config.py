@@ -2,9 +2,10 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, streamdet_command
 from streamdet.config import check_config, load_config
 from streamdet.typedconfig import ConfigError
+
+from conftest import REPO, streamdet_command
 
 
 def load_text(tmp_path, text):

@@ -137,7 +137,7 @@ def test_listen_records_every_message_as_jsonl(tiny_model, replay_dir, endpoint,
     daemon.communicate(timeout=60)
     assert listener.wait(timeout=60) == 0
     lines = [json.loads(line) for line in record.read_text().splitlines()]
-    losses = [l["message"] for l in lines if l["topic"].startswith("loss.")]
+    losses = [r["message"] for r in lines if r["topic"].startswith("loss.")]
     assert [m["seq"] for m in losses] == list(range(len(losses))) and len(losses) > 20
     assert lines[-1]["topic"] == "status" and lines[-1]["message"]["state"] == "finished"
 

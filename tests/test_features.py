@@ -6,9 +6,10 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from audiogen import clip, write
 from streamdet.audio import AudioError, FileDecoder, StreamingResampler, load_resampled, probe
 from streamdet.features import FeatureParams, StreamingWindows, offline_windows, window_starts
+
+from audiogen import clip, write
 
 P = FeatureParams()
 

@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from audiogen import clip, write
-from conftest import TINY_TRAIN_YAML, make_bad_dataset
 from streamdet import artifact
 from streamdet.audio import load_resampled
 from streamdet.features import FeatureParams, StreamingWindows, offline_windows
 from train.cache import FeatureCache
+from train.checkpoint import Checkpoint, CheckpointError
 from train.cli import main as train_main
 from train.config import DataConfig, load_train_config
 from train.datasets import read_dataset, read_labels, unlabelled
-from train.evaluate import evaluate, predict
-from train.checkpoint import Checkpoint, CheckpointError
+from train.evaluate import evaluate
 from train.fit import fit
+
+from audiogen import clip, write
+from conftest import TINY_TRAIN_YAML, make_bad_dataset
 
 
 @pytest.fixture(scope="module")

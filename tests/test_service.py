@@ -1,6 +1,5 @@
 """Running for months: systemd notify and watchdog, signals, reload, clip recording, the proxy, logs."""
 import json
-from pathlib import Path
 import os
 import re
 import shutil
@@ -8,16 +7,18 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from audiogen import clip, write
-from conftest import REPO, collect, start_daemon, streamdet_command
 from streamdet.audio import load_resampled
 from streamdet.demo import free_tcp_endpoint
 from streamdet.listen import StreamView
+
+from audiogen import clip, write
+from conftest import REPO, collect, start_daemon, streamdet_command
 
 
 def notify_socket(tmp_path):

@@ -3,17 +3,18 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 import pytest
+import torch
+
+from streamdet import artifact
+from train.calibrate import spread, threshold_for
+from train.config import DataConfig
+from train.datasets import DatasetError, Item, read_bad, read_dataset, read_manifest
+from train.metrics import roc_auc
+from train.splits import k_folds, split_by_group
 
 from audiogen import clip, write
-from conftest import REPO, TINY_TRAIN_YAML, make_bad_dataset
-from streamdet import artifact
-from train.config import DataConfig, load_train_config
-from train.datasets import DatasetError, Item, read_bad, read_dataset, read_manifest
-from train.calibrate import spread, threshold_for
-from train.splits import k_folds, split_by_group
-from train.metrics import roc_auc
+from conftest import REPO
 
 
 @pytest.fixture
@@ -85,12 +86,12 @@ def test_manifest_reader_filters_split_unknown_and_confidence(tmp_path):
 
 
 def test_split_without_groups_is_by_file_stratified_and_repeatable(tmp_path):
-    items = [Item(tmp_path / f"{d}{l}{i}.wav", l, d, f"{d}{l}{i}") for d in ("ff", "wb") for l in (0, 1) for i in range(8)]
+    items = [Item(tmp_path / f"{d}{label}{i}.wav", label, d, f"{d}{label}{i}") for d in ("ff", "wb") for label in (0, 1) for i in range(8)]
     train, val = split_by_group(items, 0.25, seed=3)
     assert not set(train) & set(val) and len(train) + len(val) == len(items)
     for d in ("ff", "wb"):
-        for l in (0, 1):
-            assert sum(1 for i in val if i.dataset == d and i.label == l) == 2
+        for label in (0, 1):
+            assert sum(1 for i in val if i.dataset == d and i.label == label) == 2
     assert split_by_group(items, 0.25, seed=3) == (train, val)
     assert split_by_group(items, 0.25, seed=4) != (train, val)
 
@@ -108,7 +109,7 @@ def test_splits_and_folds_keep_each_recording_on_one_side(tmp_path):
     assert sorted(str(i.path) for f in folds for i in f) == sorted(str(i.path) for i in items)
     assert all(len(s) == 1 for s in sides(folds).values())
     for fold in folds:  # every fold sees both blocks and both labels
-        assert {(i.dataset, i.label) for i in fold} == {(b, l) for b in ("nips4b", "esc50") for l in (0, 1)}
+        assert {(i.dataset, i.label) for i in fold} == {(b, label) for b in ("nips4b", "esc50") for label in (0, 1)}
 
 
 def test_calibration_strategies():

@@ -208,9 +208,7 @@ def cmd_fit(args) -> int:
 def cmd_crossval(args) -> int:
     from rich.table import Table
 
-    from .crossval import crossval
-
-    from .crossval import leave_out
+    from .crossval import crossval, leave_out
 
     config = load_config_with_overrides(args)
     if args.leave_out is not None:

@@ -6,8 +6,8 @@ single bad row stops the run before any training; `skip_bad_rows` drops them wit
 from __future__ import annotations
 
 import csv
-from collections import Counter
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from streamdet.artifact import Model
 from streamdet.features import FeatureParams, windows_from_frames

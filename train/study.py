@@ -112,7 +112,11 @@ def study(config: TrainConfig, eval_data: Path | None, eval_labels: Path | None,
     pool.close()
     result = {
         "chosen": name_of(chosen),
-        "rows": [{"variant": name_of(c), "mode": c.mode, "model": c.model.kind, "front_end": c.features.kind, "energy": c.energy.weight, "crossval": cv["blocks"], "choosing_auc": both_class_mean(cv), "eval": e["eval"] if e else None} for (c, cv), e in zip(rows, ev)],
+        "rows": [
+            {"variant": name_of(c), "mode": c.mode, "model": c.model.kind, "front_end": c.features.kind, "energy": c.energy.weight,
+             "crossval": cv["blocks"], "choosing_auc": both_class_mean(cv), "eval": e["eval"] if e else None}
+            for (c, cv), e in zip(rows, ev)
+        ],
         "leave_one_block_out": loso["blocks"],
     }
     (out_dir / "study.json").write_text(json.dumps(result, indent=1, default=float))

@@ -12,14 +12,14 @@ import numpy as np
 
 from ..audio import AudioError, FileDecoder, list_audio_candidates
 from ..config import SourceConfig, pace_speed
-
-# Samples beyond this (120 dB above full scale) are not audio but damage (a float WAV of garbage):
-# like NaN, they would overflow the front end, so a file is played up to the first of them.
-MAX_SAMPLE = 1e6
 from ..ringbuffer import RingBuffer
 from . import Finished, Notice, SegmentEnd, SegmentStart, Skipped
 
 log = logging.getLogger("streamdet.replay")
+
+# Samples beyond this (120 dB above full scale) are not audio but damage (a float WAV of garbage):
+# like NaN, they would overflow the front end, so a file is played up to the first of them.
+MAX_SAMPLE = 1e6
 
 # At most one 16-bit LSB: a file this quiet throughout is digital silence, not a recording.
 SILENCE_PEAK = 1.0 / 32768
