@@ -35,7 +35,7 @@ def run_demo(pace: str = "max", model: Path | None = None) -> int:
     console.print(f"[bold]streamdet demo[/]: the daemon replays {len(list(clips.iterdir()))} bundled clips from {clips} at pace {pace}; this subscriber shows what arrives on {endpoint}.")
     daemon = subprocess.Popen(command)
     try:
-        view = listen(endpoint, until_finished=True, timeout_s=DEMO_TIMEOUT_S, live=True, console=console)
+        view = listen(endpoint, until_finished=True, timeout_s=DEMO_TIMEOUT_S, live=True, console=console, give_up=lambda: daemon.poll() is not None)
         code = daemon.wait(timeout=30)
     finally:
         if daemon.poll() is None:

@@ -158,9 +158,10 @@ def _bar(score: float | None, threshold: float = 0.5, width: int = 10) -> Text:
 
 def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, ...] = (), jsonl: Path | None = None,
            until_finished: bool = False, timeout_s: float | None = None, live: bool = True, console: Console | None = None,
-           view: StreamView | None = None, ready=None, curve=None) -> StreamView:
+           view: StreamView | None = None, ready=None, curve=None, give_up=None) -> StreamView:
     """Receive until interrupted, until every daemon seen is finished (`until_finished`), or until
-    `timeout_s` passes without a message.  `ready` is called once the socket is connected."""
+    `timeout_s` passes without a message, or `give_up()` is true after a quiet second (the demo's
+    daemon has exited).  `ready` is called once the socket is connected."""
     console = console or Console(stderr=False)
     view = view or StreamView()
     subscriber = Subscriber(endpoint, topics, curve=curve)
@@ -176,6 +177,8 @@ def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, .
                 got = subscriber.receive(min(timeout_s, 1.0) if timeout_s else 1.0)
                 if got is None:
                     if timeout_s and time.monotonic() - last_message > timeout_s:
+                        break
+                    if give_up is not None and give_up():
                         break
                     if live:  # redraw anyway: a daemon going quiet must show up as stale
                         display.update(view.render(), refresh=True)

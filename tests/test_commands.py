@@ -63,3 +63,9 @@ def test_soak_prints_memory_every_interval_and_counts_every_window(tiny_model, t
     got = json.loads(figures.read_text())
     assert got["windows"] > 100 and got["missed"] == 0 and len(got["rss_mib"]) >= 3
     assert all(50 < m < 2000 for m in got["rss_mib"]) and "slope" in result.stdout
+
+
+def test_demo_with_a_daemon_that_cannot_start_returns_at_once(tmp_path):
+    result = subprocess.run(streamdet_command("demo", "--model", str(tmp_path / "missing.pt")), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 1 and "missing.pt: no such file" in result.stderr
+    assert "the daemon exited with status 2" in result.stdout
