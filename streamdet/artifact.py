@@ -195,6 +195,8 @@ def metadata_problems(meta: dict):
         yield f"scoring.threshold: expected a finite number, found {s.get('threshold')!r}"
     if not _finite(s.get("scale")) or s["scale"] <= 0:
         yield f"scoring.scale: expected a positive number, found {s.get('scale')!r}"
+    if "clip_scale" in s and (not _finite(s["clip_scale"]) or s["clip_scale"] <= 0):
+        yield f"scoring.clip_scale: expected a positive number, found {str(s['clip_scale'])[:30]}"
     yield from energy_problems(s.get("energy"))
     if s.get("energy") and params.kind == "pcen":
         yield f"scoring.energy: needs features.kind 'logmel_db' or 'bgnorm' (it measures dB band energy), found {params.kind!r}"

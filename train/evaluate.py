@@ -88,6 +88,7 @@ def predict(model: Model, items: list[Item], cache: FeatureCache, out_csv: Path,
     say); returns the items that could be scored."""
     decisions = model_clip_decisions(model, items, cache, progress)
     scorer = model.scorer()
+    scorer.scale = float(model.meta["scoring"].get("clip_scale", scorer.scale))  # a clip's score, on clips' spread
     scores = {i: float(scorer.score(np.array([d]))[0]) for i, d in decisions.items()}
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w") as f:

@@ -257,8 +257,12 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
         t = float(ordered[len(ordered) - allowed]) if allowed else float(ordered[-1]) + 1e-6 * max(1.0, abs(float(ordered[-1])))
     else:
         t = threshold_for(c.strategy, normal, normal_label == 1, clip_d, labels, c.percentile, c.gamma_quantile)
+    # Window scores keep the scale of normal windows' spread, which the daemon's hysteresis
+    # (on_score, off_score) is set in; clip scores (predict) get the spread of held-out clips'
+    # aggregates, so that they stay apart instead of piling up at 0 and 1.
+    scale = spread(normal)
     sounding = clip_d[clip_d > SILENT_DECISION / 2]
-    scale = spread(sounding) if len(sounding) > 3 else spread(normal)
+    clip_scale = spread(sounding) if len(sounding) > 3 else scale
     nobird_hours = sum(len(d) for i, d in decisions.items() if i.label == 0) * config.features.hop_seconds / 3600
     if c.false_alarms_per_hour is not None and nobird_hours > 0:
         # Raise the threshold past no-bird windows' values until the alarm rate is low enough.
@@ -270,7 +274,7 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
         else:
             t = float(values[-1]) + 1e-6
     alarms = sum(alarm_runs(d, t) for i, d in decisions.items() if i.label == 0)
-    scoring = {**base, "threshold": t, "scale": scale, "strategy": c.strategy, "clip_fpr": c.clip_fpr, "calibration_folds": c.folds, "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
+    scoring = {**base, "threshold": t, "scale": scale, "clip_scale": clip_scale, "strategy": c.strategy, "clip_fpr": c.clip_fpr, "calibration_folds": c.folds, "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
     auc = roc_auc(labels, clip_d) if len(set(labels)) > 1 else float("nan")
     metrics = {
         "val_clips": len(labels), "val_clip_auc": None if np.isnan(auc) else round(auc, 4),
