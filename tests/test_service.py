@@ -125,17 +125,23 @@ def test_sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one(tiny_model,
     assert offsets[0] == 0.0 and max(offsets) <= 3.0  # file offsets stay right across a reload mid-file
 
 
+def replay_recording(tiny_model, replay, endpoint, recording: str, timeout_s: float = 60):
+    """Replay a folder at max pace with clip recording on (`recording`: the section's YAML keys);
+    returns every message and the events' ends."""
+    config = replay.parent / "daemon.yaml"
+    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{min_event_s: 1.4}}\nrecording: {{enabled: true, {recording}}}\n")
+    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
+    got = collect(endpoint, timeout_s=timeout_s)
+    assert daemon.wait(timeout_s) == 0
+    return got, [m for _, m, _ in got if m["type"] == "event" and m["state"] == "end"]
+
+
 def test_events_are_recorded_with_pre_and_post_roll_taken_from_the_stream(tiny_model, tmp_path, endpoint):
     replay = tmp_path / "replay"
     replay.mkdir()
     source = write(replay / "calls.wav", clip(12.0, 44100, [(3.0, 1.5), (8.0, 1.0)], seed=4), 44100)
     clips = tmp_path / "clips"
-    config = tmp_path / "daemon.yaml"
-    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{min_event_s: 1.4}}\nrecording: {{enabled: true, directory: {clips}, pre_roll_s: 1.0, post_roll_s: 0.5}}\n")
-    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
-    got = collect(endpoint, timeout_s=60)
-    assert daemon.wait(30) == 0
-    ends = [m for _, m, _ in got if m["type"] == "event" and m["state"] == "end"]
+    got, ends = replay_recording(tiny_model, replay, endpoint, f"directory: {clips}, pre_roll_s: 1.0, post_roll_s: 0.5")
     assert len(ends) == 2
     audio = load_resampled(source, 22050)
     for end in ends:
@@ -161,13 +167,7 @@ def test_clips_recorded_at_max_pace_hold_all_the_audio_they_announce(tiny_model,
     replay.mkdir()
     for i in range(24):
         write(replay / f"f{i:02d}.wav", clip(12.0, 22050, [(4.0, 2.0), (9.0, 1.5)], seed=40 + i), 22050)
-    clips = tmp_path / "clips"
-    config = tmp_path / "daemon.yaml"
-    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{min_event_s: 1.4}}\nrecording: {{enabled: true, directory: {clips}, pre_roll_s: 2.0, post_roll_s: 2.0}}\n")
-    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
-    got = collect(endpoint, timeout_s=120)
-    assert daemon.wait(60) == 0
-    ends = [m for _, m, _ in got if m["type"] == "event" and m["state"] == "end"]
+    _, ends = replay_recording(tiny_model, replay, endpoint, f"directory: {tmp_path / 'clips'}, pre_roll_s: 2.0, post_roll_s: 2.0", timeout_s=120)
     assert len(ends) >= 24
     for end in ends:
         path = Path(end["clip"])

@@ -13,28 +13,22 @@ from collections import defaultdict
 import numpy as np
 
 from .cache import FeatureCache
-from .checkpoint import Checkpoint
 from .clips import clip_aggregate
 from .config import TrainConfig
 from .datasets import Item, read_dataset
 from .evaluate import reference_clip_score
-from .fit import calibrate, default_cache_dir, out_of_fold_decisions, progress_bar, scoring_base, train_detector, window_decisions
+from .fit import calibrate, calibration_decisions, default_cache_dir, progress_bar, train_on, window_decisions
 from .metrics import partial_auc, roc_auc
-from .splits import k_folds, split_by_group
+from .splits import k_folds
 
 
 def _train_and_score(config: TrainConfig, train: list[Item], test: list[Item], cache: FeatureCache, progress) -> dict[Item, tuple[float, bool]]:
     """(clip decision, called bird) for each of `test`, from a model trained and calibrated on
     `train`.  Decisions of the folds' models are pooled as they are (as cross_val_predict does);
     each fold's own threshold, estimated from its small held-out part, only decides `called`."""
-    fit_items, val_items = split_by_group(train, config.training.val_fraction, config.training.seed)
-    detector, _ = train_detector(config, fit_items, val_items, cache, progress, Checkpoint(None, config, False))
-    base = scoring_base(config, detector, fit_items, cache, progress)
-    if config.calibration.folds > 1:  # nested: the fold's own calibration folds, inside its training part
-        held_out = out_of_fold_decisions(config, train, cache, progress)
-    else:
-        held_out = window_decisions(detector, val_items, cache, config.features, base, progress, "calibrating")
-    scoring, _ = calibrate(config, base, held_out)
+    detector, base, _, val_items = train_on(config, train, cache, progress)
+    # With calibration.folds these are nested: the fold's own calibration folds, inside its training part.
+    scoring, _ = calibrate(config, base, calibration_decisions(config, detector, base, train, val_items, cache, progress))
     how, t = config.calibration.clip_aggregate, scoring["threshold"]
     return {i: (clip_aggregate(d, how), clip_aggregate(d, how) >= t) for i, d in window_decisions(detector, test, cache, config.features, base, progress, "scoring the fold").items()}
 

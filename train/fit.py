@@ -220,6 +220,22 @@ def window_decisions(detector: Detector, items: list[Item], cache: FeatureCache,
     return out
 
 
+def train_on(config: TrainConfig, items: list[Item], cache: FeatureCache, progress: Progress | None) -> tuple[Detector, dict, list[Item], list[Item]]:
+    """A detector trained on `items` as `fit` trains it (not checkpointed): (detector, its scoring
+    base, the items it learnt from, its held-out part)."""
+    fit_items, val_items = split_by_group(items, config.training.val_fraction, config.training.seed)
+    detector, _ = train_detector(config, fit_items, val_items, cache, progress, Checkpoint(None, config, False))
+    return detector, scoring_base(config, detector, fit_items, cache, progress), fit_items, val_items
+
+
+def calibration_decisions(config: TrainConfig, detector: Detector, base: dict, items: list[Item], val_items: list[Item], cache: FeatureCache, progress: Progress | None) -> dict[Item, np.ndarray]:
+    """What the threshold is set on: the held-out part's decisions, or with calibration.folds the
+    out-of-fold decisions over all of `items`."""
+    if config.calibration.folds > 1:
+        return out_of_fold_decisions(config, items, cache, progress)
+    return window_decisions(detector, val_items, cache, config.features, base, progress, "calibrating on held-out clips")
+
+
 def out_of_fold_decisions(config: TrainConfig, items: list[Item], cache: FeatureCache, progress: Progress | None) -> dict[Item, np.ndarray]:
     """Window decisions of every clip from a model that never heard its recording: K models on
     grouped folds (calibration.folds), each trained as `fit` trains.  Their decisions are pooled as
@@ -228,9 +244,8 @@ def out_of_fold_decisions(config: TrainConfig, items: list[Item], cache: Feature
     task = progress.add_task("calibration folds", total=config.calibration.folds, info="") if progress else None
     for fold in k_folds(items, config.calibration.folds, config.training.seed):
         in_fold = set(fold)
-        fit_items, val_items = split_by_group([i for i in items if i not in in_fold], config.training.val_fraction, config.training.seed)
-        detector, _ = train_detector(config, fit_items, val_items, cache, progress, Checkpoint(None, config, False))
-        decisions.update(window_decisions(detector, fold, cache, config.features, scoring_base(config, detector, fit_items, cache), progress, "scoring a calibration fold"))
+        detector, base, _, _ = train_on(config, [i for i in items if i not in in_fold], cache, progress)
+        decisions.update(window_decisions(detector, fold, cache, config.features, base, progress, "scoring a calibration fold"))
         if progress:
             progress.update(task, advance=1)
     return decisions
@@ -305,11 +320,8 @@ def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, c
         if not distributed.is_main():
             return None, {}  # rank 0 calibrates and writes the artifact
         base = scoring_base(config, detector, train_items, cache, progress)
-        if config.calibration.folds > 1:
-            held_out = out_of_fold_decisions(config, [i for i in items if i not in unusable], cache, progress)
-        else:
-            held_out = window_decisions(detector, val_items, cache, params, base, progress, "calibrating on held-out clips")
-        scoring, metrics = calibrate(config, base, held_out)
+        usable = [i for i in items if i not in unusable]
+        scoring, metrics = calibrate(config, base, calibration_decisions(config, detector, base, usable, val_items, cache, progress))
     train_seconds = sum(v["seconds"] for v in info.values())
     audio_hours = {role: v["windows"] * params.hop_seconds / 3600 for role, v in info.items()}
     metrics.update({
