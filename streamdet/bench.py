@@ -121,7 +121,7 @@ def _end_to_end(data: Path, model_path: Path | None, device: str) -> dict:
     listener.join(30)
     publisher.close()
     channel = daemon.channels[0]
-    audio_s = channel.samples_scored / model.features.sample_rate
+    audio_s = channel.reader.samples_read / model.features.sample_rate
     status = counts["status"] or {}
     return {"x": round(audio_s / wall, 1), "missed": counts["missed"], "latency_ms": status.get("sources", {}).get("bench", {}).get("latency_ms")}
 

@@ -1,4 +1,4 @@
-"""The message bus: ZeroMQ multipart messages [topic, JSON], schema version SCHEMA_VERSION.
+"""The message bus: ZeroMQ multipart messages [topic, JSON body] (bodies: streamdet.messages).
 
 Topics: `loss.<source>` (every window), `event.<source>` (event start/end), `status` (periodic
 and final).  Every JSON body has `v` (schema version), `type`, `ts` (wall-clock Unix seconds).
@@ -13,17 +13,12 @@ from typing import Callable, Iterator
 
 import zmq
 
-SCHEMA_VERSION = 1
 MAX_SUBSCRIPTION_BYTES = 4096  # a topic prefix longer than this is no subscription but an attack
 MAX_MESSAGE_BYTES = 1 << 20  # a status message is a few KB; a peer sending more is cut off
 
 
 class BusError(Exception):
     pass
-
-
-def message(kind: str, **fields) -> dict:
-    return {"v": SCHEMA_VERSION, "type": kind, "ts": round(time.time(), 6), **fields}
 
 
 def _json_default(value):

@@ -9,8 +9,9 @@ import threading
 import time
 from dataclasses import asdict
 
+from . import messages
 from .artifact import Model
-from .bus import Publisher, message
+from .bus import Publisher
 from .config import Config, SourceConfig
 from .pipeline import Channel
 from .ringbuffer import RingBuffer
@@ -116,7 +117,7 @@ class Daemon:
         if state == "stopped":
             self._drain()
         for channel in self.channels:
-            channel.recorder_finish()
+            channel.finish_clips()
         self._publish_status(state)
         log.info("%s after %.1f s: %s", state, time.monotonic() - self.started_at, ", ".join(f"{c.name}: {c.seq} windows, {c.events} events" for c in self.channels))
         return state
@@ -173,13 +174,9 @@ class Daemon:
         for channel in self.channels:
             channel.report_pending = False
         self.publisher.poll_subscriptions()
-        body = message(
-            "status", run_id=self.run_id, daemon=self.name, state=state,
-            uptime_s=round(time.monotonic() - self.started_at, 3),
-            status_interval_s=self.config.bus.status_interval_s,
-            model=self.model.describe(),
-            detector=asdict(self.config.detector),
-            reloads=self.reloads,
+        body = messages.status(
+            self.run_id, self.name, state, time.monotonic() - self.started_at, self.config.bus.status_interval_s,
+            model=self.model.describe(), detector=asdict(self.config.detector), reloads=self.reloads,
             sources={c.name: c.status() for c in self.channels},
         )
         self.publisher.send("status", body)

@@ -12,7 +12,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .bus import SCHEMA_VERSION, Subscriber
+from .bus import Subscriber
+from .messages import SCHEMA_VERSION
 
 FINAL_STATES = ("finished", "stopped")
 
