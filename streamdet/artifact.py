@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import one_line
 from .features import FeatureParams
+from .modes import MODES, POLARITIES
 from .scoring import Scorer, energy_problems
 
 log = logging.getLogger("streamdet.artifact")
@@ -24,8 +26,6 @@ log = logging.getLogger("streamdet.artifact")
 FORMAT = "streamdet-model"
 FORMAT_VERSION = 1
 META_NAME = "streamdet.json"
-POLARITIES = ("high_loss_is_bird", "low_loss_is_bird")
-MODES = ("nobird", "bird", "contrast")
 MODEL_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)  # the daemon resamples every source to one of these
 
 
@@ -114,14 +114,14 @@ def load(path: Path | str | None, device: str | torch.device = "auto", optimise:
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as exc:
-        reason = " ".join(str(exc).split())
+        reason = one_line(exc, limit=10**6)
         raise ArtifactError(f"{where}: not a TorchScript archive ({reason if len(reason) <= 100 else reason[:100] + '...'})") from None
     if not extra[META_NAME]:
         raise ArtifactError(f"{where}: no {META_NAME} metadata inside; it was not exported by streamdet")
     try:
         meta = json.loads(extra[META_NAME])
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{where}: {META_NAME} is not valid JSON ({' '.join(str(exc).split())[:100]})") from None
+        raise ArtifactError(f"{where}: {META_NAME} is not valid JSON ({one_line(exc, 100)})") from None
     except RecursionError:
         raise ArtifactError(f"{where}: {META_NAME} is nested too deeply to be a model description") from None
     for problem in metadata_problems(meta):
@@ -146,7 +146,7 @@ def _optimised(module, model: Model):
                 return fast
         log.warning("model %s: the optimised module disagrees with the saved one; using the saved one", model.path)
     except Exception as exc:  # an optimisation pass torch cannot do here is no reason to refuse the model
-        log.warning("model %s: not optimised (%s)", model.path, " ".join(str(exc).split())[:120])
+        log.warning("model %s: not optimised (%s)", model.path, one_line(exc, 120))
     return module
 
 
@@ -209,7 +209,7 @@ def _smoke_test(model: Model, where: str) -> None:
         frames = model.frontend(torch.zeros(p.window_samples))
         losses = model.losses(torch.zeros(2, p.window_frames, p.n_mels, device=model.device))
     except Exception as exc:
-        raise ArtifactError(f"{where}: the model rejects windows of {p.window_frames}x{p.n_mels} described by its metadata ({' '.join(str(exc).split())[:160]})") from None
+        raise ArtifactError(f"{where}: the model rejects windows of {p.window_frames}x{p.n_mels} described by its metadata ({one_line(exc, 160)})") from None
     if tuple(frames.shape) != (p.window_frames, p.n_mels):
         raise ArtifactError(f"{where}: features: metadata describes {p.window_frames}x{p.n_mels} frames per window, the embedded front end gives {tuple(frames.shape)}")
     if losses.shape != (2,):

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torchaudio.transforms import Resample
 
+from .errors import one_line
+
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".w64", ".caf", ".au"})
 
 
@@ -53,7 +55,7 @@ def probe(path: Path) -> sf._SoundFileInfo:
     try:
         info = sf.info(sf_name(path))
     except Exception as exc:  # libsndfile reports every decoding problem as a RuntimeError or LibsndfileError
-        raise AudioError(f"cannot decode: {_one_line(exc).replace(repr(str(path)), 'it')}") from None
+        raise AudioError(f"cannot decode: {one_line(exc, limit=10**6).replace(repr(str(path)), 'it')}") from None
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioError("empty: no samples")
     return info
@@ -70,7 +72,7 @@ def read_mono_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
                 mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
                 yield np.ascontiguousarray(mono)
     except Exception as exc:
-        raise AudioError(f"decoding failed: {_one_line(exc)}") from None
+        raise AudioError(f"decoding failed: {one_line(exc, limit=10**6)}") from None
 
 
 class StreamingResampler:
@@ -202,7 +204,3 @@ def load_resampled(path: Path, sample_rate: int, notices: list | None = None) ->
     if notices is not None and (truncated := decoder.truncation()):
         notices.append(truncated)
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .artifact import load
 from .audio import AudioError, FileDecoder, list_audio_candidates
-from .bus import Publisher, Subscriber
+from .bus import Subscriber
 from .config import BusConfig, Config, ModelConfig, SourceConfig
 from .daemon import Daemon
 from .demo import demo_clips_dir, free_tcp_endpoint
@@ -90,12 +90,11 @@ def _end_to_end(data: Path, model_path: Path | None, device: str) -> dict:
     endpoint = free_tcp_endpoint()
     config = Config(
         sources=[SourceConfig(kind="replay", name="bench", path=str(data), pace="max")],
-        model=ModelConfig(path=None if model_path is None else str(model_path), device=device, batch_windows=64),
+        model=ModelConfig(path=None if model_path is None else str(model_path), device=device, batch_windows=64, threads=torch.get_num_threads()),
         bus=BusConfig(endpoint=endpoint, wait_subscribers=1, wait_timeout_s=10, status_interval_s=60),
     )
-    model = load(config.model.path, config.model.device, optimise=True)
-    publisher = Publisher(endpoint, config.bus.send_hwm, wait_when_full=True)
-    daemon = Daemon(config, model, publisher, name="bench")
+    daemon = Daemon.from_config(config, name="bench")
+    model, publisher = daemon.model, daemon.publisher
     counts = {"loss": 0, "missed": 0, "status": None}
 
     def subscribe():

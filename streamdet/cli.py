@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .errors import one_line
 
 EXIT_USAGE = 2
 
@@ -129,7 +130,7 @@ def setup_logging(level: str) -> None:
 
 def build_config(args):
     from .config import SourceConfig, check_config, load_config
-    from .typedconfig import ConfigError, set_path
+    from .typedconfig import ConfigError, apply_overrides
 
     try:
         config = load_config(args.config)
@@ -161,11 +162,7 @@ def build_config(args):
             config.bus.wait_subscribers = args.wait_subscribers
         if args.log_level is not None:
             config.log.level = args.log_level
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set {item}: expected KEY=VALUE")
-            set_path(config, key, value)
+        apply_overrides(config, args.set)
         check_config(config, args.config)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
@@ -187,34 +184,19 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGHUP, lambda *_: early_hup.append(1))
     config = build_config(args)
     setup_logging(config.log.level)
-    from .artifact import ArtifactError, load
-    from .bus import BusError, Publisher
-    from .daemon import Daemon
-    from .sources.mic import MicError
+    from .artifact import load
+    from .daemon import Daemon, StartError
 
-    if config.model.threads:
-        import torch
-
-        torch.set_num_threads(config.model.threads)
-    try:
-        model = load(config.model.path, config.model.device, optimise=True)
-    except ArtifactError as exc:
-        raise UserError(str(exc)) from None
-    wait = all(s.kind == "replay" for s in config.sources)
-    try:
-        publisher = Publisher(config.bus.endpoint, config.bus.send_hwm, wait_when_full=wait, connect=config.bus.connect, curve=config.bus.curve())
-    except BusError as exc:
-        raise UserError(str(exc)) from None
     def reload():
         """SIGHUP: the config file again, with this command line's overrides, and its model."""
         fresh = build_config(args)
         return fresh, load(fresh.model.path, fresh.model.device, optimise=True)
 
     try:
-        daemon = Daemon(config, model, publisher, reload=reload)
-    except MicError as exc:
-        publisher.close()
+        daemon = Daemon.from_config(config, reload=reload)
+    except StartError as exc:
         raise UserError(str(exc)) from None
+    publisher = daemon.publisher
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
@@ -224,7 +206,7 @@ def cmd_run(args) -> int:
         daemon.run()
     finally:
         # Queued messages get the rest of the grace period to reach their subscribers.
-        delivered = publisher.close(DRAIN_S, wait=True) or not wait  # live subscribers lose what they cannot take
+        delivered = publisher.close(DRAIN_S, wait=True) or not publisher.wait_when_full  # live subscribers lose what they cannot take
     failed = [f"{c.name}: {c.source.failed}" for c in daemon.channels if getattr(c.source, "failed", None)]
     if failed:  # a source that died did not finish: systemd's Restart=on-failure must see it
         logging.getLogger("streamdet").error("source(s) failed, the stream is incomplete: %s", "; ".join(failed))
@@ -374,7 +356,7 @@ def cmd_bench(args) -> int:
         else:
             results = run_bench(args.data, args.model, args.device, max(1, args.passes))
     except (ArtifactError, RuntimeError, ValueError) as exc:
-        raise UserError(" ".join(str(exc).split())[:200]) from None
+        raise UserError(one_line(exc)) from None
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

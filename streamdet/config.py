@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .typedconfig import ConfigError, build, check, load_yaml
+from .typedconfig import build, check, in_file, load_yaml, relative_to_file
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PACE_PATTERN = re.compile(r"^(realtime|max|\d+(\.\d+)?x)$")
@@ -156,28 +156,14 @@ def load_config(path: Path | str | None) -> Config:
     """The config at `path`, or the defaults, not yet checked: overrides come first, then `check_config`."""
     if path is None:
         return Config(sources=[])
-    config = _in_file(path, lambda: build(Config, load_yaml(path)))
-    base = Path(path).resolve().parent  # relative paths in a file are relative to the file
+    config = in_file(path, lambda: build(Config, load_yaml(path)))
     for source in config.sources:
-        if source.path and not Path(source.path).is_absolute():
-            source.path = str((base / source.path).resolve())
-    if config.model.path and not Path(config.model.path).is_absolute():
-        config.model.path = str((base / config.model.path).resolve())
-    if not Path(config.recording.directory).is_absolute():
-        config.recording.directory = str((base / config.recording.directory).resolve())
+        source.path = relative_to_file(path, source.path)
+    config.model.path = relative_to_file(path, config.model.path)
+    config.recording.directory = relative_to_file(path, config.recording.directory)
     return config
 
 
 def check_config(config: Config, path: Path | str | None = None) -> Config:
-    _in_file(path, lambda: check(config))
+    in_file(path, lambda: check(config))
     return config
-
-
-def _in_file(path, action):
-    try:
-        return action()
-    except ConfigError as exc:
-        message = str(exc)
-        if path is None or message.startswith("config "):
-            raise
-        raise ConfigError(f"config {path}: {message}") from None

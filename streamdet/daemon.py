@@ -13,6 +13,7 @@ from . import messages
 from .artifact import Model
 from .bus import Publisher
 from .config import Config, SourceConfig
+from .errors import one_line
 from .pipeline import Channel
 from .ringbuffer import RingBuffer
 from .sources.replay import ReplaySource
@@ -45,7 +46,38 @@ def make_source(config: SourceConfig, sample_rate: int):
     return ReplaySource(config, sample_rate, ring), ring
 
 
+class StartError(Exception):
+    """The daemon cannot start: one line for the person who started it."""
+
+
 class Daemon:
+    @classmethod
+    def from_config(cls, config: Config, name: str | None = None, reload=None, optimise: bool = True) -> Daemon:
+        """Model, bus and sources from a checked config: the one wiring of `run`, `bench` and `soak`.
+        A replay-only daemon waits for slow subscribers (no message lost); a live one never blocks."""
+        from .artifact import ArtifactError, load
+        from .bus import BusError
+        from .sources.mic import MicError
+
+        if config.model.threads:
+            import torch
+
+            torch.set_num_threads(config.model.threads)
+        try:
+            model = load(config.model.path, config.model.device, optimise=optimise)
+        except ArtifactError as exc:
+            raise StartError(str(exc)) from None
+        replay_only = all(s.kind == "replay" for s in config.sources)
+        try:
+            publisher = Publisher(config.bus.endpoint, config.bus.send_hwm, wait_when_full=replay_only, connect=config.bus.connect, curve=config.bus.curve())
+        except BusError as exc:
+            raise StartError(str(exc)) from None
+        try:
+            return cls(config, model, publisher, name=name, reload=reload)
+        except MicError as exc:
+            publisher.close()
+            raise StartError(str(exc)) from None
+
     def __init__(self, config: Config, model: Model, publisher: Publisher, name: str | None = None, reload=None, notifier: Notifier | None = None):
         """`reload`, if given, returns a fresh (config, model) or raises with a one-line reason (SIGHUP)."""
         self.config, self.model, self.publisher = config, model, publisher
@@ -141,7 +173,7 @@ class Daemon:
                 raise ValueError(f"the new model runs at {model.features.sample_rate} Hz, the running sources at {self.model.features.sample_rate} Hz; restart the daemon to change rate")
         except Exception as exc:
             self.reloads["rejected"] += 1
-            self.reloads["last"] = {"ok": False, "reason": " ".join(str(exc).split())}
+            self.reloads["last"] = {"ok": False, "reason": one_line(exc, limit=10**6)}
             log.error("reload rejected, still running the previous config and model: %s", self.reloads["last"]["reason"])
             self.notifier.ready()
             return

@@ -12,6 +12,7 @@ import torch
 from .config import DetectorConfig
 from .events import EventTracker
 from .features import mel_band_edges
+from .modes import polarity_sign
 
 
 class BandExplainer:
@@ -66,7 +67,7 @@ class Detector:
         """A new model and hysteresis (reload); an open event goes on with them."""
         self.model = model
         self.scorer = model.scorer()
-        self.explainer = BandExplainer(model.features, 1.0 if model.polarity == "high_loss_is_bird" else -1.0)
+        self.explainer = BandExplainer(model.features, polarity_sign(model.polarity))
         self.tracker.config = config
 
     def new_segment(self) -> None:

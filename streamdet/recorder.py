@@ -12,6 +12,7 @@ from pathlib import Path
 import soundfile as sf
 
 from .config import RecordingConfig
+from .errors import one_line
 from .ringbuffer import RingBuffer
 
 log = logging.getLogger("streamdet.recorder")
@@ -122,7 +123,7 @@ class ClipRecorder:
                 tmp.unlink(missing_ok=True)
             except OSError:  # its folder may be what failed (a file where the folder should be)
                 pass
-            reason = f"could not write {job.path}: {getattr(exc, 'strerror', None) or ' '.join(str(exc).split())[:160]}"
+            reason = f"could not write {job.path}: {getattr(exc, 'strerror', None) or one_line(exc, 160)}"
             self.errors.append(reason)
             log.error("%s: clip recording failed: %s", self.source, reason)
         finally:

@@ -17,6 +17,7 @@ from collections import deque
 import numpy as np
 
 from .features import FeatureParams, mel_band_edges
+from .modes import polarity_sign
 
 ENERGY_BAND_HZ = (2000.0, 8000.0)
 SILENT_DECISION = -1e6  # a digitally silent window's decision: its score is 0
@@ -32,7 +33,7 @@ def band_energy_db(windows_db: np.ndarray, params: FeatureParams, band_hz=ENERGY
 
 class Scorer:
     def __init__(self, scoring: dict, params: FeatureParams, context_windows: int | None = None):
-        self.sign = 1.0 if scoring["polarity"] == "high_loss_is_bird" else -1.0
+        self.sign = polarity_sign(scoring["polarity"])
         self.threshold, self.scale = float(scoring.get("threshold", 0.0)), float(scoring.get("scale", 1.0))
         self.energy = scoring.get("energy")
         self.params = params

@@ -14,6 +14,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from .errors import one_line
+
 
 class SecurityError(Exception):
     pass
@@ -30,7 +32,7 @@ def _keys(path: str, what: str, secret: bool) -> tuple[bytes, bytes | None]:
     try:
         public, private = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
-        raise SecurityError(f"{what} {path}: not a readable CURVE certificate ({' '.join(str(exc).split())[:80]}); make one with `streamdet keys`") from None
+        raise SecurityError(f"{what} {path}: not a readable CURVE certificate ({one_line(exc, 80)}); make one with `streamdet keys`") from None
     if secret and private is None:
         raise SecurityError(f"{what} {path}: holds no secret key (use the .key_secret file)")
     return public, private

@@ -10,9 +10,11 @@ import reprlib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
+
+from .errors import one_line
 
 T = TypeVar("T")
 
@@ -59,7 +61,7 @@ def load_yaml(path: Path | str) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config {path}: not valid YAML{where}: {' '.join(str(getattr(exc, 'problem', None) or exc).split())[:120]}") from None
+        raise ConfigError(f"config {path}: not valid YAML{where}: {one_line(getattr(exc, 'problem', None) or exc, 120)}") from None
     except RecursionError:
         raise ConfigError(f"config {path}: nested too deeply to be a configuration") from None
     if data is None:
@@ -195,3 +197,30 @@ def _describe(value: Any) -> str:
 
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
+
+
+def apply_overrides(obj: Any, items: list[str]) -> None:
+    """`--set KEY=VALUE` items, in order (both command lines)."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE")
+        set_path(obj, key, value)
+
+
+def relative_to_file(config_path: Path | str, value: str | None) -> str | None:
+    """A path written in a config file is relative to the file's folder."""
+    if not value or Path(value).is_absolute():
+        return value
+    return str((Path(config_path).resolve().parent / value).resolve())
+
+
+def in_file(path: Path | str | None, action: Callable[[], Any]) -> Any:
+    """Run `action`; a ConfigError it raises names the config file (once)."""
+    try:
+        return action()
+    except ConfigError as exc:
+        message = str(exc)
+        if path is None or message.startswith("config "):
+            raise
+        raise ConfigError(f"config {path}: {message}") from None

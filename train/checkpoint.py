@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from streamdet.errors import one_line
+
 from .config import TrainConfig
 
 log = logging.getLogger("train.checkpoint")
@@ -51,7 +53,7 @@ class Checkpoint:
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:
-                raise CheckpointError(f"{path}: not a readable checkpoint ({' '.join(str(exc).split())[:120]})") from None
+                raise CheckpointError(f"{path}: not a readable checkpoint ({one_line(exc, 120)})") from None
             if not isinstance(saved, dict) or saved.get("key") != self.key:
                 raise CheckpointError(f"{path}: checkpoint of a different configuration or data; remove it or train without --resume")
             self.state, self.resumed = saved, True

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from streamdet.artifact import ArtifactError
+from streamdet.modes import MODES
 from streamdet.typedconfig import ConfigError
 
 from .checkpoint import CheckpointError
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--out", type=Path, help="artifact path (default: the config's output)")
     fit.add_argument("--epochs", type=int, help="override training.epochs")
     fit.add_argument("--device", help="override training.device (auto, cpu, cuda)")
-    fit.add_argument("--mode", choices=("nobird", "bird", "contrast"), help="override mode")
+    fit.add_argument("--mode", choices=tuple(MODES), help="override mode")
     fit.add_argument("--resume", action="store_true", help="continue from the checkpoint next to the output")
     fit.add_argument("--cache", type=Path, help="feature cache folder (default: the config's cache_dir, else ~/.cache/streamdet/features)")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set model.kind=conv")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--config", type=Path, required=True)
     cv.add_argument("--folds", type=int, default=4)
     cv.add_argument("--seed", type=int, default=0, help="how clips are dealt into folds")
-    cv.add_argument("--mode", choices=("nobird", "bird", "contrast"), help="override mode")
+    cv.add_argument("--mode", choices=tuple(MODES), help="override mode")
     cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set features.kind=pcen")
     cv.add_argument("--json", type=Path, help="also write the result here")
     cv.add_argument("--cache", type=Path)
@@ -159,7 +160,7 @@ def cmd_predict(args) -> int:
 
 
 def load_config_with_overrides(args):
-    from streamdet.typedconfig import check, set_path
+    from streamdet.typedconfig import apply_overrides, check, in_file
 
     from .config import load_train_config
 
@@ -170,15 +171,8 @@ def load_config_with_overrides(args):
         config.training.device = args.device
     if args.mode is not None:
         config.mode = args.mode
-    for item in getattr(args, "set", []):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE")
-        set_path(config, key, value)
-    try:
-        check(config)
-    except ConfigError as exc:
-        raise ConfigError(f"config {args.config}: {exc}") from None
+    apply_overrides(config, getattr(args, "set", []))
+    in_file(args.config, lambda: check(config))
     return config
 
 

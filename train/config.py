@@ -5,7 +5,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from streamdet.features import FeatureParams
-from streamdet.typedconfig import ConfigError, build, check, load_yaml
+from streamdet.modes import MODES
+from streamdet.typedconfig import build, check, in_file, load_yaml, relative_to_file
 
 # The BAD 2018 datasets as distributed: `root` holds the metadata CSV and the `wav/` folder.
 PRESETS = {
@@ -139,7 +140,7 @@ class TrainConfig:
     data: list[DataConfig] = field(default_factory=list)
     # nobird: a VAE of background, high loss = bird; bird: a VAE of bird clips, low loss = bird;
     # contrast: both, score = background loss - bird loss.
-    mode: str = field(default="contrast", metadata={"choices": ("nobird", "bird", "contrast")})
+    mode: str = field(default="contrast", metadata={"choices": tuple(MODES)})
     features: FeatureParams = field(default_factory=FeatureParams)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -161,22 +162,13 @@ class TrainConfig:
 
 def load_train_config(path: Path | str) -> TrainConfig:
     """Relative paths in the file are taken relative to the file's folder."""
-    path = Path(path)
-    try:
+    def build_rebased() -> TrainConfig:
         config = build(TrainConfig, load_yaml(path))
-        base = path.parent
         for i, d in enumerate(config.data):
-            config.data[i] = replace(d, root=_rebase(base, d.root), audio_dir=_rebase(base, d.audio_dir), labels=_rebase(base, d.labels))
-        config.output = _rebase(base, config.output)
-        config.cache_dir = _rebase(base, config.cache_dir)
+            config.data[i] = replace(d, root=relative_to_file(path, d.root), audio_dir=relative_to_file(path, d.audio_dir), labels=relative_to_file(path, d.labels))
+        config.output = relative_to_file(path, config.output)
+        config.cache_dir = relative_to_file(path, config.cache_dir)
         check(config)
-    except ConfigError as exc:
-        message = str(exc)
-        raise ConfigError(message if message.startswith("config ") else f"config {path}: {message}") from None
-    return config
+        return config
 
-
-def _rebase(base: Path, value: str | None) -> str | None:
-    if value is None or Path(value).is_absolute():
-        return value
-    return str((base / value).resolve())
+    return in_file(path, build_rebased)

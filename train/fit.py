@@ -18,6 +18,7 @@ import streamdet
 from streamdet import artifact
 from streamdet.features import LogMel
 from streamdet.model import Detector, architecture, make_vae, vae_loss
+from streamdet.modes import MODES
 from streamdet.scoring import ENERGY_BAND_HZ, SILENT_DECISION, Scorer
 
 from . import distributed
@@ -33,7 +34,6 @@ from .windows import WindowSet, mix_windows
 
 log = logging.getLogger("train.fit")
 
-POLARITY = {"nobird": "high_loss_is_bird", "bird": "low_loss_is_bird", "contrast": "high_loss_is_bird"}
 
 
 def progress_bar() -> Progress:
@@ -133,7 +133,7 @@ def _reconstruction_error(vae: torch.nn.Module, windows: WindowSet, prepare, bat
 def train_detector(config: TrainConfig, train_items: list[Item], val_items: list[Item], cache: FeatureCache, progress: Progress, checkpoint: Checkpoint) -> tuple[Detector, dict]:
     """The Detector for `config.mode`, trained on `train_items`, stopped early on `val_items`."""
     params, device = config.features, artifact.resolve_device(config.training.device)
-    roles = {"nobird": ["background"], "bird": ["bird"], "contrast": ["background", "bird"]}[config.mode]
+    roles = MODES[config.mode].roles
 
     def windows(items, label):
         chosen = [i for i in items if i.label == label]
@@ -172,11 +172,11 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
 def scoring_base(config: TrainConfig, detector: Detector, train_items: list[Item], cache: FeatureCache, progress: Progress | None = None) -> dict:
     """Polarity and, when asked for, the energy term with its centre and spreads, measured on the
     training windows of the normal class so that its two parts weigh as `energy.weight` says."""
-    polarity = POLARITY[config.mode]
+    polarity = MODES[config.mode].polarity
     base = {"mode": config.mode, "polarity": polarity}
     if not config.energy.weight:
         return base
-    normal = [i for i in train_items if i.label == (1 if config.mode == "bird" else 0)]
+    normal = [i for i in train_items if i.label == MODES[config.mode].normal_label]
     probe = Scorer(base, config.features, context_windows=config.energy.context_windows)
     s, e = [], []
     with torch.no_grad():
@@ -259,7 +259,7 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
     that level, on held-out no-bird clips.  The scale is the spread of held-out clips' aggregates,
     so that calibrated scores stay informative (not 0 or 1) across the clips actually seen."""
     c = config.calibration
-    normal_label = 1 if config.mode == "bird" else 0
+    normal_label = MODES[config.mode].normal_label
     normal = np.concatenate([d[d > SILENT_DECISION] for i, d in decisions.items() if i.label == normal_label] or [np.zeros(0)])
     nobird_clips = np.array([clip_aggregate(d, c.clip_aggregate) for i, d in decisions.items() if i.label == 0])
     if not len(normal) or (c.strategy == "clip_fpr" and not len(nobird_clips)):

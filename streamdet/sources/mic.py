@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
-from collections import deque
 
 import numpy as np
 
 from ..config import SourceConfig
+from ..errors import one_line
 from ..ringbuffer import RingBuffer
 from . import Finished, Gap, SourceDown, SourceUp
+from .base import SourceThread
 
 log = logging.getLogger("streamdet.mic")
 
@@ -77,20 +77,21 @@ def resolve_input(sd, spec: str | None) -> dict:
     return matches[0]
 
 
-class MicSource:
+class MicSource(SourceThread):
+    """The audio callback only copies into the ring; the supervising thread (`_run`) opens the
+    device, watches it, and reopens it when it goes away."""
+
     kind = "mic"
 
     def __init__(self, config: SourceConfig, sample_rate: int):
+        super().__init__(config.name)
         self.sd = import_sounddevice()
-        self.name = config.name
         self.device = resolve_input(self.sd, config.device)
         self.channels = max(1, min(config.channels, self.device["channels"]))
         self.rate = config.sample_rate or self._pick_rate(sample_rate)
         self.block = config.block_frames
         self.latency = config.latency
         self.ring = RingBuffer(int(config.ring_seconds * self.rate))
-        self.markers: deque = deque()
-        self.current_file = None
         self.state = "starting"
         self.stream_start_wall: float | None = None
         self.overflows = 0
@@ -102,8 +103,6 @@ class MicSource:
         self._last_callback = 0.0
         self._down_at: float | None = None  # consumer side: when the audio stopped, for the gap's length
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # supervisor -> consumer
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._supervise, name=f"mic-{self.name}", daemon=True)
 
     def _pick_rate(self, model_rate: int) -> int:
         """The model's rate when the device takes it (no resampling), else the device's own."""
@@ -128,15 +127,6 @@ class MicSource:
         self._last_callback = time.monotonic()
 
     # -- supervision --------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
     def _open(self):
         stream = self.sd.InputStream(
             device=self.device["index"], samplerate=self.rate, channels=self.channels, dtype="float32",
@@ -145,14 +135,14 @@ class MicSource:
         stream.start()
         return stream
 
-    def _supervise(self) -> None:
+    def _run(self) -> None:
         backoff = BACKOFF_S[0]
         while not self._stop.is_set():
             try:
                 stream = self._open()
             except Exception as exc:
                 if self.state != "down":
-                    self._down(f"cannot open '{self.device['name']}': {_one_line(exc)}")
+                    self._down(f"cannot open '{self.device['name']}': {one_line(exc)}")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_S[1])
                 continue
@@ -231,7 +221,3 @@ class MicSource:
             merged = sorted(list(self.markers) + new, key=lambda m: m.pos)
             self.markers.clear()
             self.markers.extend(merged)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__

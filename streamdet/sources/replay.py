@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 from ..audio import AudioError, FileDecoder, list_audio_candidates
 from ..config import SourceConfig, pace_speed
+from ..errors import one_line
 from ..ringbuffer import RingBuffer
 from . import Finished, Notice, SegmentEnd, SegmentStart, Skipped
+from .base import SourceThread
 
 log = logging.getLogger("streamdet.replay")
 
@@ -26,22 +26,18 @@ SILENCE_PEAK = 1.0 / 32768
 RESCAN_SECONDS = 2.0
 
 
-class ReplaySource:
+class ReplaySource(SourceThread):
     kind = "replay"
 
     def __init__(self, config: SourceConfig, sample_rate: int, ring: RingBuffer):
-        self.name = config.name
+        super().__init__(config.name)
         self.directory = Path(config.path)
         self.speed = pace_speed(config.pace)
         self.loop = config.loop
         self.sample_rate = sample_rate
         self.ring = ring
         self.block = max(1, int(config.block_seconds * sample_rate))
-        self.markers: deque = deque()
-        self.current_file: str | None = None
         self.failed: str | None = None  # why the replay thread died, if it did: an error, never a finish
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"replay-{self.name}", daemon=True)
         self._t0 = 0.0
         self._pos0 = 0
 
@@ -49,21 +45,12 @@ class ReplaySource:
     def rate(self) -> int:
         return self.sample_rate  # files are resampled to the model's rate as they are decoded
 
-    def poll(self) -> None:
-        pass  # markers are appended in order by the replay thread itself
-
     def describe(self) -> dict:
         return {"path": str(self.directory), "pace": "max" if math.isinf(self.speed) else f"{self.speed:g}x", "loop": self.loop, "failed": self.failed}
 
     def start(self) -> None:
         self._t0, self._pos0 = time.monotonic(), self.ring.write_pos
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        super().start()  # markers are appended in order by the replay thread itself: nothing to poll
 
     def _run(self) -> None:
         try:
@@ -75,7 +62,7 @@ class ReplaySource:
                     self._stop.wait(RESCAN_SECONDS)
         except Exception as exc:  # a bug must still end the stream properly, and be seen
             log.exception("replay source %s failed", self.name)
-            self.failed = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            self.failed = one_line(exc, with_type=True)
             self.markers.append(Skipped(self.ring.write_pos, self.current_file or str(self.directory), f"replay failed: {self.failed}; the files after it were not played"))
         finally:
             self.current_file = None
