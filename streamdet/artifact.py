@@ -11,6 +11,7 @@ import importlib.resources
 import json
 import logging
 import math
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +104,28 @@ class Model:
         }
 
 
+def jit_memory_allowed() -> bool:
+    """Whether this process may map memory both writable and executable: oneDNN, torch's CPU
+    kernel library, compiles its kernels into such memory; systemd's MemoryDenyWriteExecute=yes
+    (the kernel's PR_SET_MDWE, or a seccomp filter) refuses it."""
+    try:
+        mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC).close()
+        return True
+    except OSError:
+        return False
+
+
+def use_native_kernels_without_jit_memory() -> None:
+    """Where oneDNN cannot compile, use torch's own CPU kernels (measured as fast for these small
+    models) instead of failing on the first GELU or convolution."""
+    if torch.backends.mkldnn.enabled and not jit_memory_allowed():
+        torch.backends.mkldnn.enabled = False
+        log.info("writable executable memory is refused (MemoryDenyWriteExecute): oneDNN off, torch's native CPU kernels on")
+
+
 def load(path: Path | str | None, device: str | torch.device = "auto", optimise: bool = False) -> Model:
     """Load and check an artifact; `optimise` for a daemon that only scores with it."""
+    use_native_kernels_without_jit_memory()
     path = bundled_model_path() if path is None else Path(path)
     where = f"model {path}"
     if not path.is_file():
