@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import re
 import signal
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import one_line
+from .logsetup import setup_logging
 
 EXIT_USAGE = 2
 
@@ -104,28 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=30.0, help="with --mic: how long to measure")
     bench.set_defaults(handler=cmd_bench)
     return parser
-
-
-class OneLineFormatter(logging.Formatter):
-    """One record, one line: tracebacks and multi-line messages are folded, so journald and
-    line-based log shippers never split a record."""
-
-    JOURNAL_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
-
-    def __init__(self, journal: bool):
-        # Under systemd the journal adds the time; a <N> prefix carries the priority.
-        fmt = "<%(priority)d>%(name)s: %(message)s" if journal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-        super().__init__(fmt, datefmt="%Y-%m-%dT%H:%M:%S")
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.priority = self.JOURNAL_PRIORITY.get(record.levelname, 6)
-        return " | ".join(line for line in super().format(record).splitlines() if line.strip())
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
 
 
 def build_config(args):

@@ -256,14 +256,20 @@ def windows_from_frames(frames, params: FeatureParams) -> tuple[list[int], torch
     return starts, windows
 
 
-def offline_windows(samples: np.ndarray, params: FeatureParams, frontend: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[int], torch.Tensor]:
-    """All windows of a complete segment of samples at once (what streaming gives, computed in one go)."""
-    frontend = frontend or LogMel(params)
+def offline_frames(samples: np.ndarray, params: FeatureParams, frontend: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Every complete frame of a whole segment of samples at once (`center=False`, as streaming frames it)."""
     n = frame_count(len(samples), params)
     if n == 0:
-        return [], torch.zeros(0, params.window_frames, params.n_mels)
+        return torch.zeros(0, params.n_mels)
     with torch.no_grad():
-        frames = frontend(torch.from_numpy(np.ascontiguousarray(samples[: (n - 1) * params.hop_length + params.n_fft])))
+        return (frontend or LogMel(params))(torch.from_numpy(np.ascontiguousarray(samples[: (n - 1) * params.hop_length + params.n_fft])))
+
+
+def offline_windows(samples: np.ndarray, params: FeatureParams, frontend: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[int], torch.Tensor]:
+    """All windows of a complete segment of samples at once (what streaming gives, computed in one go)."""
+    frames = offline_frames(samples, params, frontend)
+    if not len(frames):
+        return [], torch.zeros(0, params.window_frames, params.n_mels)
     return windows_from_frames(frames, params)
 
 

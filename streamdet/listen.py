@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console, Group
@@ -13,138 +11,46 @@ from rich.table import Table
 from rich.text import Text
 
 from .bus import Subscriber
-from .messages import SCHEMA_VERSION
-
-FINAL_STATES = ("finished", "stopped")
+from .streamview import StreamView
 
 
-STALE_AFTER_INTERVALS = 3
-
-
-@dataclass
-class SourceView:
-    daemon: str | None = None
-    run_id: str | None = None
-    next_seq: int = 0
-    received: int = 0
-    missed: int = 0
-    last: dict = field(default_factory=dict)
-    anomalous: int = 0
-    events: int = 0
-    gaps: int = 0
-    state: str = "up"
-
-
-class StreamView:
-    """Folds messages into a per-source picture; counts windows missed from gaps in `seq`."""
-
-    def __init__(self):
-        self.sources: dict[str, SourceView] = {}
-        self.files: dict[tuple[str, str], dict] = {}  # (source, file) -> windows, bird windows, top score, events
-        self.events: deque = deque(maxlen=12)
-        self.status: dict[str, dict] = {}
-        self.status_seen: dict[str, float] = {}  # daemon -> monotonic time of its last status
-        self.messages = 0
-        self.unknown_versions = 0
-
-    def update(self, topic: str, msg: dict) -> None:
-        self.messages += 1
-        if msg.get("v") != SCHEMA_VERSION:
-            self.unknown_versions += 1
-            return
-        kind = msg.get("type")
-        if kind == "loss":
-            view = self.sources.setdefault(msg["source"], SourceView())
-            if msg.get("run_id") != view.run_id:  # a new daemon run numbers its windows from 0 again
-                view.run_id, view.next_seq = msg.get("run_id"), 0
-            view.missed += max(0, msg["seq"] - view.next_seq)
-            view.next_seq = msg["seq"] + 1
-            view.received += 1
-            view.anomalous += bool(msg.get("anomaly"))
-            view.last = msg
-            if "file" in msg:
-                f = self._file(msg)
-                f["windows"] += 1
-                f["bird_windows"] += bool(msg.get("anomaly"))
-                f["top_score"] = max(f["top_score"], msg["score"])
-        elif kind == "event":
-            view = self.sources.setdefault(msg["source"], SourceView())
-            if msg.get("state") == "end":
-                view.events += 1
-                self.events.append(msg)
-                if "file" in msg:
-                    self._file(msg)["events"] += 1
-        elif kind == "gap":
-            self.sources.setdefault(msg["source"], SourceView()).gaps += 1
-        elif kind in ("source_down", "source_up"):
-            self.sources.setdefault(msg["source"], SourceView()).state = "down" if kind == "source_down" else "up"
-        elif kind == "status":
-            daemon = msg.get("daemon", "?")
-            self.status[daemon] = msg
-            self.status_seen[daemon] = time.monotonic()
-            for name in msg.get("sources", {}):
-                self.sources.setdefault(name, SourceView()).daemon = daemon
-
-    def _file(self, msg: dict) -> dict:
-        return self.files.setdefault((msg["source"], msg["file"]), {"windows": 0, "bird_windows": 0, "top_score": 0.0, "events": 0})
-
-    def stale(self, daemon: str | None) -> bool:
-        """A daemon whose status stopped arriving: gone, hung, or cut off from us."""
-        if daemon not in self.status:
-            return False
-        status = self.status[daemon]
-        if status.get("state") in FINAL_STATES:
-            return False
-        return time.monotonic() - self.status_seen[daemon] > STALE_AFTER_INTERVALS * status.get("status_interval_s", 5.0)
-
-    def source_state(self, name: str) -> str:
-        view = self.sources[name]
-        if self.stale(view.daemon):
-            return "STALE"
-        status = self.status.get(view.daemon, {})
-        if status.get("state") in FINAL_STATES:
-            return status["state"]
-        return status.get("sources", {}).get(name, {}).get("state") or view.state
-
-    def all_final(self) -> bool:
-        return bool(self.status) and all(s.get("state") in FINAL_STATES for s in self.status.values())
-
-    def render(self) -> Group:
-        sources = Table(title="sources", expand=False)
-        many = len(self.status) > 1  # name the daemon only when several share the bus
-        for col in ("source", "daemon", "state", "seq", "missed", "gaps", "loss", "score", "bird?", "events", "rtf", "p99 ms", "file"):
-            if col != "daemon" or many:
-                sources.add_column(col, justify="right" if col in ("seq", "missed", "gaps", "loss", "events", "rtf", "p99 ms") else "left")
-        for name, v in sorted(self.sources.items()):
-            last = v.last
-            status = self.status.get(v.daemon, {}).get("sources", {}).get(name, {})
-            on = self.status.get(v.daemon, {}).get("detector", {}).get("on_score", 0.5)
-            state = self.source_state(name)
-            lat = status.get("latency_ms") or {}
-            sources.add_row(
-                name, *([v.daemon or "?"] if many else []), Text(state, style="bold red" if state in ("STALE", "down") else "green" if state == "up" else ""),
-                str(last.get("seq", "-")), Text(str(v.missed), style="red" if v.missed else ""), Text(str(v.gaps), style="yellow" if v.gaps else ""),
-                f"{last['loss']:.4f}" if "loss" in last else "-", _bar(last.get("score"), on), Text("BIRD", style="bold green") if last.get("anomaly") else ("silent" if last.get("silent") else ""),
-                str(v.events), f"{status['rtf']:.1f}x" if "rtf" in status else "-", f"{lat['p99']:.0f}" if lat else "-", str(last.get("file", "")),
-            )
-        events = Table(title="recent events", expand=False)
-        for col in ("source", "id", "onset s", "offset s", "peak", "band Hz", "file", "at in file"):
-            events.add_column(col)
-        for e in self.events:
-            band = e.get("band_hz")
-            events.add_row(e["source"], str(e["event_id"]), f"{e['onset']:.2f}", f"{e['offset']:.2f}", f"{e['peak_score']:.2f}", f"{band[0]}-{band[1]}" if band else "", str(e.get("file", "")), f"{e['file_onset']:.2f}" if "file_onset" in e else "")
-        status = Table(title="daemons", expand=False)
-        for col in ("daemon", "state", "uptime s", "model", "dropped samples", "skipped files", "last report"):
-            status.add_column(col)
-        for daemon, s in sorted(self.status.items()):
-            srcs = s.get("sources", {}).values()
-            reports = [r for src in srcs for r in src.get("reports", [])]
-            status.add_row(
-                daemon, "STALE" if self.stale(daemon) else s.get("state", "?"), f"{s.get('uptime_s', 0):.0f}", s.get("model", {}).get("sha256", "?"),
-                str(sum(src.get("dropped_samples", 0) for src in srcs)), str(sum(src.get("files_skipped", 0) for src in srcs)),
-                f"{reports[-1]['file']}: {reports[-1]['reason']}" if reports else "",
-            )
-        return Group(sources, events, status)
+def render(view: StreamView) -> Group:
+    """The picture as rich tables: sources, recent events, daemons."""
+    sources = Table(title="sources", expand=False)
+    many = len(view.status) > 1  # name the daemon only when several share the bus
+    for col in ("source", "daemon", "state", "seq", "missed", "gaps", "loss", "score", "bird?", "events", "rtf", "p99 ms", "file"):
+        if col != "daemon" or many:
+            sources.add_column(col, justify="right" if col in ("seq", "missed", "gaps", "loss", "events", "rtf", "p99 ms") else "left")
+    for name, v in sorted(view.sources.items()):
+        last = v.last
+        status = view.source_status(name)
+        on = view.status.get(v.daemon, {}).get("detector", {}).get("on_score", 0.5)
+        state = view.source_state(name)
+        lat = status.get("latency_ms") or {}
+        sources.add_row(
+            name, *([v.daemon or "?"] if many else []), Text(state, style="bold red" if state in ("STALE", "down") else "green" if state == "up" else ""),
+            str(last.get("seq", "-")), Text(str(v.missed), style="red" if v.missed else ""), Text(str(v.gaps), style="yellow" if v.gaps else ""),
+            f"{last['loss']:.4f}" if "loss" in last else "-", _bar(last.get("score"), on), Text("BIRD", style="bold green") if last.get("anomaly") else ("silent" if last.get("silent") else ""),
+            str(v.events), f"{status['rtf']:.1f}x" if "rtf" in status else "-", f"{lat['p99']:.0f}" if lat else "-", str(last.get("file", "")),
+        )
+    events = Table(title="recent events", expand=False)
+    for col in ("source", "id", "onset s", "offset s", "peak", "band Hz", "file", "at in file"):
+        events.add_column(col)
+    for e in view.events:
+        band = e.get("band_hz")
+        events.add_row(e["source"], str(e["event_id"]), f"{e['onset']:.2f}", f"{e['offset']:.2f}", f"{e['peak_score']:.2f}", f"{band[0]}-{band[1]}" if band else "", str(e.get("file", "")), f"{e['file_onset']:.2f}" if "file_onset" in e else "")
+    status = Table(title="daemons", expand=False)
+    for col in ("daemon", "state", "uptime s", "model", "dropped samples", "skipped files", "last report"):
+        status.add_column(col)
+    for daemon, s in sorted(view.status.items()):
+        srcs = s.get("sources", {}).values()
+        reports = [r for src in srcs for r in src.get("reports", [])]
+        status.add_row(
+            daemon, "STALE" if view.stale(daemon) else s.get("state", "?"), f"{s.get('uptime_s', 0):.0f}", s.get("model", {}).get("sha256", "?"),
+            str(sum(src.get("dropped_samples", 0) for src in srcs)), str(sum(src.get("files_skipped", 0) for src in srcs)),
+            f"{reports[-1]['file']}: {reports[-1]['reason']}" if reports else "",
+        )
+    return Group(sources, events, status)
 
 
 def _bar(score: float | None, threshold: float = 0.5, width: int = 10) -> Text:
@@ -173,7 +79,7 @@ def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, .
     last_message = time.monotonic()
     received = 0
     try:
-        with Live(view.render(), console=console, auto_refresh=False, transient=False) if live else _NoLive() as display:
+        with Live(render(view), console=console, auto_refresh=False, transient=False) if live else _NoLive() as display:
             while True:
                 got = subscriber.receive(min(timeout_s, 1.0) if timeout_s else 1.0)
                 if got is None:
@@ -182,7 +88,7 @@ def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, .
                     if give_up is not None and give_up():
                         break
                     if live:  # redraw anyway: a daemon going quiet must show up as stale
-                        display.update(view.render(), refresh=True)
+                        display.update(render(view), refresh=True)
                     continue
                 last_message = time.monotonic()
                 received += 1
@@ -194,12 +100,12 @@ def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, .
                     out.write(json.dumps({"topic": topic, "message": msg}) + "\n")
                 now = time.monotonic()
                 if live and (now - last_draw > 0.1 or msg.get("type") != "loss"):
-                    display.update(view.render(), refresh=True)
+                    display.update(render(view), refresh=True)
                     last_draw = now
                 if until_finished and msg.get("type") == "status" and view.all_final():
                     break
             if live:
-                display.update(view.render(), refresh=True)
+                display.update(render(view), refresh=True)
     finally:
         subscriber.close()
         if out:

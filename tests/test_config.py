@@ -1,11 +1,10 @@
 import subprocess
 
 import pytest
+from helpers import REPO, streamdet_command
 
 from streamdet.config import check_config, load_config
 from streamdet.typedconfig import ConfigError
-
-from conftest import REPO, streamdet_command
 
 
 def load_text(tmp_path, text):
@@ -83,7 +82,7 @@ def test_daemon_exits_nonzero_with_one_line_before_starting(tmp_path):
         (["--replay", "/nonexistent/dir"], "replay directory /nonexistent/dir does not exist"),
         (["--replay", ".", "--model", "/nonexistent/model.pt"], "model /nonexistent/model.pt: no such file"),
         (["--replay", ".", "--set", "detector.nope=1"], "--set detector.nope: unknown key"),
-        (["--replay", ".", "--pace", "slow"], "pace"),
+        (["--replay", ".", "--pace", "slow"], "sources[0].pace: expected 'realtime', 'max' or a positive speed factor such as '4x', found 'slow'"),
         ([], "expected at least one source"),
     ],
 )

@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import pytest
+from helpers import REPO, collect, start_daemon, streamdet_command
 
 from audiogen import clip, write
-from conftest import REPO, collect, start_daemon, streamdet_command
 
 # Chirp trains per file, as (start, duration) in file seconds.
 CALLS = {"a_chirps.wav": [(3.0, 1.5), (9.0, 1.0)], "c_chirps.flac": [(2.0, 2.0)]}
@@ -104,10 +104,11 @@ def test_realtime_pace_releases_audio_as_a_microphone_would(tiny_model, tmp_path
     daemon.communicate(timeout=30)
     times = [t for _, m, t in got if m["type"] == "loss"]
     assert len(times) == 5  # windows at 0, 0.5, 1.0, 1.5, 2.0 s in a 3 s file
-    # The last window ends at 3 s of audio; the first at 1 s: about 2 s apart in wall time.
-    assert 1.6 < times[-1] - times[0] < 3.0
+    # The last window ends at 3 s of audio; the first at 1 s: never sooner than 2 s apart in wall
+    # time (a loaded machine may make it later, never earlier).
+    assert times[-1] - times[0] > 1.6
     final = got[-1][1]
-    assert 0.7 < final["sources"]["replay"]["rtf"] <= 1.1
+    assert final["sources"]["replay"]["rtf"] <= 1.1
 
 
 def test_loop_repeats_until_stopped_and_stop_publishes_the_last_windows(tiny_model, tmp_path, endpoint):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAIN_YAML, make_bad_dataset, two_site_manifest
 
 from streamdet import artifact
 from streamdet.audio import load_resampled
@@ -18,7 +19,6 @@ from train.evaluate import evaluate
 from train.fit import fit
 
 from audiogen import clip, write
-from conftest import TINY_TRAIN_YAML, make_bad_dataset
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,7 @@ def test_every_mode_trains_and_is_measured_on_held_out_clips(dataset, held_out, 
     # The seed's literal method (bird) is measured, not required to work: its figures are in the README.
     if mode != "bird":
         assert auc >= 0.8, (mode, kind, auc)  # chance is 0.5
+    assert 0.0 <= auc <= 1.0
     assert (tmp_path / "eval" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["clips_scored"] == 12
 
@@ -162,7 +163,7 @@ def test_ctrl_c_during_fit_says_how_to_resume_and_the_output_folder_is_made(data
     import sys
     import time
 
-    from conftest import REPO
+    from helpers import REPO
 
     config = (dataset / "contrast.yaml").read_text().replace("output: model.pt", f"output: {tmp_path / 'new' / 'deeper' / 'm.pt'}")
     config = config.replace("epochs: 15", "epochs: 100000")
@@ -210,7 +211,7 @@ def test_torchrun_with_two_processes_trains_the_same_model_as_one(dataset, unint
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
     config = (dataset / "contrast.yaml").read_text().replace("output: model.pt", f"output: {tmp_path / 'ddp.pt'}")
     (dataset / "ddp.yaml").write_text(config)
@@ -232,20 +233,7 @@ def test_grouped_crossval_and_leave_one_block_out_score_every_clip_per_block(tmp
     out-of-fold score from a model that never heard its recording, reported per block."""
     from train.crossval import crossval, leave_out
 
-    rows = ["file\tlabel\tgroup"]
-    for block, sr in (("siteA", 22050), ("siteB", 16000)):
-        (tmp_path / block).mkdir()
-        for rec in range(8):
-            bird = rec % 2
-            for part in range(2):
-                name = f"{block}/r{rec}_{part}.wav"
-                write(tmp_path / name, clip(4.0, sr, [(1.5, 1.0)] if bird else [], seed=hash((block, rec, part)) % 1000), sr)
-                rows.append(f"{name}\t{'bird' if bird else 'nobird'}\t{block}_r{rec}")
-    (tmp_path / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
-    text = TINY_TRAIN_YAML.format(epochs=10).replace("  - kind: bad\n    audio_dir: wav\n    labels: labels.csv", "  - kind: manifest\n    labels: MANIFEST.tsv")
-    text = text.replace("mode: nobird", "mode: contrast").replace("val_fraction: 0.25", "val_fraction: 0.3")
-    (tmp_path / "t.yaml").write_text(text + f"cache_dir: {tmp_path / 'cache'}\n")
-    config = load_train_config(tmp_path / "t.yaml")
+    config = load_train_config(two_site_manifest(tmp_path, epochs=10))
     result = crossval(config, folds=2, seed=0)
     assert result["clips"] == 32 and set(result["blocks"]) == {"all", "siteA", "siteB"}
     for block in ("siteA", "siteB"):
@@ -281,3 +269,24 @@ def test_calibration_on_out_of_fold_decisions_covers_every_clip(dataset, tmp_pat
     assert model.meta["scoring"]["calibration_folds"] == 2
     assert metrics["val_clips"] == 24  # every clip of the dataset, out of fold
     assert metrics["val_nobird_clips_called_bird"] <= 0.1 + 1e-9
+
+
+def test_study_chooses_by_crossval_alone_and_resumes_from_its_variants(tmp_path):
+    from train.study import both_class_mean, study
+
+    config = load_train_config(two_site_manifest(tmp_path, epochs=2))
+    config.augment.bird_mixes = 20
+    out = tmp_path / "study"
+    result = study(config, None, None, None, out, folds=2, jobs=2)
+    names = [r["variant"] for r in result["rows"]]
+    assert len(names) == len(set(names)) == 7  # 2 front ends x 2 VAEs, then nobird, bird and the energy term switched
+    assert {r["mode"] for r in result["rows"]} == {"contrast", "nobird", "bird"} and all(r["eval"] is None for r in result["rows"])
+    best = max(result["rows"], key=lambda r: r["choosing_auc"])
+    assert result["chosen"] == best["variant"] and best["choosing_auc"] == both_class_mean({"blocks": best["crossval"]})
+    assert set(result["leave_one_block_out"]) == {"siteA", "siteB"}
+    table = (out / "study.md").read_text()
+    assert table.count("\n| ") >= 7 + 1 + 2 and f"**{best['mode']}**" in table
+    kept = {p: p.stat().st_mtime_ns for p in (out / "variants").iterdir()}
+    assert len(kept) == 8  # seven cross-validations and one leave-one-block-out
+    assert study(config, None, None, None, out, folds=2, jobs=1) == result  # every variant read back, none trained again
+    assert {p: p.stat().st_mtime_ns for p in (out / "variants").iterdir()} == kept

@@ -2,8 +2,9 @@
 import subprocess
 import time
 
+from helpers import REPO, collect, start_daemon, streamdet_command
+
 from audiogen import clip, write
-from conftest import REPO, collect, start_daemon, streamdet_command
 
 
 def keys(folder, name):

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 
 from streamdet import artifact
 from train.calibrate import spread, threshold_for
@@ -14,7 +15,6 @@ from train.metrics import roc_auc
 from train.splits import k_folds, split_by_group
 
 from audiogen import clip, write
-from conftest import REPO
 
 
 @pytest.fixture
@@ -255,3 +255,39 @@ def test_training_windows_are_the_windows_the_daemon_scores(tmp_path, kind):
     expected = torch.cat([windows_of(cache.frames(i.path), params) for i in items])
     assert len(got) == len(expected)
     assert torch.allclose(got.batch(np.arange(len(got))), expected, atol=1e-4)
+
+
+def test_call_selection_keeps_the_windows_of_the_call_and_ambience_the_rest(tmp_path):
+    """A bird clip's training windows are its likely calls (call_db above its median window);
+    its ambience (quiet_db) is the rest, never the call."""
+    from streamdet.features import FeatureParams
+    from train.cache import FeatureCache
+    from train.windows import WindowSet
+
+    params = FeatureParams()
+    path = write(tmp_path / "bird.wav", clip(10.0, 22050, [(6.0, 1.0)], seed=3), 22050)
+    cache = FeatureCache(tmp_path / "cache", params)
+    cache.ensure([path])
+    items = [Item(path, 1, "x", "bird")]
+    calls = WindowSet.of(cache, params, items, call_db=3.0)
+    ambience = WindowSet.of(cache, params, items, quiet_db=1.0)
+    to_s = params.hop_length / params.sample_rate
+    call_starts = calls.rows[:, 1] * to_s
+    assert len(calls) and all(5.0 <= s <= 7.0 for s in call_starts), call_starts  # windows overlapping 6-7 s
+    assert len(ambience) > 10 and not any(5.5 <= s <= 6.5 for s in ambience.rows[:, 1] * to_s)
+    assert len(WindowSet.of(cache, params, items, call_db=3.0, max_per_clip=2)) == min(2, len(calls))
+
+
+def test_mixing_adds_powers_and_draws_only_what_it_needs():
+    from train.windows import WindowSet, mix_windows
+
+    frames = np.concatenate([np.full((10, 4), -20.0, np.float32), np.full((10, 4), -40.0, np.float32)])
+    birds = WindowSet(frames, np.array([[0, 0, 10]]), window_frames=5)
+    backgrounds = WindowSet(frames, np.array([[10, 0, 10]]), floors=np.full((1, 4), -45.0, np.float32), window_frames=5)
+    rng = np.random.default_rng(0)
+    mixed = mix_windows(birds, backgrounds, (-20.0, -20.0), 3, rng)  # the bird brought down to the background's level
+    assert mixed.shape == (3, 5, 4)
+    # Two uncorrelated sounds at -40 dB make -36.99 dB, shown against the background's floor (-45 dB).
+    np.testing.assert_allclose(mixed, 10 * np.log10(2 * 10 ** (-40 / 10)) + 45.0, atol=1e-4)
+    loud = mix_windows(birds, backgrounds, (0.0, 0.0), 1, rng)
+    np.testing.assert_allclose(loud, 10 * np.log10(10 ** (-2.0) + 10 ** (-4.0)) + 45.0, atol=1e-4)

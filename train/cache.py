@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from streamdet.audio import AudioError, load_resampled
-from streamdet.features import PCEN, FeatureParams, LogMel, frame_count
+from streamdet.features import PCEN, FeatureParams, LogMel, offline_frames
 
 CACHE_VERSION = 1  # bump when decoding or the front end changes what a frame holds
 
@@ -189,13 +189,15 @@ def compute_frames(path: Path, params: FeatureParams) -> tuple[dict, np.ndarray 
         return {**entry, "error": str(exc)}, None, notices
     if not np.isfinite(samples).all():
         return {**entry, "error": "contains NaN or infinite samples"}, None, notices
-    n = frame_count(len(samples), params)
-    frames = np.zeros((0, params.n_mels), np.float32)
-    if n:
-        with torch.no_grad():
-            frames = _frontend(params)(torch.from_numpy(samples[: (n - 1) * params.hop_length + params.n_fft])).numpy()
+    frames = offline_frames(samples, params, _frontend(params)).numpy()
     return {**entry, "seconds": round(len(samples) / params.sample_rate, 3)}, frames, notices
 
 
 def _key(path: Path) -> str:
     return str(Path(path).resolve())
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamdet" / "features"

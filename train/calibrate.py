@@ -6,8 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from rich.progress import Progress
 
-from .metrics import precision_recall_f1
+from streamdet.model import Detector
+from streamdet.modes import MODES
+from streamdet.scoring import ENERGY_BAND_HZ, SILENT_DECISION, Scorer
+
+from .cache import FeatureCache
+from .clips import alarm_runs, clip_aggregate, silence_of, windows_of
+from .config import TrainConfig
+from .datasets import Item
+from .metrics import precision_recall_f1, roc_auc
+from .progress import tracked
 
 
 def gamma_quantile(samples: np.ndarray, q: float) -> float:
@@ -50,3 +60,95 @@ def spread(values: np.ndarray) -> float:
     """A robust standard deviation (interquartile range / 1.349)."""
     q25, q75 = np.percentile(values, [25, 75])
     return float(max((q75 - q25) / 1.349, 1e-6))
+
+
+def scoring_base(config: TrainConfig, detector: Detector, train_items: list[Item], cache: FeatureCache, progress: Progress | None = None) -> dict:
+    """Polarity and, when asked for, the energy term with its centre and spreads, measured on the
+    training windows of the normal class so that its two parts weigh as `energy.weight` says."""
+    polarity = MODES[config.mode].polarity
+    base = {"mode": config.mode, "polarity": polarity}
+    if not config.energy.weight:
+        return base
+    normal = [i for i in train_items if i.label == MODES[config.mode].normal_label]
+    probe = Scorer(base, config.features, context_windows=config.energy.context_windows)
+    s, e = [], []
+    with torch.no_grad():
+        for item in tracked(normal, progress, "energy term"):
+            frames = cache.frames(item.path)
+            if frames is None:
+                continue
+            windows = windows_of(frames, config.features)
+            sounding = ~silence_of(frames, config.features)  # digital silence is scored 0, not measured
+            probe.reset()
+            s.append(probe.decide(detector(windows).numpy())[0][sounding])
+            e.append(probe.energy_terms(windows.numpy(), ~sounding)[sounding])
+    s, e = np.concatenate(s), np.concatenate(e)
+    base["energy"] = {
+        "weight": config.energy.weight, "context_windows": config.energy.context_windows, "band_hz": list(ENERGY_BAND_HZ),
+        "loss_centre": float(np.median(s)), "loss_spread": float(max(np.std(s), 1e-9)), "energy_spread": float(max(np.std(e), 1e-9)),
+    }
+    return base
+
+
+def window_decisions(detector: Detector, items: list[Item], cache: FeatureCache, params, scoring: dict, progress: Progress | None = None, what: str = "scoring held-out clips") -> dict[Item, np.ndarray]:
+    """Decision values (higher: more bird-like) of every window of every clip, each clip a segment."""
+    scorer = Scorer(scoring, params)
+    out = {}
+    with torch.no_grad():
+        for item in tracked(items, progress, what):
+            frames = cache.frames(item.path)
+            if frames is not None:
+                windows = windows_of(frames, params)
+                scorer.reset()
+                out[item] = scorer.decide(detector(windows).numpy(), windows.numpy(), silence_of(frames, params))[0]
+    return out
+
+
+def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]) -> tuple[dict, dict]:
+    """Threshold and scale on held-out decision values; returns (scoring metadata, held-out metrics).
+
+    A clip is called bird when its aggregate (the max of its windows, by default) reaches the
+    threshold, and the daemon raises an event when a window does: `clip_fpr` sets the threshold at
+    that level, on held-out no-bird clips.  The scale is the spread of held-out clips' aggregates,
+    so that calibrated scores stay informative (not 0 or 1) across the clips actually seen."""
+    c = config.calibration
+    normal_label = MODES[config.mode].normal_label
+    normal = np.concatenate([d[d > SILENT_DECISION] for i, d in decisions.items() if i.label == normal_label] or [np.zeros(0)])
+    nobird_clips = np.array([clip_aggregate(d, c.clip_aggregate) for i, d in decisions.items() if i.label == 0])
+    if not len(normal) or (c.strategy == "clip_fpr" and not len(nobird_clips)):
+        raise ValueError("calibration needs held-out clips of the normal class (and of no-bird clips); add data or raise training.val_fraction")
+    labels = np.array([i.label for i in decisions])
+    clip_d = np.array([clip_aggregate(d, c.clip_aggregate) for d in decisions.values()])
+    if c.strategy == "clip_fpr":
+        # At most clip_fpr of them reach it: the threshold is the allowed-th highest, or just above all.
+        ordered, allowed = np.sort(nobird_clips), int(np.floor(c.clip_fpr * len(nobird_clips)))
+        t = float(ordered[len(ordered) - allowed]) if allowed else float(ordered[-1]) + 1e-6 * max(1.0, abs(float(ordered[-1])))
+    else:
+        t = threshold_for(c.strategy, normal, normal_label == 1, clip_d, labels, c.percentile, c.gamma_quantile)
+    # Window scores keep the scale of normal windows' spread, which the daemon's hysteresis
+    # (on_score, off_score) is set in; clip scores (predict) get the spread of held-out clips'
+    # aggregates, so that they stay apart instead of piling up at 0 and 1.
+    scale = spread(normal)
+    sounding = clip_d[clip_d > SILENT_DECISION / 2]
+    clip_scale = spread(sounding) if len(sounding) > 3 else scale
+    nobird_hours = sum(len(d) for i, d in decisions.items() if i.label == 0) * config.features.hop_seconds / 3600
+    if c.false_alarms_per_hour is not None and nobird_hours > 0:
+        # Raise the threshold past no-bird windows' values until the alarm rate is low enough.
+        values = np.unique(np.concatenate([d for i, d in decisions.items() if i.label == 0]))
+        for candidate in values[values >= t]:
+            if sum(alarm_runs(d, candidate) for i, d in decisions.items() if i.label == 0) / nobird_hours <= c.false_alarms_per_hour:
+                t = float(candidate)
+                break
+        else:
+            t = float(values[-1]) + 1e-6
+    alarms = sum(alarm_runs(d, t) for i, d in decisions.items() if i.label == 0)
+    scoring = {**base, "threshold": t, "scale": scale, "clip_scale": clip_scale, "strategy": c.strategy, "clip_fpr": c.clip_fpr, "calibration_folds": c.folds, "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
+    auc = roc_auc(labels, clip_d) if len(set(labels)) > 1 else float("nan")
+    metrics = {
+        "val_clips": len(labels), "val_clip_auc": None if np.isnan(auc) else round(auc, 4),
+        "val_nobird_clips_called_bird": round(float(np.mean(nobird_clips >= t)), 4) if len(nobird_clips) else None,
+        "val_nobird_hours": round(nobird_hours, 4),
+        "val_false_alarms_per_hour": round(alarms / nobird_hours, 2) if nobird_hours else None,
+        **{f"val_{k}": round(v, 4) for k, v in precision_recall_f1(labels, clip_d >= t).items() if not np.isnan(v)},
+    }
+    return scoring, metrics

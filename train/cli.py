@@ -13,9 +13,9 @@ from streamdet.artifact import ArtifactError
 from streamdet.modes import MODES
 from streamdet.typedconfig import ConfigError
 
+from .cache import default_cache_dir
 from .checkpoint import CheckpointError
 from .datasets import DatasetError
-from .fit import default_cache_dir
 
 
 def threads_arg(parser) -> None:
@@ -114,7 +114,7 @@ def cmd_evaluate(args) -> int:
     from .cache import FeatureCache
     from .datasets import read_labels
     from .evaluate import evaluate
-    from .fit import progress_bar
+    from .progress import progress_bar
 
     model = load(args.model, args.device)
     items = read_labels(args.labels, args.data, args.split, args.skip_bad_rows)
@@ -144,7 +144,7 @@ def cmd_predict(args) -> int:
     from .cache import FeatureCache
     from .datasets import unlabelled
     from .evaluate import predict
-    from .fit import progress_bar
+    from .progress import progress_bar
 
     model = load(args.model, args.device)
     items = unlabelled(args.data)

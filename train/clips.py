@@ -1,10 +1,13 @@
 """A clip as training, evaluation and prediction all see it: its windows, its silence, its score."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from streamdet.features import FeatureParams, silent_windows, window_starts, windows_from_frames
+from streamdet.scoring import band_energy_db
 
 
 def windows_of(frames: np.ndarray, params: FeatureParams) -> torch.Tensor:
@@ -29,3 +32,13 @@ def alarm_runs(decisions: np.ndarray, threshold: float) -> int:
     """How many runs of consecutive windows reach `threshold`: the false alarms a no-bird clip raises."""
     above = np.asarray(decisions) >= threshold
     return int(above[0] + np.count_nonzero(above[1:] & ~above[:-1])) if len(above) else 0
+
+
+def reference_clip_score(frames: np.ndarray, params: FeatureParams) -> float | None:
+    """The plain detector every VAE must beat: the highest 1-s window's 2-8 kHz energy, in dB,
+    above the clip's median window."""
+    windows = windows_from_frames(frames, replace(params, kind="logmel_db"))[1].numpy()
+    if not len(windows):
+        return None
+    energy = band_energy_db(windows, params)
+    return float(energy.max() - np.median(energy))

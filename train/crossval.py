@@ -12,13 +12,14 @@ from collections import defaultdict
 
 import numpy as np
 
-from .cache import FeatureCache
-from .clips import clip_aggregate
+from .cache import FeatureCache, default_cache_dir
+from .calibrate import calibrate, window_decisions
+from .clips import clip_aggregate, reference_clip_score
 from .config import TrainConfig
 from .datasets import Item, read_dataset
-from .evaluate import reference_clip_score
-from .fit import calibrate, calibration_decisions, default_cache_dir, progress_bar, train_on, window_decisions
+from .learn import calibration_decisions, train_on
 from .metrics import partial_auc, roc_auc
+from .progress import progress_bar
 from .splits import k_folds
 
 

@@ -4,17 +4,14 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from streamdet.artifact import Model
-from streamdet.features import FeatureParams, windows_from_frames
-from streamdet.scoring import band_energy_db
 
 from .cache import FeatureCache
-from .clips import clip_aggregate, silence_of, windows_of
+from .clips import clip_aggregate, reference_clip_score, silence_of, windows_of
 from .datasets import Item
 from .metrics import roc_curve, summary
 from .plot import COLOURS, roc_png
@@ -37,16 +34,6 @@ def model_clip_decisions(model: Model, items: list[Item], cache: FeatureCache, p
         if progress:
             progress.update(task, advance=1, info=item.path.name[:40])
     return out
-
-
-def reference_clip_score(frames: np.ndarray, params: FeatureParams) -> float | None:
-    """The plain detector every VAE must beat: the highest 1-s window's 2-8 kHz energy, in dB,
-    above the clip's median window."""
-    windows = windows_from_frames(frames, replace(params, kind="logmel_db"))[1].numpy()
-    if not len(windows):
-        return None
-    energy = band_energy_db(windows, params)
-    return float(energy.max() - np.median(energy))
 
 
 def evaluate(model: Model, items: list[Item], cache: FeatureCache, out_dir: Path | None = None, progress=None) -> dict:

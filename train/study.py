@@ -69,10 +69,11 @@ def _run(job) -> dict:
 def _eval(config: TrainConfig, eval_spec, out: Path) -> dict:
     from streamdet.artifact import load
 
-    from .cache import FeatureCache
+    from .cache import FeatureCache, default_cache_dir
     from .datasets import read_labels
     from .evaluate import evaluate
-    from .fit import default_cache_dir, fit, progress_bar
+    from .fit import fit
+    from .progress import progress_bar
 
     data, labels, split = eval_spec
     path, metrics = fit(config, out / f"{name_of(config)}.pt")

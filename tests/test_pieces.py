@@ -1,0 +1,326 @@
+"""The daemon's pieces on their own, in this process: reader, detector, channel, messages, the
+subscriber's state, the systemd notifier, the microphone's downmix, reload's refusals."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections import deque
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from helpers import REPO
+
+from streamdet import messages
+from streamdet.config import Config, DetectorConfig, SourceConfig
+from streamdet.detector import BandExplainer, Detector
+from streamdet.features import FeatureParams, LogMel, mel_band_edges, offline_windows
+from streamdet.pipeline import Channel
+from streamdet.reader import Done, End, Missing, Report, Start, StreamReader, Windows
+from streamdet.ringbuffer import RingBuffer
+from streamdet.scoring import Scorer
+from streamdet.sources import Finished, Gap, SegmentEnd, SegmentStart, Skipped
+from streamdet.streamview import StreamView
+from streamdet.systemd import Notifier
+
+PARAMS = FeatureParams(sample_rate=8000, n_fft=200, hop_length=100, n_mels=16, f_min=100.0, f_max=3900.0, window_frames=9, hop_frames=5)
+RATE = PARAMS.sample_rate
+
+
+class FakeModel:
+    """Loss = a window's mean log-mel level, per band error = its mean per band: loud is bird."""
+
+    polarity = "high_loss_is_bird"
+    device = torch.device("cpu")
+
+    def __init__(self, params: FeatureParams = PARAMS, threshold: float = -22.0, nan: bool = False):
+        self.features, self.threshold, self.nan = params, threshold, nan
+        self.frontend = LogMel(params)
+        self.calls = 0
+
+    def scorer(self) -> Scorer:
+        return Scorer({"polarity": self.polarity, "threshold": self.threshold, "scale": 2.0}, self.features)
+
+    def errors(self, windows: torch.Tensor):
+        self.calls += 1
+        bands = windows.mean(dim=1).numpy().astype(np.float64)
+        losses = bands.mean(axis=1)
+        if self.nan:
+            losses[:] = np.nan
+        return losses, bands
+
+    def describe(self) -> dict:
+        return {"path": "fake", "sha256": "0" * 16}
+
+
+class FakeSource:
+    kind = "replay"
+
+    def __init__(self, capacity: int = 10 * RATE):
+        self.name, self.rate = "s", RATE
+        self.ring = RingBuffer(capacity)
+        self.markers: deque = deque()
+        self.current_file = None
+
+    def poll(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"path": "x", "pace": "max", "loop": False}
+
+    def play(self, file: str, samples: np.ndarray) -> None:
+        """As the replay source does: a marker, then the samples it announces."""
+        pos = self.ring.write_pos
+        self.markers.append(SegmentStart(pos, file))
+        self.ring.write(samples.astype(np.float32))
+        self.markers.append(SegmentEnd(self.ring.write_pos))
+
+
+class FakePublisher:
+    def __init__(self):
+        self.sent: list[tuple[str, dict]] = []
+        self.while_blocked = lambda: None
+
+    def send(self, topic: str, body: dict) -> bool:
+        self.sent.append((topic, body))
+        return True
+
+
+def tone_in_noise(seconds: float, calls=(), hz: float = 1000.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = 0.003 * rng.standard_normal(len(t))
+    for a, b in calls:
+        x += np.where((t >= a) & (t < b), 0.3 * np.sin(2 * np.pi * hz * t), 0.0)
+    return x.astype(np.float32)
+
+
+def drain(reader: StreamReader) -> list:
+    ops = []
+    while reader.poll() or reader.ops:
+        ops += reader.take()
+    return ops
+
+
+def make_reader(source: FakeSource, read_chunk: int = 1000) -> StreamReader:
+    reader = StreamReader(source, source.ring)
+    reader.use(PARAMS, None, "cpu", read_chunk)
+    return reader
+
+
+# -- reader ------------------------------------------------------------------------------------
+def test_reader_gives_segments_windows_and_reports_in_stream_order_as_offline():
+    source = FakeSource()
+    a, c = tone_in_noise(2.0, [(0.5, 1.0)]), tone_in_noise(0.05, seed=1)  # c: shorter than a window
+    source.play("a.wav", a)
+    source.markers.append(Skipped(source.ring.write_pos, "b.wav", "not an audio file"))
+    source.play("c.wav", c)
+    source.markers.append(Finished(source.ring.write_pos))
+    ops = drain(make_reader(source, read_chunk=333))  # reads that cut frames and windows anywhere
+    kinds = [type(op).__name__ for op in ops if not isinstance(op, Windows)]
+    assert kinds == ["Start", "End", "Report", "Start", "End", "Done"]
+    assert isinstance(ops[-1], Done) and ops[[isinstance(o, Report) for o in ops].index(True)].file == "b.wav"
+    for file, samples in (("a.wav", a), ("c.wav", c)):
+        got = [op for op in ops if isinstance(op, Windows) and op.segment.file == file]
+        starts, windows = offline_windows(samples, PARAMS)
+        assert sum((op.starts for op in got), []) == starts
+        torch.testing.assert_close(torch.cat([op.windows for op in got]), windows, rtol=1e-4, atol=1e-3)
+    assert [op.segment.file for op in ops if isinstance(op, (Start, End))] == ["a.wav", "a.wav", "c.wav", "c.wav"]
+
+
+def test_reader_reports_a_lapped_ring_as_an_overrun_gap_where_it_happened():
+    source = FakeSource(capacity=1000)
+    reader = make_reader(source)
+    source.ring.write(np.zeros(500, np.float32) + 0.01)
+    reader.poll()
+    source.ring.write(np.zeros(2500, np.float32) + 0.01)  # laps the reader by 1,500 samples
+    reader.poll()
+    gaps = [op for op in reader.take() if isinstance(op, Missing)]
+    assert gaps == [Missing(500 / RATE, 1500, "overrun")] and reader.gaps == 1
+
+
+def test_reader_stream_time_jumps_over_audio_a_device_never_delivered():
+    source = FakeSource()
+    reader = make_reader(source)
+    source.ring.write(np.zeros(800, np.float32))
+    source.markers.append(Gap(800, 4000, "source_down"))
+    source.ring.write(np.zeros(800, np.float32))
+    drain(reader)
+    assert reader.stream_time(1600) == pytest.approx((1600 + 4000) / RATE)
+    assert reader.ring_pos(reader.stream_time(1600)) == 1600
+
+
+# -- detector ----------------------------------------------------------------------------------
+def test_band_explainer_reports_the_bands_around_the_peak_of_the_hits_only():
+    explainer = BandExplainer(PARAMS, 1.0)
+    peak = np.zeros(PARAMS.n_mels)
+    peak[5:8] = [1.0, 4.0, 2.5]
+    explainer.add(0, peak, hit=True)
+    explainer.add(0, np.eye(PARAMS.n_mels)[12] * 100, hit=False)  # not a hit: never counted
+    t = [{"event_id": 0}]
+    explainer.explain(t)
+    edges = mel_band_edges(PARAMS)
+    assert t[0]["band_hz"] == [round(float(edges[6, 0])), round(float(edges[7, 2]))]  # bands 6-7 reach half of 4
+    other = [{"event_id": 1}]
+    explainer.explain(other)
+    assert "band_hz" not in other
+
+
+def run_detector(detector: Detector, samples: np.ndarray) -> list[dict]:
+    starts, windows = offline_windows(samples, PARAMS)
+    losses, bands = detector.errors(windows)
+    scored = detector.decide(windows, losses, bands, np.zeros(len(starts), bool))
+    out = []
+    for i, start in enumerate(starts):
+        t = start * PARAMS.hop_length / RATE
+        out += detector.step(t, t + PARAMS.window_seconds, float(scored.scores[i]), scored.band_errors[i])
+    return out + detector.close()
+
+
+def test_detector_finds_a_call_when_and_where_it_is():
+    detector = Detector(FakeModel(), DetectorConfig(min_event_s=0.1, merge_gap_s=0.2))
+    transitions = run_detector(detector, tone_in_noise(6.0, [(2.0, 3.5)], hz=1000.0))
+    assert [t["state"] for t in transitions] == ["start", "end"]
+    end = transitions[1]
+    assert 1.5 <= end["onset"] <= 2.1 and 3.4 <= end["offset"] <= 4.2
+    low, high = end["band_hz"]
+    assert low <= 1000 <= high and high - low < 2000
+
+
+def test_detector_scores_a_non_finite_loss_zero_and_counts_it():
+    detector = Detector(FakeModel(nan=True), DetectorConfig())
+    starts, windows = offline_windows(tone_in_noise(2.0, [(0.0, 2.0)]), PARAMS)
+    scored = detector.decide(windows, *detector.errors(windows), np.zeros(len(starts), bool))
+    assert scored.invalid == len(starts) and np.all(scored.losses == 0) and np.all(scored.scores < 1e-6) and scored.silent.all()
+
+
+# -- channel and messages ----------------------------------------------------------------------
+def run_channel(source: FakeSource, model: FakeModel, batch: int = 8) -> tuple[Channel, list]:
+    publisher = FakePublisher()
+    channel = Channel(source, source.ring, model, DetectorConfig(min_event_s=0.1, merge_gap_s=0.2), publisher, batch, "run1")
+    for _ in range(10000):
+        channel.pump()
+        if channel.finished:
+            return channel, publisher.sent
+    raise AssertionError("the channel never finished")
+
+
+def test_channel_publishes_every_window_in_order_with_schema_fields_only():
+    source = FakeSource()
+    source.play("a.wav", tone_in_noise(4.0, [(1.0, 2.0)]))
+    source.markers.append(Gap(source.ring.write_pos, 800, "source_down"))
+    source.play("b.wav", tone_in_noise(1.0, seed=2))
+    source.markers.append(Finished(source.ring.write_pos))
+    model = FakeModel()
+    channel, sent = run_channel(source, model, batch=8)
+    for topic, body in sent:
+        assert set(body) <= set(messages.ENVELOPE) | set(messages.FIELDS[body["type"]]), body
+        assert topic == messages.topic(body["type"], "s") and body["run_id"] == "run1"
+    losses = [b for _, b in sent if b["type"] == "loss"]
+    assert [b["seq"] for b in losses] == list(range(len(losses))) and channel.seq == len(losses)
+    assert {b["file"] for b in losses} == {"a.wav", "b.wav"}
+    gap = next(b for _, b in sent if b["type"] == "gap")
+    assert gap["seq_next"] == sum(b["file"] == "a.wav" for b in losses) and gap["duration_s"] == 0.1
+    ends = [b for _, b in sent if b["type"] == "event" and b["state"] == "end"]
+    assert len(ends) == 1 and ends[0]["file"] == "a.wav" and 0.5 <= ends[0]["file_onset"] <= 1.1
+    assert model.calls < len(losses) / 4  # windows batched into few model calls
+    status = channel.status()
+    assert set(status) <= set(messages.SOURCE_STATUS_FIELDS) | set(source.describe())
+    assert status["files_played"] == 2 and status["events"] == 1 and status["finished"]
+
+
+def readme_schema_rows() -> dict[str, set[str]]:
+    """type -> the backticked names in its row of the README's schema table."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("### Message schema, version 1") :]
+    rows, started = {}, False
+    for line in table.splitlines():
+        if started and not line.startswith("|"):
+            break  # the end of the table
+        started = started or line.startswith("| topic")
+        if not line.startswith("| `"):
+            continue
+        _topic, kinds, _when, fields = (cell.strip() for cell in line.strip().strip("|").split(" | "))
+        for kind in re.findall(r"`(\w+)`", kinds):
+            rows[kind] = set(re.findall(r"`(\w+)`", fields))
+    return rows
+
+
+def test_readme_schema_table_and_the_code_name_the_same_fields():
+    rows = readme_schema_rows()
+    assert set(rows) == set(messages.FIELDS)
+    for kind, fields in messages.FIELDS.items():
+        assert set(fields) <= rows[kind], (kind, set(fields) - rows[kind])
+    for kind in ("loss", "event"):  # rows naming fields, and no values but an event's states
+        assert rows[kind] <= set(messages.FIELDS[kind]) | {kind, "start", "end"}, (kind, rows[kind] - set(messages.FIELDS[kind]))
+    assert set(messages.SOURCE_STATUS_FIELDS) <= rows["status"]
+
+
+# -- the subscriber's state --------------------------------------------------------------------
+def test_stream_view_counts_missed_windows_per_run_and_calls_a_silent_daemon_stale():
+    now = [0.0]
+    view = StreamView(clock=lambda: now[0])
+    loss = {"v": 1, "type": "loss", "source": "s", "anomaly": False, "score": 0.1}
+    for seq in (0, 1, 5, 6):
+        view.update("loss.s", {**loss, "run_id": "r1", "seq": seq})
+    assert view.sources["s"].missed == 3 and view.sources["s"].received == 4
+    view.update("loss.s", {**loss, "run_id": "r2", "seq": 0})  # a restarted daemon numbers from 0
+    assert view.sources["s"].missed == 3
+    view.update("status", {"v": 1, "type": "status", "daemon": "d1", "state": "running", "status_interval_s": 1.0, "sources": {"s": {"state": "up"}}})
+    now[0] = 2.9
+    assert view.source_state("s") == "up" and not view.stale("d1")
+    now[0] = 3.1
+    assert view.stale("d1") and view.source_state("s") == "STALE"
+    view.update("status", {"v": 1, "type": "status", "daemon": "d1", "state": "finished", "status_interval_s": 1.0, "sources": {"s": {}}})
+    now[0] = 100.0
+    assert not view.stale("d1") and view.source_state("s") == "finished" and view.all_final()
+    view.update("x", {"v": 2, "type": "loss"})
+    assert view.unknown_versions == 1
+
+
+# -- systemd, microphone, reload ---------------------------------------------------------------
+def test_notifier_speaks_to_an_abstract_socket_and_pings_the_watchdog_when_due():
+    name = f"streamdet-test-{os.getpid()}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind("\0" + name)
+    server.settimeout(2)
+    try:
+        notifier = Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "60000000", "WATCHDOG_PID": str(os.getpid())})
+        notifier.ready("1 source(s)")
+        assert server.recv(256) == b"READY=1\nSTATUS=1 source(s)"
+        notifier.watchdog()
+        notifier.watchdog()  # the second is not due for 30 s
+        notifier.stopping()
+        assert [server.recv(256), server.recv(256)] == [b"WATCHDOG=1", b"STOPPING=1"]
+        assert Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_interval is None  # another process's watchdog
+    finally:
+        server.close()
+
+
+def test_microphone_callback_downmixes_channels_into_the_ring():
+    from streamdet.sources.mic import OVERFLOW_SLOTS, MicSource
+
+    mic = MicSource.__new__(MicSource)  # the callback alone: no PortAudio here
+    mic.channels, mic.rate, mic.ring = 2, RATE, RingBuffer(1000)
+    mic._mono = np.zeros(256, np.float32)
+    mic._overflow_pos, mic._overflow_count = np.zeros(OVERFLOW_SLOTS, np.int64), 0
+    mic.stream_start_wall, mic._last_callback = None, 0.0
+    block = np.stack([np.linspace(0, 1, 100), np.linspace(1, 3, 100)], axis=1).astype(np.float32)
+    mic._callback(block, 100, None, SimpleNamespace(input_overflow=True))
+    start, got = mic.ring.read(1000)
+    np.testing.assert_allclose(got, block.mean(axis=1), rtol=1e-6)
+    assert mic._overflow_count == 1 and mic.stream_start_wall is not None
+
+
+def test_reload_refuses_a_model_at_another_sample_rate_and_keeps_the_running_one(tmp_path):
+    from streamdet.daemon import Daemon
+
+    config = Config(sources=[SourceConfig(kind="replay", name="s", path=str(tmp_path))])
+    other = FakeModel(FeatureParams(**{**PARAMS.to_dict(), "sample_rate": 16000, "f_max": 7000.0}))
+    model = FakeModel()
+    daemon = Daemon(config, model, FakePublisher(), name="d", reload=lambda: (config, other))
+    daemon._reload()
+    assert daemon.reloads["rejected"] == 1 and daemon.model is model
+    assert "16000 Hz" in daemon.reloads["last"]["reason"] and "restart" in daemon.reloads["last"]["reason"]

@@ -1,0 +1,91 @@
+"""A mode's Detector from clips: the windows each VAE learns (with augmentation), trained; and the
+out-of-fold decisions calibration folds are set on."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from streamdet import artifact
+from streamdet.features import LogMel
+from streamdet.model import Detector
+from streamdet.modes import MODES
+
+from .cache import FeatureCache
+from .calibrate import scoring_base, window_decisions
+from .checkpoint import Checkpoint
+from .config import TrainConfig
+from .datasets import Item
+from .loop import fit_vae
+from .splits import k_folds, split_by_group
+from .windows import WindowSet, mix_windows
+
+
+def train_detector(config: TrainConfig, train_items: list[Item], val_items: list[Item], cache: FeatureCache, progress: Progress, checkpoint: Checkpoint) -> tuple[Detector, dict]:
+    """The Detector for `config.mode`, trained on `train_items`, stopped early on `val_items`."""
+    params, device = config.features, artifact.resolve_device(config.training.device)
+    roles = MODES[config.mode].roles
+
+    def windows(items, label):
+        chosen = [i for i in items if i.label == label]
+        return WindowSet.of(cache, params, chosen, config.select.call_db if label == 1 else None, config.training.max_windows_per_clip)
+
+    sets = {"background": (windows(train_items, 0), windows(val_items, 0)), "bird": (windows(train_items, 1), windows(val_items, 1))}
+    quiet = config.select.background_quiet_db
+    if quiet is not None and "background" in roles:
+        def ambience(items):
+            return WindowSet.of(cache, params, [i for i in items if i.label == 1], None, config.training.max_windows_per_clip, quiet_db=quiet)
+
+        sets["background"] = tuple(s.joined(ambience(items)) for s, items in zip(sets["background"], (train_items, val_items)))
+    for role in roles:
+        if not len(sets[role][0]):
+            raise ValueError(f"no {role} windows to train on (mode {config.mode})")
+    if "bird" in roles and config.augment.bird_mixes:
+        bird, background = sets["bird"][0], sets["background"][0]
+        if not len(background):
+            raise ValueError("augment.bird_mixes needs background clips to mix bird calls into")
+        rng = np.random.default_rng(config.training.seed)
+        mixed = mix_windows(bird, background, tuple(config.augment.gain_db), config.augment.bird_mixes, rng)
+        sets["bird"] = (bird.with_extra(mixed), sets["bird"][1])
+    # Each VAE is normalised by its own training windows (measured better than one shared normalisation).
+    vaes, means, stds, info = [], [], [], {}
+    for role in roles:
+        mean, std = sets[role][0].band_stats()
+        other = sets["bird" if role == "background" else "background"][0] if config.mode == "contrast" else None
+        vae, info[role] = fit_vae(role, *sets[role], mean, std.clamp_min(1e-3), config, device, progress, checkpoint, other)
+        vaes.append(vae)
+        means.append(mean)
+        stds.append(std.clamp_min(1e-3))
+    signs = [1.0, -1.0] if config.mode == "contrast" else [1.0]
+    return Detector(LogMel(params), vaes, signs, torch.stack(means), torch.stack(stds), params.window_frames, config.model.log_errors, config.model.peak_frames).eval(), info
+
+
+def train_on(config: TrainConfig, items: list[Item], cache: FeatureCache, progress: Progress | None) -> tuple[Detector, dict, list[Item], list[Item]]:
+    """A detector trained on `items` as `fit` trains it (not checkpointed): (detector, its scoring
+    base, the items it learnt from, its held-out part)."""
+    fit_items, val_items = split_by_group(items, config.training.val_fraction, config.training.seed)
+    detector, _ = train_detector(config, fit_items, val_items, cache, progress, Checkpoint(None, config, False))
+    return detector, scoring_base(config, detector, fit_items, cache, progress), fit_items, val_items
+
+
+def calibration_decisions(config: TrainConfig, detector: Detector, base: dict, items: list[Item], val_items: list[Item], cache: FeatureCache, progress: Progress | None) -> dict[Item, np.ndarray]:
+    """What the threshold is set on: the held-out part's decisions, or with calibration.folds the
+    out-of-fold decisions over all of `items`."""
+    if config.calibration.folds > 1:
+        return out_of_fold_decisions(config, items, cache, progress)
+    return window_decisions(detector, val_items, cache, config.features, base, progress, "calibrating on held-out clips")
+
+
+def out_of_fold_decisions(config: TrainConfig, items: list[Item], cache: FeatureCache, progress: Progress | None) -> dict[Item, np.ndarray]:
+    """Window decisions of every clip from a model that never heard its recording: K models on
+    grouped folds (calibration.folds), each trained as `fit` trains.  Their decisions are pooled as
+    they are: with the energy term off a decision is the loss itself, on one scale for all of them."""
+    decisions = {}
+    task = progress.add_task("calibration folds", total=config.calibration.folds, info="") if progress else None
+    for fold in k_folds(items, config.calibration.folds, config.training.seed):
+        in_fold = set(fold)
+        detector, base, _, _ = train_on(config, [i for i in items if i not in in_fold], cache, progress)
+        decisions.update(window_decisions(detector, fold, cache, config.features, base, progress, "scoring a calibration fold"))
+        if progress:
+            progress.update(task, advance=1)
+    return decisions
