@@ -36,9 +36,12 @@ class Publisher:
 
     With `wait_when_full`, a subscriber that cannot keep up slows the publisher down instead of
     losing messages (XPUB_NODROP, with a modest high-water mark so that the wait starts early);
-    replays use this, live sources do not.  A blocked send gives up only past `give_up_at` (the
-    shutdown deadline, set when a stop is requested), counting what it gave up in `dropped`, and
-    calls `while_blocked` meanwhile (the daemon pings its watchdog there)."""
+    replays use this.  A blocked send gives up only past `give_up_at` (the shutdown deadline, set
+    when a stop is requested), and calls `while_blocked` meanwhile (the daemon pings its watchdog).
+    Live sources never wait: when a subscriber's queue is full, the message goes to the others, and
+    `overflows` counts it. That subscriber then misses messages until it has caught up: libzmq
+    neither says which subscriber it is nor counts what it missed (each subscriber sees its own
+    losses as jumps in `seq`)."""
 
     def __init__(self, endpoint: str, send_hwm: int = 1000, wait_when_full: bool = False, context: zmq.Context | None = None, connect: bool = False, curve=None):
         """Bind `endpoint`, or with `connect` connect to it (a `streamdet proxy` frontend); with
@@ -56,13 +59,14 @@ class Publisher:
         self.socket.setsockopt(zmq.SNDHWM, send_hwm)
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # pass every subscription up, duplicates included
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)  # a peer's subscriptions are input too
-        if wait_when_full:
-            self.socket.setsockopt(zmq.XPUB_NODROP, 1)
+        # Always NODROP: a send that would drop for a full subscriber fails, so it is seen.
+        self.socket.setsockopt(zmq.XPUB_NODROP, 1)
         self.wait_when_full = wait_when_full
         self.send_hwm = send_hwm
         self.subscriptions = 0
         self.sent = 0
-        self.dropped = 0
+        self.dropped = 0  # messages given up at the shutdown deadline (waiting publisher)
+        self.overflows = 0  # times a subscriber's queue was found full (live publisher)
         self.give_up_at = math.inf
         self.while_blocked: Callable[[], object] = lambda: None
         try:
@@ -95,7 +99,16 @@ class Publisher:
     def send(self, topic: str, payload: dict) -> bool:
         frames = [topic.encode(), encode(payload)]
         if not self.wait_when_full:
-            self.socket.send_multipart(frames)
+            try:
+                self.socket.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                # A subscriber's queue is full: send to the others (lossy, once), and count it.
+                self.overflows += 1
+                self.socket.setsockopt(zmq.XPUB_NODROP, 0)
+                try:
+                    self.socket.send_multipart(frames, zmq.NOBLOCK)
+                finally:
+                    self.socket.setsockopt(zmq.XPUB_NODROP, 1)
             self.sent += 1
             return True
         while True:

@@ -209,6 +209,6 @@ class Daemon:
         body = messages.status(
             self.run_id, self.name, state, time.monotonic() - self.started_at, self.config.bus.status_interval_s,
             model=self.model.describe(), detector=asdict(self.config.detector), reloads=self.reloads,
-            sources={c.name: c.status() for c in self.channels},
+            dropped_messages=self.publisher.dropped, subscriber_overflows=self.publisher.overflows, sources={c.name: c.status() for c in self.channels},
         )
         self.publisher.send("status", body)

@@ -16,7 +16,7 @@ FIELDS = {
     "gap": ("source", "t", "samples", "duration_s", "reason", "seq_next"),
     "source_down": ("source", "t", "seq_next", "reason"),
     "source_up": ("source", "t", "seq_next"),
-    "status": ("daemon", "state", "uptime_s", "status_interval_s", "model", "detector", "reloads", "sources"),
+    "status": ("daemon", "state", "uptime_s", "status_interval_s", "model", "detector", "reloads", "dropped_messages", "subscriber_overflows", "sources"),
 }
 # The fields of each source in a status message; a source adds its own `describe()`.
 SOURCE_STATUS_FIELDS = (
@@ -84,5 +84,6 @@ def source_status(kind: str, windows: int, audio_s: float, wall_s: float, droppe
     }
 
 
-def status(run_id: str, daemon: str, state: str, uptime_s: float, status_interval_s: float, model: dict, detector: dict, reloads: dict, sources: dict) -> dict:
-    return envelope("status", run_id, daemon=daemon, state=state, uptime_s=_r(uptime_s, 3), status_interval_s=status_interval_s, model=model, detector=detector, reloads=reloads, sources=sources)
+def status(run_id: str, daemon: str, state: str, uptime_s: float, status_interval_s: float, model: dict, detector: dict, reloads: dict, dropped_messages: int, subscriber_overflows: int, sources: dict) -> dict:
+    return envelope("status", run_id, daemon=daemon, state=state, uptime_s=_r(uptime_s, 3), status_interval_s=status_interval_s, model=model, detector=detector,
+                    reloads=reloads, dropped_messages=dropped_messages, subscriber_overflows=subscriber_overflows, sources=sources)

@@ -324,3 +324,50 @@ def test_reload_refuses_a_model_at_another_sample_rate_and_keeps_the_running_one
     daemon._reload()
     assert daemon.reloads["rejected"] == 1 and daemon.model is model
     assert "16000 Hz" in daemon.reloads["last"]["reason"] and "restart" in daemon.reloads["last"]["reason"]
+
+
+def test_a_live_publisher_never_waits_for_a_full_subscriber_and_counts_its_overflows():
+    import zmq
+
+    from streamdet.bus import Publisher
+
+    context = zmq.Context()
+    publisher = Publisher("inproc://live", send_hwm=20, wait_when_full=False, context=context)
+    stuck = context.socket(zmq.SUB)  # subscribes, then never reads
+    stuck.setsockopt(zmq.RCVHWM, 5)
+    stuck.setsockopt_string(zmq.SUBSCRIBE, "")
+    stuck.connect("inproc://live")
+    reader = context.socket(zmq.SUB)
+    reader.setsockopt(zmq.RCVHWM, 0)  # keeps up: no limit on its queue
+    reader.setsockopt_string(zmq.SUBSCRIBE, "")
+    reader.connect("inproc://live")
+    assert publisher.wait_for_subscribers(2, 5.0)
+    total = 500
+    for seq in range(total):
+        assert publisher.send("loss.s", {"seq": seq})
+    got = [reader.recv_multipart() for _ in range(total)]
+    assert len(got) == total and reader.poll(100) == 0  # the reader lost nothing to the stuck one
+    stuck_got = 0
+    while stuck.poll(100):
+        stuck.recv_multipart()
+        stuck_got += 1
+    assert 0 < stuck_got < total and publisher.overflows == 1 and publisher.dropped == 0
+    for seq in range(total, 2 * total):  # it has caught up: a second overflow is a second one counted
+        publisher.send("loss.s", {"seq": seq})
+    assert len([reader.recv_multipart() for _ in range(total)]) == total
+    assert publisher.overflows == 2
+    for s in (stuck, reader, publisher.socket):
+        s.close(0)
+    context.term()
+
+
+def test_status_carries_the_publishers_dropped_messages(tmp_path):
+    from streamdet.daemon import Daemon
+
+    publisher = FakePublisher()
+    publisher.dropped, publisher.overflows, publisher.poll_subscriptions = 7, 3, lambda: 1
+    daemon = Daemon(Config(sources=[SourceConfig(kind="replay", name="s", path=str(tmp_path))]), FakeModel(), publisher, name="d")
+    daemon._publish_status("running")
+    topic, body = publisher.sent[-1]
+    assert topic == "status" and body["dropped_messages"] == 7 and body["subscriber_overflows"] == 3
+    assert set(body) == set(messages.ENVELOPE) | set(messages.FIELDS["status"])
