@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 
 import zmq
 
@@ -40,19 +41,35 @@ def run_proxy(frontend: str, backend: str, hwm: int = 1_000_000, curve=None) -> 
         except zmq.ZMQError as exc:
             raise BusError(f"proxy --{role}: cannot bind {endpoint} ({zmq.strerror(exc.errno)})") from None
 
-    def stop(*_):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    # The proxy runs in its own thread, steered over a control socket: a signal's handler runs only
+    # in the main thread between bytecodes, never while it sits in zmq_proxy, and with CURVE the
+    # kernel may hand the signal to the authenticator's thread, leaving zmq_proxy uninterrupted.
+    control = f"inproc://streamdet-proxy-control-{id(xsub)}"
+    steer, steered = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    steered.bind(control)
+    steer.connect(control)
+    proxy = threading.Thread(target=_proxy, args=(xsub, xpub, steered), name="proxy", daemon=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     log.info("proxy: daemons publish to %s, subscribers connect to %s", xsub.getsockopt_string(zmq.LAST_ENDPOINT), xpub.getsockopt_string(zmq.LAST_ENDPOINT))
+    proxy.start()
     try:
-        zmq.proxy(xsub, xpub)
-    except (KeyboardInterrupt, zmq.ContextTerminated):
-        pass
+        while proxy.is_alive() and not stop.wait(0.2):
+            pass
     finally:
         from .security import stop_authenticators
 
-        xsub.close(0)
-        xpub.close(0)
+        steer.send(b"TERMINATE")
+        proxy.join(5)
+        for sock in (steer, steered, xsub, xpub):
+            sock.close(0)
         stop_authenticators()
         log.info("proxy stopped")
+
+
+def _proxy(xsub, xpub, control) -> None:
+    try:
+        zmq.proxy_steerable(xsub, xpub, None, control)
+    except zmq.ContextTerminated:
+        pass

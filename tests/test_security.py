@@ -93,3 +93,30 @@ def test_a_curve_proxy_admits_allowed_stations_and_subscribers_only(tiny_model, 
             station.kill()
         proxy.send_signal(signal.SIGTERM)
         assert proxy.wait(10) == 0
+
+
+def test_a_curve_proxy_stops_on_sigterm_whichever_thread_the_kernel_hands_it_to(tmp_path):
+    """With CURVE the proxy has an authenticator thread; a SIGTERM delivered to it (the kernel may
+    choose any thread) must still stop the proxy, which sits in ZeroMQ's C code meanwhile."""
+    import ctypes
+    import os
+    import signal
+
+    from streamdet.demo import free_tcp_endpoint
+
+    _, hub_secret = keys(tmp_path / "hub", "hub")
+    keys(tmp_path / "allowed", "north")
+    proxy = subprocess.Popen(streamdet_command("proxy", "--frontend", free_tcp_endpoint(), "--backend", free_tcp_endpoint(), "--curve-secret-key", str(hub_secret), "--curve-clients", str(tmp_path / "allowed")),
+                             cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "subscribers connect to" in proxy.stderr.readline()  # up: its threads are running
+        others = [int(t) for t in os.listdir(f"/proc/{proxy.pid}/task") if int(t) != proxy.pid]
+        assert others
+        libc = ctypes.CDLL(None, use_errno=True)
+        SYS_tgkill = 234  # x86-64
+        for tid in others:  # SIGTERM to every thread but the main one
+            libc.syscall(SYS_tgkill, proxy.pid, tid, signal.SIGTERM)
+        assert proxy.wait(10) == 0
+    finally:
+        if proxy.poll() is None:
+            proxy.kill()

@@ -229,7 +229,6 @@ def test_three_daemons_through_one_proxy(tiny_model, tmp_path):
         from streamdet.bus import Subscriber
 
         sub = Subscriber(backend)
-        time.sleep(0.5)
         for i, name in enumerate("abc"):
             folder = tmp_path / name
             folder.mkdir()
