@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     run.set_defaults(handler=cmd_run)
 
+    export = sub.add_parser("export", help="write detections as Raven selection tables, Audacity labels and a CSV")
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--jsonl", type=Path, help="a recording made with `streamdet listen --jsonl`")
+    source.add_argument("--endpoint", help="subscribe to a running daemon until it finishes (start it with --wait-subscribers 1)")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the tables go")
+    export.add_argument("--timeout", type=float, help="with --endpoint: give up after this many seconds without a message")
+    export.add_argument("--curve-secret-key", type=Path, help="with --endpoint: this subscriber's CURVE secret key file")
+    export.add_argument("--curve-server-key", type=Path, help="with --endpoint: the daemon's CURVE public key file")
+    export.set_defaults(handler=cmd_export)
+
     devices = sub.add_parser("devices", help="list input devices (for --mic)")
     devices.set_defaults(handler=cmd_devices)
 
@@ -299,6 +309,22 @@ def cmd_listen(args) -> int:
     if not view.received and args.timeout:
         print(f"streamdet: no message arrived from {args.endpoint} within {args.timeout:g} s (is a daemon publishing there?)", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import ExportError, export, from_bus, read_jsonl
+
+    if args.endpoint is not None and not re.match(r"^(tcp|ipc|inproc)://.+", args.endpoint):
+        raise UserError(f"--endpoint: expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {args.endpoint[:60]!r}")
+    messages = read_jsonl(args.jsonl) if args.jsonl else from_bus(args.endpoint, args.timeout, curve_args(args, server=False))
+    try:
+        result = export(messages, args.out)
+    except ExportError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"--out {args.out}: {exc.strerror or one_line(exc)}") from None
+    print(f"streamdet export: {result['detections']} detection(s) in {result['files']} file(s): tables beside each under {args.out}, all of them in {result['csv']}")
     return 0
 
 

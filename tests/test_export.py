@@ -1,0 +1,91 @@
+"""Detections for Raven Pro and Audacity: the formats field by field, and a real replay's calls
+found at their times in the tables of their files."""
+import csv
+import json
+import re
+import subprocess
+
+from helpers import REPO, collect, start_daemon, streamdet_command
+
+from streamdet.export import RAVEN_COLUMNS, Detection, audacity_labels, raven_table
+
+from audiogen import clip, write
+
+CALLS = {"dawn.wav": [(2.0, 1.5), (8.0, 1.0)], "sub/noon.flac": [(3.0, 2.0)], "quiet.wav": []}
+NUMBER = r"-?\d+\.\d+"
+
+
+def test_raven_selection_table_has_its_columns_and_one_row_per_selection():
+    found = [Detection("s", "a.wav", 5.0, 6.5, 2000.0, 5000.0, 0.91, 3), Detection("s", "a.wav", 1.0, 2.0, None, None, 0.7, 1)]
+    lines = raven_table(found).splitlines()
+    # Raven Pro: a tab-separated header naming the standard measurements, then one line per selection.
+    assert lines[0].split("\t") == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)", "Peak Score", "Event ID"]
+    rows = [dict(zip(RAVEN_COLUMNS, line.split("\t"))) for line in lines[1:]]
+    assert [r["Selection"] for r in rows] == ["1", "2"]  # numbered from 1, in time order
+    assert all(r["View"] == "Spectrogram 1" and r["Channel"] == "1" for r in rows)
+    assert [float(r["Begin Time (s)"]) for r in rows] == [1.0, 5.0] and float(rows[1]["End Time (s)"]) == 6.5
+    assert rows[0]["Low Freq (Hz)"] == rows[0]["High Freq (Hz)"] == "" and float(rows[1]["Low Freq (Hz)"]) == 2000.0
+    assert rows[1]["Peak Score"] == "0.9100" and rows[1]["Event ID"] == "3"
+    assert raven_table([]).splitlines() == ["\t".join(RAVEN_COLUMNS)]
+
+
+def test_audacity_labels_are_regions_with_the_frequency_line_audacity_reads():
+    found = [Detection("s", "a.wav", 5.0, 6.5, 2000.0, 5000.0, 0.91, 3), Detection("s", "a.wav", 1.0, 2.0, None, None, 0.7, 1)]
+    lines = audacity_labels(found).splitlines()
+    # Audacity: "start<TAB>end<TAB>label"; in its extended format a "\<TAB>low<TAB>high" line follows.
+    assert re.fullmatch(rf"{NUMBER}\t{NUMBER}\tbird 0\.70", lines[0]) and lines[0].startswith("1.000000\t2.000000")
+    assert re.fullmatch(rf"{NUMBER}\t{NUMBER}\tbird 0\.91", lines[1])
+    assert lines[2] == "\\\t2000.000000\t5000.000000" and len(lines) == 3
+    assert audacity_labels([]) == ""
+
+
+def read_raven(path):
+    lines = path.read_text().splitlines()
+    assert lines[0].split("\t") == list(RAVEN_COLUMNS)
+    return [dict(zip(RAVEN_COLUMNS, line.split("\t"))) for line in lines[1:]]
+
+
+def test_a_replay_exports_each_call_at_its_time_in_its_files_tables(tiny_model, tmp_path, endpoint):
+    replay = tmp_path / "replay"
+    (replay / "sub").mkdir(parents=True)
+    for i, (name, calls) in enumerate(CALLS.items()):
+        rate = 16000 if name.endswith(".flac") else 44100
+        write(replay / name, clip(11.0 if calls else 4.0, rate, calls, seed=30 + i), rate)
+    daemon = start_daemon("--replay", str(replay), "--pace", "max", "--model", str(tiny_model), "--endpoint", endpoint, "--wait-subscribers", "2")
+    from_bus = tmp_path / "from-bus"
+    exporter = subprocess.Popen(streamdet_command("export", "--endpoint", endpoint, "--out", str(from_bus), "--timeout", "60"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    got = collect(endpoint)
+    out, err = exporter.communicate(timeout=60)
+    daemon.communicate(timeout=30)
+    assert exporter.returncode == 0, err
+    assert "3 detection(s) in 3 file(s)" in out, out
+    for name, calls in CALLS.items():
+        rows = read_raven(from_bus / f"{name}.streamdet.selections.txt")
+        assert len(rows) == len(calls), (name, rows)
+        for (start, duration), row in zip(calls, rows):
+            begin, end = float(row["Begin Time (s)"]), float(row["End Time (s)"])
+            # 1-s windows every 0.5 s: an event edge lies within a window of the call's edge.
+            assert start - 1.01 <= begin <= start + 0.51 and start + duration - 0.51 <= end <= start + duration + 1.01, (name, row)
+            assert float(row["Low Freq (Hz)"]) < 5500 and float(row["High Freq (Hz)"]) > 2500  # the calls sweep 2.5-5.5 kHz
+        labels = (from_bus / f"{name}.streamdet.labels.txt").read_text().splitlines()
+        assert len(labels) == 2 * len(calls)
+    with open(from_bus / "streamdet.detections.csv") as f:
+        table = list(csv.DictReader(f))
+    raven_rows = sorted((name, row["Begin Time (s)"]) for name in CALLS for row in read_raven(from_bus / f"{name}.streamdet.selections.txt"))
+    assert sorted((r["file"], r["begin_s"]) for r in table) == raven_rows and all(r["source"] == "replay" for r in table)
+
+    # The same run recorded by a subscriber (as `listen --jsonl` writes it) exports the same tables.
+    recording = tmp_path / "run.jsonl"
+    recording.write_text("".join(json.dumps({"topic": t, "message": m}) + "\n" for t, m, _ in got))
+    from_file = tmp_path / "from-file"
+    result = subprocess.run(streamdet_command("export", "--jsonl", str(recording), "--out", str(from_file)), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name in CALLS:
+        assert (from_file / f"{name}.streamdet.selections.txt").read_text() == (from_bus / f"{name}.streamdet.selections.txt").read_text()
+
+
+def test_a_bad_recording_line_is_one_line_naming_it(tmp_path):
+    recording = tmp_path / "run.jsonl"
+    recording.write_text(json.dumps({"topic": "status", "message": {"type": "status"}}) + "\nnot json\n")
+    result = subprocess.run(streamdet_command("export", "--jsonl", str(recording), "--out", str(tmp_path / "out")), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"streamdet: error: {recording}, line 2: expected a JSON object with 'topic' and 'message', as `streamdet listen --jsonl` writes"]
