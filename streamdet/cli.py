@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait-subscribers", type=int, metavar="N", help="hold the stream until N subscriptions have arrived")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set detector.on_score=0.6")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, e.g. 127.0.0.1:9108 (needs the metrics extra)")
     run.set_defaults(handler=cmd_run)
 
     export = sub.add_parser("export", help="write detections as Raven selection tables, Audacity labels and a CSV")
@@ -150,6 +151,8 @@ def build_config(args):
             config.bus.wait_subscribers = args.wait_subscribers
         if args.log_level is not None:
             config.log.level = args.log_level
+        if getattr(args, "metrics", None) is not None:
+            config.metrics.address = args.metrics
         apply_overrides(config, args.set)
         check_config(config, args.config)
     except ConfigError as exc:

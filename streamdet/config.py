@@ -126,6 +126,22 @@ class RecordingConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus metrics over HTTP (needs the `metrics` extra); null: none."""
+
+    address: str | None = None  # HOST:PORT, such as 127.0.0.1:9108
+
+    def problems(self):
+        if self.address is not None:
+            from .metrics import MetricsError, parse_address
+
+            try:
+                parse_address(self.address)
+            except MetricsError as exc:
+                yield "address", str(exc).split(": ", 1)[1]
+
+
+@dataclass
 class LogConfig:
     level: str = field(default="info", metadata={"choices": ("debug", "info", "warning", "error")})
 
@@ -138,6 +154,7 @@ class Config:
     bus: BusConfig = field(default_factory=BusConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def problems(self):
         if not self.sources:

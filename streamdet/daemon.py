@@ -57,8 +57,14 @@ class Daemon:
         A replay-only daemon waits for slow subscribers (no message lost); a live one never blocks."""
         from .artifact import ArtifactError, load
         from .bus import BusError
+        from .metrics import MetricsError, require, serve
         from .sources.mic import MicError
 
+        if config.metrics.address:
+            try:
+                require()  # before the model loads: a missing extra is one line, at once
+            except MetricsError as exc:
+                raise StartError(str(exc)) from None
         if config.model.threads:
             import torch
 
@@ -73,8 +79,11 @@ class Daemon:
         except BusError as exc:
             raise StartError(str(exc)) from None
         try:
-            return cls(config, model, publisher, name=name, reload=reload)
-        except MicError as exc:
+            daemon = cls(config, model, publisher, name=name, reload=reload)
+            if config.metrics.address:
+                daemon.metrics_server = serve(daemon, config.metrics.address)
+            return daemon
+        except (MicError, MetricsError) as exc:
             publisher.close()
             raise StartError(str(exc)) from None
 
@@ -182,9 +191,11 @@ class Daemon:
             kept.append("sources")
         if config.bus.endpoint != self.config.bus.endpoint:
             kept.append("bus.endpoint")
+        if config.metrics != self.config.metrics:
+            kept.append("metrics")
         for channel in self.channels:
             channel.replace_model(model, config.detector, config.recording)
-        config.sources, config.bus.endpoint = self.config.sources, self.config.bus.endpoint
+        config.sources, config.bus.endpoint, config.metrics = self.config.sources, self.config.bus.endpoint, self.config.metrics
         self.config, self.model = config, model
         logging.getLogger().setLevel(config.log.level.upper())
         self.reloads["done"] += 1

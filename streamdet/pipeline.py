@@ -16,6 +16,7 @@ from . import messages
 from .clips import Clips
 from .config import DetectorConfig, RecordingConfig
 from .detector import Detector
+from .histogram import Histogram
 from .reader import Done, Down, End, Missing, Report, Start, StreamReader, Up, Windows
 from .sources import SegmentStart
 
@@ -38,6 +39,7 @@ class Channel:
         self.started_at = time.monotonic()
         self.reports: deque = deque(maxlen=RECENT_REPORTS)
         self.latencies: deque = deque(maxlen=LATENCY_SAMPLES)
+        self.latency_histogram = Histogram()  # over the daemon's life, for metrics
 
     def _use_model(self, model, detector: DetectorConfig, recording: RecordingConfig) -> None:
         self.model, p = model, model.features
@@ -124,7 +126,8 @@ class Channel:
             self._send(messages.loss(self.run_id, self.name, self.seq, t_start, t_end, loss, score, bool(scored.silent[i]), energy, seg.file, seg.info.get("file_offset_s", 0.0) + into))
             self.seq += 1
             if arrived is not None:
-                self.latencies.append(time.monotonic() - arrived)
+                self.latencies.append(latency := time.monotonic() - arrived)
+                self.latency_histogram.observe(latency)
             self._publish_events(self.detector.step(t_start, t_end, score, scored.band_errors[i]), seg)
 
     def _publish_events(self, transitions: list[dict], seg: SegmentStart, segment_end: int | None = None) -> None:

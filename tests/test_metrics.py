@@ -1,0 +1,61 @@
+"""Prometheus metrics, scraped over HTTP from a running daemon."""
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+from helpers import REPO, collect, start_daemon, streamdet_command
+from prometheus_client.parser import text_string_to_metric_families
+
+from audiogen import clip, write
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_a_scrape_counts_what_the_subscriber_received(tiny_model, tmp_path, endpoint):
+    write(tmp_path / "a.wav", clip(6.0, 22050, [(2.0, 1.0)], seed=5), 22050)
+    port = free_port()
+    daemon = start_daemon("--replay", str(tmp_path), "--pace", "max", "--loop", "--model", str(tiny_model), "--endpoint", endpoint, "--wait-subscribers", "1", "--metrics", f"127.0.0.1:{port}")
+    seen = {"windows": 0}
+
+    def stop_after_two_passes(topic, msg):
+        seen["windows"] += msg["type"] == "loss"
+        if seen["windows"] == 22:
+            seen["metrics"] = scrape(port)  # the daemon goes on meanwhile: these are lower bounds
+            daemon.send_signal(signal.SIGTERM)
+
+    got = collect(endpoint, on_message=stop_after_two_passes, timeout_s=60)
+    daemon.communicate(timeout=30)
+    m = seen["metrics"]
+    src = (("source", "replay"),)
+    assert m[("streamdet_windows_total", src)] >= 22 and m[("streamdet_files_played_total", src)] >= 1
+    assert m[("streamdet_latency_seconds_count", src)] == m[("streamdet_latency_seconds_bucket", (("le", "+Inf"), ("source", "replay")))] >= 22
+    assert m[("streamdet_realtime_factor", src)] > 1.0 and m[("streamdet_source_up", src)] == 1.0
+    assert m[("streamdet_gaps_total", src)] == 0 and m[("streamdet_dropped_samples_total", src)] == 0
+    assert m[("streamdet_subscriber_overflows_total", ())] == 0 and m[("streamdet_reloads_total", (("outcome", "rejected"),))] == 0
+    info = [k for k in m if k[0] == "streamdet_model_info"]
+    assert len(info) == 1 and dict(info[0][1])["path"] == str(tiny_model)
+    final = got[-1][1]
+    assert final["sources"]["replay"]["windows"] >= m[("streamdet_windows_total", src)]  # a scrape never counts ahead of the stream
+
+
+def test_metrics_without_the_extra_or_at_a_bad_address_are_one_line(tmp_path):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "prometheus_client.py").write_text("raise ImportError('no module named prometheus_client')\n")
+    env = {"PYTHONPATH": str(fake), "PATH": "/usr/bin:/bin"}
+    missing = subprocess.run([sys.executable, "-m", "streamdet", "run", "--replay", str(tmp_path), "--metrics", "127.0.0.1:9108"], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "pip install 'streamdet[metrics]'" in missing.stderr
+    bad = subprocess.run(streamdet_command("run", "--replay", str(tmp_path), "--metrics", "localhost"), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == "streamdet: error: metrics.address: expected HOST:PORT such as 127.0.0.1:9108, found 'localhost'"
