@@ -64,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--curve-server-key", type=Path, help="with --endpoint: the daemon's CURVE public key file")
     export.set_defaults(handler=cmd_export)
 
+    mqtt = sub.add_parser("mqtt", help="publish what the daemon finds to an MQTT broker, with Home Assistant discovery")
+    mqtt.add_argument("--config", type=Path, help="a YAML file with an `mqtt` section (see configs/daemon.yaml)")
+    mqtt.add_argument("--endpoint", help="the daemon (or proxy backend) to subscribe to (default tcp://127.0.0.1:5556)")
+    mqtt.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT (default mqtt://127.0.0.1:1883)")
+    mqtt.add_argument("--username")
+    mqtt.add_argument("--password-file", help="a file holding the broker password")
+    mqtt.add_argument("--tls-ca", help="CA certificate for mqtts://")
+    mqtt.add_argument("--client-id")
+    mqtt.add_argument("--topic-prefix")
+    mqtt.add_argument("--discovery-prefix", help="Home Assistant's discovery prefix (default homeassistant)")
+    mqtt.add_argument("--curve-secret-key", type=Path, help="this subscriber's CURVE secret key file")
+    mqtt.add_argument("--curve-server-key", type=Path, help="the daemon's CURVE public key file")
+    mqtt.set_defaults(handler=cmd_mqtt)
+
     devices = sub.add_parser("devices", help="list input devices (for --mic)")
     devices.set_defaults(handler=cmd_devices)
 
@@ -328,6 +342,33 @@ def cmd_export(args) -> int:
     except OSError as exc:
         raise UserError(f"--out {args.out}: {exc.strerror or one_line(exc)}") from None
     print(f"streamdet export: {result['detections']} detection(s) in {result['files']} file(s): tables beside each under {args.out}, all of them in {result['csv']}")
+    return 0
+
+
+def cmd_mqtt(args) -> int:
+    import threading
+
+    from .config import load_config
+    from .mqtt import MqttError, import_paho, run_bridge
+    from .typedconfig import ConfigError, check, in_file
+
+    try:
+        config = load_config(args.config).mqtt
+        for name in ("endpoint", "broker", "username", "password_file", "tls_ca", "client_id", "topic_prefix", "discovery_prefix"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
+        in_file(args.config, lambda: check(config, "mqtt"))
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    setup_logging("info")
+    try:
+        import_paho()
+    except MqttError as exc:
+        raise UserError(str(exc)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_bridge(config, stop, curve_args(args, server=False))
     return 0
 
 

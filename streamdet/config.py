@@ -142,6 +142,36 @@ class MetricsConfig:
 
 
 @dataclass
+class MqttConfig:
+    """`streamdet mqtt`: a subscriber of `endpoint` publishing to an MQTT broker, with Home
+    Assistant discovery (needs the mqtt extra). The daemon itself ignores this section."""
+
+    endpoint: str = "tcp://127.0.0.1:5556"  # the daemon (or proxy backend) to subscribe to
+    broker: str = "mqtt://127.0.0.1:1883"  # mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS
+    username: str | None = None
+    password_file: str | None = None  # a file holding the password, so it stays out of the config
+    tls_ca: str | None = None  # CA certificate file for mqtts:// (default: the system's)
+    client_id: str = "streamdet-bridge"
+    topic_prefix: str = "streamdet"
+    discovery_prefix: str = "homeassistant"
+    state_interval_s: float = field(default=5.0, metadata={"above": 0.0, "max": 86400.0})  # how often the score is republished
+    stale_after_intervals: float = field(default=3.0, metadata={"above": 0.0, "max": 1000.0})  # status intervals without one: offline
+
+    def problems(self):
+        if not re.fullmatch(r"mqtts?://[^:/\s]+(:\d{1,5})?/?", self.broker):
+            yield "broker", f"expected mqtt://HOST:PORT or mqtts://HOST:PORT, found {self.broker[:60]!r}"
+        if not re.match(r"^(tcp|ipc|inproc)://.+", self.endpoint):
+            yield "endpoint", f"expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {self.endpoint[:60]!r}"
+        if self.password_file and not Path(self.password_file).is_file():
+            yield "password_file", f"expected a file holding the password, found {self.password_file[:80]!r}"
+        if self.tls_ca and not Path(self.tls_ca).is_file():
+            yield "tls_ca", f"expected a CA certificate file, found {self.tls_ca[:80]!r}"
+        for name in ("topic_prefix", "discovery_prefix"):
+            if not re.fullmatch(r"[A-Za-z0-9_\-/]+", getattr(self, name)) or getattr(self, name).startswith("/"):
+                yield name, f"expected an MQTT topic prefix of letters, digits, _ - and /, found {getattr(self, name)[:40]!r}"
+
+
+@dataclass
 class LogConfig:
     level: str = field(default="info", metadata={"choices": ("debug", "info", "warning", "error")})
 
@@ -155,6 +185,7 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
     def problems(self):
         if not self.sources:
@@ -178,6 +209,8 @@ def load_config(path: Path | str | None) -> Config:
         source.path = relative_to_file(path, source.path)
     config.model.path = relative_to_file(path, config.model.path)
     config.recording.directory = relative_to_file(path, config.recording.directory)
+    config.mqtt.password_file = relative_to_file(path, config.mqtt.password_file)
+    config.mqtt.tls_ca = relative_to_file(path, config.mqtt.tls_ca)
     return config
 
 
