@@ -258,6 +258,7 @@ def run_bridge(config: MqttConfig, stop: threading.Event, curve=None) -> None:
             log.error("broker %s refused the connection: %s", config.broker, reason_code)
             return
         log.info("connected to %s", config.broker)
+        unreachable.clear()
         with lock:
             publish(bridge.on_connect())
 
@@ -265,7 +266,14 @@ def run_bridge(config: MqttConfig, stop: threading.Event, curve=None) -> None:
         if not stop.is_set():
             log.warning("lost the broker %s (%s); reconnecting", config.broker, reason_code)
 
-    client.on_connect, client.on_disconnect = on_connect, on_disconnect
+    unreachable = []
+
+    def on_connect_fail(client, userdata):
+        if not unreachable:  # once per outage: it retries every few seconds
+            log.warning("cannot reach the broker %s; retrying", config.broker)
+        unreachable.append(1)
+
+    client.on_connect, client.on_disconnect, client.on_connect_fail = on_connect, on_disconnect, on_connect_fail
     client.connect_async(host, port, keepalive=30)
     client.loop_start()
     subscriber = Subscriber(config.endpoint, curve=curve)  # one subscription: `--wait-subscribers 1` waits for it
