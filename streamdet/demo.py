@@ -7,10 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .listen import listen
+from .listen import _duration, _events, listen
 
 DEMO_TIMEOUT_S = 120
 
@@ -32,23 +33,25 @@ def run_demo(pace: str = "max", model: Path | None = None) -> int:
     command = [sys.executable, "-m", "streamdet", "run", "--replay", str(clips), "--pace", pace, "--endpoint", endpoint, "--wait-subscribers", "1", "--log-level", "warning"]
     if model is not None:
         command += ["--model", str(model)]
-    console.print(f"[bold]streamdet demo[/]: the daemon replays {len(list(clips.iterdir()))} bundled clips from {clips} at pace {pace}; this subscriber shows what arrives on {endpoint}.")
+    console.print(f"[bold]streamdet demo[/]: a daemon replays the {len(list(clips.iterdir()))} bundled clips at pace {pace}; this subscriber shows what it publishes.")
     daemon = subprocess.Popen(command)
     try:
-        view = listen(endpoint, until_finished=True, timeout_s=DEMO_TIMEOUT_S, live=True, console=console, give_up=lambda: daemon.poll() is not None)
+        # The live view goes when the run ends, so that the summary below fits a 24-row terminal.
+        view = listen(endpoint, until_finished=True, timeout_s=DEMO_TIMEOUT_S, live=True, console=console, give_up=lambda: daemon.poll() is not None, transient=True)
         code = daemon.wait(timeout=30)
     finally:
         if daemon.poll() is None:
             daemon.kill()
-    console.print()
-    summary = Table(title="what the subscriber received, file by file")
-    for col in ("file", "windows", "windows scored bird", "top score", "events"):
-        summary.add_column(col, justify="left" if col == "file" else "right")
+    summary = Table(title="what the subscriber received, file by file", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("file", "windows", "scored bird", "top score", "events"):
+        summary.add_column(col, justify="left" if col == "file" else "right", no_wrap=True, overflow="ellipsis")
     for (_, file), f in sorted(view.files.items()):
         summary.add_row(file, str(f["windows"]), str(f["bird_windows"]), f"{f['top_score']:.2f}", str(f["events"]))
     console.print(summary)
+    console.print(_events(view, console.size.width, 4))
     for name, v in view.sources.items():
-        console.print(f"source {name}: {v.received} windows received, {v.missed} missed (from gaps in seq)")
+        status = view.status.get(v.daemon, {})
+        console.print(f"source {name}: {v.received} windows received, {v.missed} missed (from gaps in seq), {v.events} events; the daemon {status.get('state', '?')} after {_duration(status.get('uptime_s', 0.0))}")
     if code != 0 or not view.all_final():
         console.print(f"[red]the daemon exited with status {code}[/]" if code else "[red]no final status arrived[/]")
         return 1
