@@ -68,7 +68,9 @@ def test_every_mode_trains_and_is_measured_on_held_out_clips(dataset, held_out, 
     if mode != "bird":
         assert auc >= 0.8, (mode, kind, auc)  # chance is 0.5
     assert 0.0 <= auc <= 1.0
-    assert (tmp_path / "eval" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "eval" / "roc.png").read_bytes()[:8] == (tmp_path / "eval" / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    roc = (tmp_path / "eval" / "roc.csv").read_text().splitlines()
+    assert roc[0] == "curve,fpr,tpr,auc" and roc[1].startswith("model,0.000000,0.000000,") and f"{auc:.6f}" in roc[1]
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["clips_scored"] == 12
 
 
@@ -290,3 +292,20 @@ def test_study_chooses_by_crossval_alone_and_resumes_from_its_variants(tmp_path)
     assert len(kept) == 8  # seven cross-validations and one leave-one-block-out
     assert study(config, None, None, None, out, folds=2, jobs=1) == result  # every variant read back, none trained again
     assert {p: p.stat().st_mtime_ns for p in (out / "variants").iterdir()} == kept
+
+
+def test_evaluate_without_matplotlib_writes_the_curves_and_says_how_to_get_plots(tmp_path, tiny_model):
+    import os
+    import subprocess
+    import sys
+
+    root = make_bad_dataset(tmp_path / "data", n_nobird=4, n_bird=4, seconds=3.0)
+    fake = tmp_path / "fake" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no matplotlib')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake")}
+    result = subprocess.run([sys.executable, "-m", "train", "evaluate", "--model", str(tiny_model), "--data", str(root / "wav"), "--labels", str(root / "labels.csv"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "roc.csv").read_text().startswith("curve,fpr,tpr,auc\n") and not (tmp_path / "out" / "roc.png").exists()
+    assert "pip install 'streamdet[plot]'" in " ".join(result.stdout.split())

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--labels", type=Path, required=True, help="BAD CSV (itemid,hasbird) or a file,label table such as MANIFEST.tsv")
     ev.add_argument("--split", help="only rows of this split (MANIFEST.tsv), e.g. eval")
     ev.add_argument("--skip-bad-rows", action="store_true", help="drop rows that name no usable clip, with a warning, instead of stopping")
-    ev.add_argument("--out", type=Path, default=Path("runs/evaluation"), help="folder for evaluation.json and roc.png")
+    ev.add_argument("--out", type=Path, default=Path("runs/evaluation"), help="folder for evaluation.json, roc.csv, and with the plot extra roc.png and scores.png")
     ev.add_argument("--cache", type=Path, default=default_cache_dir(), help="feature cache folder")
     ev.add_argument("--device", default="auto")
     threads_arg(ev)
@@ -130,7 +130,10 @@ def cmd_evaluate(args) -> int:
             table.add_row(block, scorer, str(m["clips"]), str(m["bird"]), *(f"{m[k]:.3f}" for k in ("auc", "pauc_0.1", "precision", "recall", "f1")))
     console = Console()
     console.print(table)
-    console.print(f"wrote {args.out / 'evaluation.json'} and {results['roc_png']} ({results['roc_legend']})")
+    from rich.markup import escape
+
+    plots = f"{results['roc_png']} and {results['scores_png']}" if "roc_png" in results else f"no plots ({results['plots']})"
+    console.print(escape(f"wrote {args.out / 'evaluation.json'}, {results['roc_csv']} and {plots}"))
     for path in results["clips_unusable"]:
         print(f"train: warning: {path}: not scored ({cache.error(Path(path)) or 'shorter than one FFT frame'})", file=sys.stderr)
     if results["clips_unusable"]:

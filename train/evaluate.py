@@ -14,7 +14,7 @@ from .cache import FeatureCache
 from .clips import clip_aggregate, reference_clip_score, silence_of, windows_of
 from .datasets import Item
 from .metrics import roc_curve, summary
-from .plot import COLOURS, roc_png
+from .plot import PlotUnavailable, roc_plot, score_histograms, write_roc_csv
 
 
 def model_clip_decisions(model: Model, items: list[Item], cache: FeatureCache, progress=None) -> dict[Item, float]:
@@ -43,10 +43,7 @@ def evaluate(model: Model, items: list[Item], cache: FeatureCache, out_dir: Path
     threshold = float(model.meta["scoring"]["threshold"])
     reference = {i: r for i in items if (f := cache.frames(i.path)) is not None and (r := reference_clip_score(f, model.features)) is not None}
     used = [i for i in items if i in scores and i in reference]
-    blocks = defaultdict(list)
-    for item in used:
-        blocks[item.dataset].append(item)
-    blocks = {"all": used, **dict(sorted(blocks.items()))} if len(blocks) > 1 else {"all": used}
+    blocks = _members(used)
     results = {"model": str(model.path), "mode": model.meta["scoring"]["mode"], "clips_scored": len(used), "clips_unusable": sorted(str(i.path) for i in items if i not in used), "blocks": {}}
     for name, members in blocks.items():
         labels = np.array([i.label for i in members])
@@ -61,12 +58,33 @@ def evaluate(model: Model, items: list[Item], cache: FeatureCache, out_dir: Path
     results["clips"] = [{"file": str(i.path), "dataset": i.dataset, "label": i.label, "decision": round(scores[i], 6), "score": round(float(scorer.score(np.array([scores[i]]))[0]), 6), "reference_db": round(reference[i], 3)} for i in used]
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        results.update(_plots(out_dir, used, scores, reference, results, threshold))
         (out_dir / "evaluation.json").write_text(json.dumps(results, indent=1))
-        labels = np.array([i.label for i in used])
-        roc_png(out_dir / "roc.png", {"model": roc_curve(labels, [scores[i] for i in used]), "reference": roc_curve(labels, [reference[i] for i in used])})
-        results["roc_png"] = str(out_dir / "roc.png")
-        results["roc_legend"] = f"model: rgb{COLOURS[0]}, energy reference: rgb{COLOURS[1]}, chance: grey diagonal"
     return results
+
+
+def _plots(out_dir: Path, used: list[Item], scores: dict, reference: dict, results: dict, threshold: float) -> dict:
+    """roc.csv always; roc.png and scores.png when matplotlib is there, else a note saying how."""
+    labels = np.array([i.label for i in used])
+    everything = results["blocks"]["all"]
+    curves = {"model": (*roc_curve(labels, [scores[i] for i in used]), everything["model"]["auc"]),
+              "energy reference": (*roc_curve(labels, [reference[i] for i in used]), everything["reference"]["auc"])}
+    out = {"roc_csv": str(write_roc_csv(out_dir / "roc.csv", curves))}
+    try:
+        out["roc_png"] = str(roc_plot(out_dir / "roc.png", curves, f"ROC, {len(used)} clips: model AUC {everything['model']['auc']:.3f}"))
+        blocks = {name: (np.array([i.label for i in members]), np.array([scores[i] for i in members]), results["blocks"][name]["model"]["auc"])
+                  for name, members in _members(used).items()}
+        out["scores_png"] = str(score_histograms(out_dir / "scores.png", blocks, threshold))
+    except PlotUnavailable as exc:
+        out["plots"] = str(exc)
+    return out
+
+
+def _members(used: list[Item]) -> dict[str, list[Item]]:
+    blocks = defaultdict(list)
+    for item in used:
+        blocks[item.dataset].append(item)
+    return {"all": used, **dict(sorted(blocks.items()))} if len(blocks) > 1 else {"all": used}
 
 
 def predict(model: Model, items: list[Item], cache: FeatureCache, out_csv: Path, progress=None) -> set[Item]:

@@ -1,54 +1,78 @@
-"""A ROC-curve PNG from numpy and zlib alone (the project keeps to its listed dependencies)."""
+"""Evaluation plots with matplotlib, an optional extra (`pip install 'streamdet[plot]'`): the ROC
+curves with their AUCs, and per block how the clip scores of bird and no-bird clips fall about
+the threshold. The curves are also written as CSV, which needs nothing."""
 from __future__ import annotations
 
-import struct
-import zlib
+import csv
 from pathlib import Path
 
 import numpy as np
 
-COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+from streamdet.scoring import SILENT_DECISION
+
+INSTALL = "pip install 'streamdet[plot]' (in this checkout: .venv/bin/pip install -e '.[plot]')"
 
 
-def roc_png(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], size: int = 480, margin: int = 40) -> Path:
-    """Draw each (fpr, tpr) curve in its own colour over a grid and the chance diagonal.
-    Legend colours follow the order of `curves` (COLOURS); the caller names them in text."""
-    img = np.full((size, size, 3), 255, np.uint8)
-    span = size - 2 * margin
-
-    def to_px(x, y):
-        return margin + np.asarray(x) * span, size - margin - np.asarray(y) * span
-
-    for g in np.linspace(0, 1, 11):
-        _line(img, *to_px([g, g], [0, 1]), (225, 225, 225))
-        _line(img, *to_px([0, 1], [g, g]), (225, 225, 225))
-    _line(img, *to_px([0, 1], [0, 1]), (160, 160, 160))
-    for x, y in ([0, 1], [0, 0]), ([0, 0], [0, 1]), ([1, 1], [0, 1]), ([0, 1], [1, 1]):
-        _line(img, *to_px(x, y), (0, 0, 0))
-    for i, (fpr, tpr) in enumerate(curves.values()):
-        colour = COLOURS[i % len(COLOURS)]
-        px, py = to_px(fpr, tpr)
-        for dx, dy in ((-1, 0), (0, 0), (1, 0), (0, -1), (0, 1)):  # three pixels wide both ways
-            _line(img, px + dx, py + dy, colour)
-        img[margin // 2 - 4 : margin // 2 + 4, margin + 20 * i : margin + 20 * i + 14] = colour  # legend swatch
-    _write_png(Path(path), img)
-    return Path(path)
+class PlotUnavailable(Exception):
+    pass
 
 
-def _line(img: np.ndarray, xs, ys, colour) -> None:
-    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
-    for x0, y0, x1, y1 in zip(xs[:-1], ys[:-1], xs[1:], ys[1:]):
-        n = int(max(abs(x1 - x0), abs(y1 - y0))) + 2
-        px = np.clip(np.round(np.linspace(x0, x1, n)).astype(int), 0, img.shape[1] - 1)
-        py = np.clip(np.round(np.linspace(y0, y1, n)).astype(int), 0, img.shape[0] - 1)
-        img[py, px] = colour
+def write_roc_csv(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> Path:
+    """One row per point: curve, false-positive rate, true-positive rate (and the curve's AUC)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["curve", "fpr", "tpr", "auc"])
+        for name, (fpr, tpr, auc) in curves.items():
+            for x, y in zip(fpr.tolist(), tpr.tolist()):
+                writer.writerow([name, f"{x:.6f}", f"{y:.6f}", f"{auc:.6f}"])
+    return path
 
 
-def _write_png(path: Path, img: np.ndarray) -> None:
-    h, w, _ = img.shape
-    raw = b"".join(b"\x00" + img[row].tobytes() for row in range(h))
+def _pyplot():
+    try:
+        import matplotlib
 
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotUnavailable(f"plots need matplotlib, which is not installed: {INSTALL}; the curves are in roc.csv") from None
+    return plt
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+def roc_plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=100)
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, drawstyle="steps-post", linewidth=2, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance (AUC 0.5)")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate (no-bird clips called bird)", ylabel="true-positive rate (bird clips found)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def score_histograms(path: Path, blocks: dict[str, tuple[np.ndarray, np.ndarray, float]], threshold: float) -> Path:
+    """Per block (labels, clip decisions, AUC): the two classes' decisions, and the threshold."""
+    plt = _pyplot()
+    n = len(blocks)
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=100, squeeze=False)
+    for ax, (name, (labels, scores, auc)) in zip(axes.flat, blocks.items()):
+        heard = scores > SILENT_DECISION  # digital silence is never a bird, and far off any scale
+        labels, scores, silent = labels[heard], scores[heard], int((~heard).sum())
+        bins = np.histogram_bin_edges(np.r_[scores, threshold], bins=30)
+        ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label=f"no bird ({int((labels == 0).sum())})")
+        ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label=f"bird ({int((labels == 1).sum())})")
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
+        ax.set(title=f"{name}: AUC {auc:.3f}" + (f" ({silent} silent clips not shown)" if silent else ""), xlabel="clip decision (higher: more bird-like)", ylabel="clips")
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
