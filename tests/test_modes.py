@@ -110,6 +110,25 @@ def test_predict_writes_a_submission_row_for_every_file(tmp_path, tiny_model):
     assert scores["c1"] > max(scores["c0"], scores["c2"])
 
 
+def test_predict_shards_cover_every_file_once_and_workers_score_alike(tmp_path, tiny_model):
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for i in range(7):
+        write(folder / f"r{i}.wav", clip(2.0, 22050, [(0.5, 1.0)] if i % 3 == 0 else [], seed=40 + i), 22050)
+    common = ["--model", str(tiny_model), "--data", str(folder), "--cache", str(tmp_path / "cache")]
+
+    def rows(out, *extra):
+        assert train_main(["predict", *common, "--out", str(out), *extra]) == 0
+        return {r["itemid"]: r["hasbird"] for r in csv.DictReader(open(out))}
+
+    whole = rows(tmp_path / "whole.csv")
+    parts = [rows(tmp_path / f"part{k}.csv", "--shard", f"{k}/3") for k in (1, 2, 3)]
+    assert sorted(k for p in parts for k in p) == sorted(whole) and sorted(len(p) for p in parts) == [2, 2, 3]  # each file once, even parts
+    assert {k: v for p in parts for k, v in p.items()} == whole  # the same scores, whichever part scored them
+    assert rows(tmp_path / "two.csv", "--workers", "2") == whole
+    assert train_main(["predict", *common, "--out", str(tmp_path / "x.csv"), "--shard", "4/3"]) == 2
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tmp_path_factory):
     path, _ = fit(config_for(dataset, "contrast"), tmp_path_factory.mktemp("whole") / "m.pt")

@@ -33,7 +33,7 @@ log = logging.getLogger("train.cache")
 class FeatureCache:
     def __init__(self, root: Path | str, params: FeatureParams, workers: int | None = None):
         """`workers`: processes decoding files in parallel (default: one per core, at most 8)."""
-        self.params = params
+        self.params, self.root = params, Path(root)
         self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
         spec = json.dumps({"version": CACHE_VERSION, "frames": params.frame_dict()}, sort_keys=True)
         self.dir = Path(root) / f"logmel-{hashlib.sha256(spec.encode()).hexdigest()[:16]}"

@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--out", type=Path, required=True, help="CSV to write")
     pr.add_argument("--cache", type=Path, default=default_cache_dir())
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--shard", metavar="K/N", help="only the K-th of N equal parts of the files (1-based), e.g. a batch scheduler's array task")
+    pr.add_argument("--workers", type=int, default=1, help="score in this many processes, one torch thread each (default 1)")
     threads_arg(pr)
     pr.set_defaults(handler=cmd_predict)
     args = parser.parse_args(argv)
@@ -150,16 +152,29 @@ def cmd_predict(args) -> int:
     from .progress import progress_bar
 
     model = load(args.model, args.device)
-    items = unlabelled(args.data)
+    items = shard(unlabelled(args.data), args.shard)
+    if args.workers < 1:
+        raise ConfigError(f"--workers: expected 1 or more, found {args.workers}")
     cache = FeatureCache(args.cache, model.features)
     with progress_bar() as progress:
         cache.ensure([i.path for i in items], progress)
-        scored = predict(model, items, cache, args.out, progress)
+        scored = predict(model, items, cache, args.out, progress, workers=args.workers, model_path=args.model, device=args.device)
     for item in items:
         if item not in scored:
             print(f"train: warning: {item.path}: not scored ({cache.error(item.path) or 'shorter than one FFT frame'}); hasbird 0", file=sys.stderr)
     Console().print(f"wrote {args.out}: {len(items)} rows ({len(items) - len(scored)} unscorable, given 0)")
     return 0
+
+
+def shard(items: list, spec: str | None) -> list:
+    """The K-th of N interleaved parts of `items` (in their sorted order): every item in exactly one
+    part, the parts within one item of each other in size."""
+    if spec is None:
+        return items
+    k, sep, n = spec.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise ConfigError(f"--shard: expected K/N with 1 <= K <= N, such as 3/16, found {spec[:20]!r}")
+    return items[int(k) - 1 :: int(n)]
 
 
 def load_config_with_overrides(args):

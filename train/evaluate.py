@@ -87,11 +87,42 @@ def _members(used: list[Item]) -> dict[str, list[Item]]:
     return {"all": used, **dict(sorted(blocks.items()))} if len(blocks) > 1 else {"all": used}
 
 
-def predict(model: Model, items: list[Item], cache: FeatureCache, out_csv: Path, progress=None) -> set[Item]:
+def _score_part(job) -> dict[str, float]:
+    """A worker process: one torch thread, its own model, its part of the clips (by path)."""
+    import torch
+
+    from streamdet.artifact import load
+
+    model_path, device, cache_dir, paths = job
+    torch.set_num_threads(1)
+    model = load(model_path, device)
+    items = [Item(Path(p), -1, "", p) for p in paths]
+    return {str(i.path): d for i, d in model_clip_decisions(model, items, FeatureCache(cache_dir, model.features)).items()}
+
+
+def parallel_clip_decisions(model: Model, items: list[Item], cache: FeatureCache, workers: int, model_path, device: str, progress=None) -> dict[Item, float]:
+    """`model_clip_decisions` in `workers` processes, each on an interleaved part of the clips."""
+    import multiprocessing
+
+    jobs = [(model_path, device, str(cache.root), [str(i.path) for i in items[w::workers]]) for w in range(workers)]
+    task = progress.add_task(f"scoring in {workers} processes", total=workers, info="") if progress else None
+    by_path: dict[str, float] = {}
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for part in pool.imap_unordered(_score_part, jobs):
+            by_path.update(part)
+            if progress:
+                progress.update(task, advance=1)
+    return {i: by_path[str(i.path)] for i in items if str(i.path) in by_path}
+
+
+def predict(model: Model, items: list[Item], cache: FeatureCache, out_csv: Path, progress=None, workers: int = 1, model_path=None, device: str = "cpu") -> set[Item]:
     """One row per file, `itemid,hasbird` with hasbird the clip score in [0, 1] (the BAD submission
     format), written with all the digits it has, so that clips ranked apart are never tied (at 1.0,
     say); returns the items that could be scored."""
-    decisions = model_clip_decisions(model, items, cache, progress)
+    if workers > 1:
+        decisions = parallel_clip_decisions(model, items, cache, workers, model_path, device, progress)
+    else:
+        decisions = model_clip_decisions(model, items, cache, progress)
     scorer = model.scorer()
     scorer.scale = float(model.meta["scoring"].get("clip_scale", scorer.scale))  # a clip's score, on clips' spread
     scores = {i: float(scorer.score(np.array([d]))[0]) for i, d in decisions.items()}
