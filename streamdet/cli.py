@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import re
 import signal
 import sys
@@ -177,11 +176,6 @@ def build_config(args):
     return config
 
 
-DRAIN_S = 10.0  # after the last message, how long queued messages may take to reach their subscribers
-EXIT_UNDELIVERED = 3  # the run ended, but not every message reached every subscriber
-EXIT_SOURCE_FAILED = 1  # a source's thread died: the stream did not finish
-
-
 def cmd_run(args) -> int:
     # A SIGHUP before the daemon can reload (the model takes seconds to load) is kept for later,
     # never the default action, which would kill the process.
@@ -190,7 +184,7 @@ def cmd_run(args) -> int:
     config = build_config(args)
     setup_logging(config.log.level)
     from .artifact import load
-    from .daemon import Daemon, StartError
+    from .daemon import Daemon, StartError, serve
 
     def reload():
         """SIGHUP: the config file again, with this command line's overrides, and its model."""
@@ -201,30 +195,7 @@ def cmd_run(args) -> int:
         daemon = Daemon.from_config(config, reload=reload)
     except StartError as exc:
         raise UserError(str(exc)) from None
-    publisher = daemon.publisher
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: daemon.request_stop())
-    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
-    if early_hup:
-        daemon.request_reload()
-    try:
-        daemon.run()
-    finally:
-        # Queued messages get the rest of the grace period to reach their subscribers.
-        delivered = publisher.close(DRAIN_S, wait=True) or not publisher.wait_when_full  # live subscribers lose what they cannot take
-    failed = [f"{c.name}: {c.source.failed}" for c in daemon.channels if getattr(c.source, "failed", None)]
-    if failed:  # a source that died did not finish: systemd's Restart=on-failure must see it
-        logging.getLogger("streamdet").error("source(s) failed, the stream is incomplete: %s", "; ".join(failed))
-        return EXIT_SOURCE_FAILED
-    lost = []
-    if publisher.dropped:
-        lost.append(f"{publisher.dropped} message(s) given up at the shutdown deadline")
-    if not delivered:
-        lost.append(f"up to {publisher.send_hwm} queued message(s) per subscriber not delivered within {DRAIN_S:g} s")
-    if lost:
-        logging.getLogger("streamdet").error("a subscriber did not receive everything: %s", "; ".join(lost))
-        return EXIT_UNDELIVERED
-    return 0
+    return serve(daemon, reload_now=bool(early_hup))
 
 
 def curve_args(args, server: bool):

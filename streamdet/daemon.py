@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -23,6 +24,9 @@ log = logging.getLogger("streamdet.daemon")
 
 IDLE_SLEEP_S = 0.002
 STOP_GRACE_S = 10.0
+DRAIN_S = 10.0  # after the last message, how long queued messages may take to reach their subscribers
+EXIT_SOURCE_FAILED = 1  # a source's thread died: the stream did not finish
+EXIT_UNDELIVERED = 3  # the run ended, but not every message reached every subscriber
 
 
 def debug_stall() -> tuple[float, float] | None:
@@ -223,3 +227,32 @@ class Daemon:
             dropped_messages=self.publisher.dropped, subscriber_overflows=self.publisher.overflows, sources={c.name: c.status() for c in self.channels},
         )
         self.publisher.send("status", body)
+
+
+def serve(daemon: Daemon, reload_now: bool = False) -> int:
+    """Run `daemon` in this (main) thread under the signals a service gets, deliver what is queued,
+    and return the exit status: 0, or what was lost (a failed source, undelivered messages)."""
+    publisher = daemon.publisher
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    if reload_now:  # a SIGHUP that came while the daemon was being built
+        daemon.request_reload()
+    try:
+        daemon.run()
+    finally:
+        # Queued messages get the rest of the grace period to reach their subscribers.
+        delivered = publisher.close(DRAIN_S, wait=True) or not publisher.wait_when_full  # live subscribers lose what they cannot take
+    failed = [f"{c.name}: {c.source.failed}" for c in daemon.channels if getattr(c.source, "failed", None)]
+    if failed:  # a source that died did not finish: systemd's Restart=on-failure must see it
+        log.error("source(s) failed, the stream is incomplete: %s", "; ".join(failed))
+        return EXIT_SOURCE_FAILED
+    lost = []
+    if publisher.dropped:
+        lost.append(f"{publisher.dropped} message(s) given up at the shutdown deadline")
+    if not delivered:
+        lost.append(f"up to {publisher.send_hwm} queued message(s) per subscriber not delivered within {DRAIN_S:g} s")
+    if lost:
+        log.error("a subscriber did not receive everything: %s", "; ".join(lost))
+        return EXIT_UNDELIVERED
+    return 0
