@@ -312,6 +312,8 @@ def cmd_export(args) -> int:
         raise UserError(str(exc)) from None
     except OSError as exc:
         raise UserError(f"--out {args.out}: {exc.strerror or one_line(exc)}") from None
+    if result["unreadable"]:
+        print(f"streamdet export: warning: skipped {result['unreadable']} message(s) it could not read; the first: {result['first_unreadable']}", file=sys.stderr)
     print(f"streamdet export: {result['detections']} detection(s) in {result['files']} file(s): tables beside each under {args.out}, all of them in {result['csv']}")
     return 0
 

@@ -59,13 +59,24 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 class Collector:
-    """Folds messages into the files scored and the detections found."""
+    """Folds messages into the files scored and the detections found; a message it cannot read
+    (a field missing or of the wrong type) is counted and the first one described, never fatal."""
 
     def __init__(self):
         self.files: dict[tuple[str, str], None] = {}  # (source, file) in the order first scored
         self.detections: list[Detection] = []
+        self.unreadable = 0
+        self.first_unreadable: str | None = None
 
     def add(self, msg: dict) -> None:
+        try:
+            self._add(msg)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self.unreadable += 1
+            if self.first_unreadable is None:
+                self.first_unreadable = f"a {str(msg.get('type', '?'))[:20] if isinstance(msg, dict) else 'non-object'} message without a usable {exc}"
+
+    def _add(self, msg: dict) -> None:
         kind = msg.get("type")
         if kind == "loss" and "file" in msg:
             self.files.setdefault((msg["source"], msg["file"]))
@@ -128,7 +139,7 @@ def export(messages: Iterable[tuple[str, dict]], out: Path) -> dict:
     collector = Collector()
     for _, msg in messages:
         collector.add(msg)
-    return write_tables(collector, out)
+    return {**write_tables(collector, out), "unreadable": collector.unreadable, "first_unreadable": collector.first_unreadable}
 
 
 def from_bus(endpoint: str, timeout_s: float | None = None, curve=None, ready=None) -> Iterator[tuple[str, dict]]:

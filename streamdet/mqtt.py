@@ -88,6 +88,7 @@ class Bridge:
         self.daemons: dict[str, DaemonState] = {}
         self.run_ids: dict[str, str] = {}  # run_id -> daemon
         self.pending: list[dict] = []  # events that came before their daemon's first status
+        self.unreadable = 0
 
     # -- topics --------------------------------------------------------------------------------
     @property
@@ -115,6 +116,16 @@ class Bridge:
         return out
 
     def on_message(self, msg: dict) -> list[Publication]:
+        """A message that lacks a field it needs is skipped and counted (logged the first time)."""
+        try:
+            return self._on_message(msg)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self.unreadable += 1
+            if self.unreadable == 1:
+                log.warning("skipping a %s message without a usable %s (more are counted, not logged)", str(msg.get("type", "?"))[:20] if isinstance(msg, dict) else "non-object", exc)
+            return []
+
+    def _on_message(self, msg: dict) -> list[Publication]:
         kind = msg.get("type")
         if kind == "status":
             return self._status(msg)
@@ -174,7 +185,7 @@ class Bridge:
         return out
 
     def _event(self, daemon: str, d: DaemonState, s: SourceState, msg: dict) -> list[Publication]:
-        source = msg["source"]
+        source, onset = msg["source"], float(msg["onset"])
         if msg.get("state") == "start":
             s.bird = True
             return [self._state(daemon, source, s)]
@@ -182,7 +193,7 @@ class Bridge:
         s.events_today += 1
         start_wall = d.stream_start_wall.get(source)
         # A microphone dates its stream; a replayed file's events are dated when they arrive.
-        at = start_wall + msg["onset"] if start_wall is not None else self.wall()
+        at = start_wall + onset if start_wall is not None else self.wall()
         s.last_event_at = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
         s.last_event = {k: msg[k] for k in ("event_id", "onset", "offset", "duration", "peak_score", "band_hz", "clip", "file", "file_onset") if k in msg}
         body = {"daemon": daemon, "source": source, "at": s.last_event_at, **s.last_event}

@@ -181,3 +181,15 @@ def test_the_bridge_without_paho_or_with_a_bad_broker_is_one_line(tmp_path):
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "pip install 'streamdet[mqtt]'" in missing.stderr
     bad = subprocess.run(streamdet_command("mqtt", "--broker", "http://x"), capture_output=True, text=True, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == "streamdet: error: mqtt.broker: expected mqtt://HOST:PORT or mqtts://HOST:PORT, found 'http://x'"
+
+
+def test_the_bridge_skips_messages_it_cannot_read_and_goes_on():
+    bridge = Bridge(MqttConfig())
+    status = {"type": "status", "daemon": "d", "run_id": "r", "state": "running", "status_interval_s": 1.0, "sources": {"s": {}}}
+    assert bridge.on_message(status)
+    for bad in ({"type": "status", "daemon": "d", "sources": ["not", "a", "dict"]}, {"type": "event", "run_id": "r", "source": "s", "state": "end"},
+                {"type": "loss", "run_id": "r", "source": "s", "score": "high"}):
+        assert bridge.on_message(bad) == []
+    assert bridge.unreadable == 3
+    start = bridge.on_message({"type": "event", "run_id": "r", "source": "s", "state": "start", "event_id": 0, "onset": 1.0, "peak_score": 0.9})
+    assert json.loads(start[0].payload)["bird"] == "ON"  # and it goes on
