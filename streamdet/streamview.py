@@ -43,12 +43,20 @@ class StreamView:
         self.messages = 0
         self.received = 0
         self.unknown_versions = 0
+        self.unreadable = 0
 
     def update(self, topic: str, msg: dict) -> None:
+        """Fold one message in; one that is not schema v1, or lacks a field it needs, is counted."""
         self.messages += 1
-        if msg.get("v") != SCHEMA_VERSION:
+        if not isinstance(msg, dict) or msg.get("v") != SCHEMA_VERSION:
             self.unknown_versions += 1
             return
+        try:
+            self._update(msg)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.unreadable += 1
+
+    def _update(self, msg: dict) -> None:
         kind = msg.get("type")
         if kind == "loss":
             view = self._source(msg)
@@ -77,6 +85,8 @@ class StreamView:
             self._source(msg).state = "down" if kind == "source_down" else "up"
         elif kind == "status":
             daemon = msg.get("daemon", "?")
+            if not isinstance(msg.get("sources", {}), dict):
+                raise TypeError("sources")
             self.status[daemon] = msg
             self.status_seen[daemon] = self.clock()
             for name in msg.get("sources", {}):

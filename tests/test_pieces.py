@@ -277,7 +277,9 @@ def test_stream_view_counts_missed_windows_per_run_and_calls_a_silent_daemon_sta
     now[0] = 100.0
     assert not view.stale("d1") and view.source_state("s") == "finished" and view.all_final()
     view.update("x", {"v": 2, "type": "loss"})
-    assert view.unknown_versions == 1
+    view.update("loss.s", {"v": 1, "type": "loss", "source": "s", "run_id": "r2", "seq": "one"})  # a field of the wrong type
+    view.update("status", {"v": 1, "type": "status", "daemon": "d2", "sources": ["not", "a", "dict"]})
+    assert view.unknown_versions == 1 and view.unreadable == 2
 
 
 # -- systemd, microphone, reload ---------------------------------------------------------------
