@@ -49,7 +49,8 @@ def test_the_live_view_fits_the_terminal_without_cutting_what_matters(width, row
 
 def tmux_capture(command: str, width: int, height: int, wait_for: str, timeout_s: float = 60.0) -> str:
     session = f"streamdet-test-{os.getpid()}-{width}"
-    subprocess.run([TMUX, "new-session", "-d", "-s", session, "-x", str(width), "-y", str(height), f"cd {REPO} && {command}; sleep 60"], check=True)
+    # The terminal's own size, not a COLUMNS/LINES the test runner's environment may carry.
+    subprocess.run([TMUX, "new-session", "-d", "-s", session, "-x", str(width), "-y", str(height), f"cd {REPO} && env -u COLUMNS -u LINES {command}; sleep 60"], check=True)
     try:
         deadline, screen = time.monotonic() + timeout_s, ""
         while time.monotonic() < deadline:
@@ -75,3 +76,29 @@ def test_the_demo_summary_fits_a_real_terminal(width, height):
     for name in ("01_robin_inspectorj.ogg", "03_train_markedit.wav", "06_dog_sardin.mp3"):
         assert name in text
     assert "0 missed" in text and "finished after" in text and "…" not in text
+
+
+@pytest.mark.parametrize("width,height", [(80, 24), (160, 45)])
+def test_listen_fits_a_real_terminal_while_a_daemon_runs(width, height, tiny_model, tmp_path, endpoint):
+    if TMUX is None:
+        if needs_tmux:
+            pytest.fail("tmux is not installed (bootstrap.sh installs it for the tests)")
+        pytest.skip("tmux is not installed")
+    from helpers import start_daemon
+
+    from audiogen import clip, write
+
+    replay = tmp_path / "a_rather_long_folder_name_for_a_recorder" / "2026-06-01"
+    replay.mkdir(parents=True)
+    write(replay / "dawn_chorus_with_a_long_file_name.wav", clip(20.0, 22050, [(3.0, 1.5), (9.0, 1.5)], seed=3), 22050)
+    daemon = start_daemon("--replay", str(replay.parent.parent), "--pace", "2x", "--model", str(tiny_model), "--endpoint", endpoint, "--wait-subscribers", "1", "--set", "bus.status_interval_s=0.5")
+    try:
+        screen = tmux_capture(f".venv/bin/streamdet listen --endpoint {endpoint}", width, height, "finished", timeout_s=90)
+    finally:
+        daemon.kill()
+    lines = screen.rstrip("\n").splitlines()
+    source_row = [line for line in lines if line.startswith("replay ") and "finished" in line]
+    last = source_row[0].split()[-1] if len(source_row) == 1 else ""
+    assert last.endswith(".wav") if width >= 120 else last.isdigit(), screen  # one whole row, ending in its last column
+    assert "daemons" in screen and len(lines) <= height
+    assert ("p99 ms" in screen) == (width >= 120) and ("dawn_chorus_with_a_long_file_name.wav" in screen) == (width >= 120)
