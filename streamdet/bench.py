@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import resource
+import shlex
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +23,9 @@ from .features import LogMel, StreamingWindows
 from .model import rebuild_eager
 
 
-def run_bench(data: Path | None, model_path: Path | None, device: str, passes: int, console: Console | None = None) -> dict:
+def run_bench(data: Path | None, model_path: Path | None, device: str, passes: int, console: Console | None = None, peers: dict[str, str] | None = None) -> dict:
+    """`peers`: name -> a shell command with `{data}` for the folder, timed on the same data in
+    this run, process start included, beside this project's `predict` timed the same way."""
     console = console or Console()
     data = data or demo_clips_dir()
     model = load(model_path, device, optimise=True)
@@ -82,8 +86,30 @@ def run_bench(data: Path | None, model_path: Path | None, device: str, passes: i
     for name, module in (("eager", eager), ("scripted", scripted), ("as_the_daemon_runs_it", model.module)):
         results[f"latency_ms_{name}"] = _latency(module, one)
 
+    if peers:
+        ours = f"{shlex.quote(sys.executable)} -m train predict --data {{data}} --out {{tmp}}/predict.csv --cache {{tmp}}/cache"
+        ours += f" --model {shlex.quote(str(model_path))}" if model_path is not None else ""
+        results["vs"] = time_commands({"streamdet predict (cold cache)": ours, **peers}, data, audio_s)
     _print(console, results)
     return results
+
+
+def time_commands(commands: dict[str, str], data: Path, audio_s: float) -> dict:
+    """Each command's wall time on `data` (process start included) as a real-time factor; a
+    command that fails is reported with its exit status and last line, and the others go on."""
+    import subprocess
+    import tempfile
+
+    out = {}
+    for name, command in commands.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            line = command.replace("{data}", shlex.quote(str(data))).replace("{tmp}", shlex.quote(tmp))
+            t = time.perf_counter()
+            done = subprocess.run(line, shell=True, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+        last = (done.stderr.strip().splitlines() or [""])[-1][:160]
+        out[name] = {"x": round(audio_s / wall, 1), "wall_s": round(wall, 2), "exit": done.returncode, **({"error": last} if done.returncode else {})}
+    return out
 
 
 def _end_to_end(data: Path, model_path: Path | None, device: str) -> dict:
@@ -157,6 +183,9 @@ def _print(console: Console, r: dict) -> None:
         lat = r[f"latency_ms_{name}"]
         table.add_row(f"one window, {name.replace('_', ' ')} (model), p50 / p99", f"{lat['p50']:.3f} / {lat['p99']:.3f} ms")
     table.add_row("peak memory (RSS) after the end-to-end runs", f"{r['peak_rss_mib_daemon']:.0f} MiB")
+    for name, v in r.get("vs", {}).items():
+        shown = f"{v['x']:.0f}x real time ({v['wall_s']:.1f} s)" if not v["exit"] else f"failed, exit {v['exit']}: {v['error']}"
+        table.add_row(f"{name}, same data, process start included", shown)
     console.print(table)
 
 

@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="also write the figures as JSON here")
     bench.add_argument("--mic", nargs="?", const="", metavar="DEVICE", help="instead: monitor this input device in real time and measure the daemon's CPU use and latency")
     bench.add_argument("--seconds", type=float, default=30.0, help="with --mic: how long to measure")
+    bench.add_argument("--vs", action="append", default=[], metavar="NAME=COMMAND",
+                       help="also time another detector on the same data in the same run, e.g. --vs 'birdnet=birdnet-analyze {data} -o /tmp/bn' ({data}: the folder)")
     bench.set_defaults(handler=cmd_bench)
     return parser
 
@@ -375,7 +377,13 @@ def cmd_bench(args) -> int:
 
             results = run_mic_bench(args.mic, args.seconds, args.model)
         else:
-            results = run_bench(args.data, args.model, args.device, max(1, args.passes))
+            peers = {}
+            for item in args.vs:
+                name, sep, command = item.partition("=")
+                if not (sep and name.strip() and command.strip()):
+                    raise UserError(f"--vs {item[:60]!r}: expected NAME=COMMAND, such as birdnet='birdnet-analyze {{data}} -o out'")
+                peers[name.strip()] = command
+            results = run_bench(args.data, args.model, args.device, max(1, args.passes), peers=peers)
     except (ArtifactError, RuntimeError, ValueError) as exc:
         raise UserError(one_line(exc)) from None
     if args.json:

@@ -2,6 +2,7 @@
 import json
 import re
 import subprocess
+import sys
 
 from helpers import REPO, streamdet_command
 
@@ -25,12 +26,17 @@ def test_bench_prints_its_figures(tiny_model, tmp_path):
     write(data / "a.wav", clip(20.0, 44100, seed=1), 44100)
     write(data / "b.flac", clip(20.0, 16000, [(3, 1)], seed=2), 16000)
     figures = tmp_path / "bench.json"
-    result = subprocess.run(streamdet_command("bench", "--data", str(data), "--model", str(tiny_model), "--passes", "2", "--json", str(figures)), capture_output=True, text=True, cwd=REPO, timeout=300)
+    reader = f"{sys.executable} -c \"import pathlib, sys; [p.read_bytes() for p in pathlib.Path(sys.argv[1]).iterdir()]\" {{data}}"  # a stand-in for a peer
+    vs = ["--vs", f"reader={reader}", "--vs", "broken=echo no such detector >&2; exit 3"]
+    result = subprocess.run(streamdet_command("bench", "--data", str(data), "--model", str(tiny_model), "--passes", "2", "--json", str(figures), *vs), capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "end to end, steady state" in result.stdout
+    assert "end to end, steady state" in result.stdout and "reader, same data, process start included" in result.stdout
     got = json.loads(figures.read_text())
     assert got["audio_s"] == 40.0 and got["end_to_end_missed"] == 0
     assert got["end_to_end_x"] > 1 and got["latency_ms_scripted"]["p99"] > 0
+    assert set(got["vs"]) == {"streamdet predict (cold cache)", "reader", "broken"}
+    assert got["vs"]["reader"]["exit"] == 0 and got["vs"]["reader"]["x"] > 0 and got["vs"]["streamdet predict (cold cache)"]["exit"] == 0
+    assert got["vs"]["broken"] == {**got["vs"]["broken"], "exit": 3, "error": "no such detector"}
 
 
 def test_front_door_mistakes_are_one_line_and_exit_2(tmp_path):
@@ -41,6 +47,7 @@ def test_front_door_mistakes_are_one_line_and_exit_2(tmp_path):
         (("listen", "--jsonl", str(tmp_path / "missing" / "x.jsonl")), "no such folder"),
         (("listen", "--timeout", "-1"), "--timeout: expected a positive number"),
         (("bench", "--data", str(tmp_path / "empty")), "no audio files to measure with"),
+        (("bench", "--vs", "nonsense"), "--vs 'nonsense': expected NAME=COMMAND"),
         (("run", "--model", str(tmp_path / "some.mp3"), "--replay", str(tmp_path / "empty")), "not a TorchScript archive ("),
     ]
     for args, expected in cases:
