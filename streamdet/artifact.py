@@ -135,7 +135,7 @@ def load(path: Path | str | None, device: str | torch.device = "auto", optimise:
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as exc:
-        reason = one_line(exc, limit=10**6)
+        reason = one_line(exc, limit=None)
         raise ArtifactError(f"{where}: not a TorchScript archive ({reason if len(reason) <= 100 else reason[:100] + '...'})") from None
     if not extra[META_NAME]:
         raise ArtifactError(f"{where}: no {META_NAME} metadata inside; it was not exported by streamdet")

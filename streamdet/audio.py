@@ -56,7 +56,7 @@ def probe(path: Path) -> sf._SoundFileInfo:
     try:
         info = sf.info(sf_name(path))
     except Exception as exc:  # libsndfile reports every decoding problem as a RuntimeError or LibsndfileError
-        raise AudioError(f"cannot decode: {one_line(exc, limit=10**6).replace(repr(str(path)), 'it')}") from None
+        raise AudioError(f"cannot decode: {one_line(exc, limit=None).replace(repr(str(path)), 'it')}") from None
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioError("empty: no samples")
     return info
@@ -73,7 +73,7 @@ def read_mono_blocks(path: Path, block_frames: int) -> Iterator[np.ndarray]:
                 mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
                 yield np.ascontiguousarray(mono)
     except Exception as exc:
-        raise AudioError(f"decoding failed: {one_line(exc, limit=10**6)}") from None
+        raise AudioError(f"decoding failed: {one_line(exc, limit=None)}") from None
 
 
 class StreamingResampler:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from typing import Callable, Iterator
 
@@ -19,6 +20,15 @@ MAX_MESSAGE_BYTES = 1 << 20  # a status message is a few KB; a peer sending more
 
 class BusError(Exception):
     pass
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with a ZeroMQ endpoint as written (config files and command lines), or None."""
+    if not re.match(r"^(tcp|ipc|inproc)://.+", endpoint):
+        return f"expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {endpoint[:60]!r}"
+    if (port := re.match(r"^tcp://.*:(\d+)$", endpoint)) and not 1 <= int(port.group(1)) <= 65535:
+        return f"expected a TCP port from 1 to 65535, found {port.group(1)[:12]}"
+    return None
 
 
 def _json_default(value):

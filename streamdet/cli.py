@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import signal
 import sys
 from pathlib import Path
@@ -59,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--endpoint", help="subscribe to a running daemon until it finishes (start it with --wait-subscribers 1)")
     export.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the tables go")
     export.add_argument("--timeout", type=float, help="with --endpoint: give up after this many seconds without a message")
-    export.add_argument("--curve-secret-key", type=Path, help="with --endpoint: this subscriber's CURVE secret key file")
-    export.add_argument("--curve-server-key", type=Path, help="with --endpoint: the daemon's CURVE public key file")
+    add_curve_client_args(export)
     export.set_defaults(handler=cmd_export)
 
     mqtt = sub.add_parser("mqtt", help="publish what the daemon finds to an MQTT broker, with Home Assistant discovery")
@@ -73,8 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     mqtt.add_argument("--client-id")
     mqtt.add_argument("--topic-prefix")
     mqtt.add_argument("--discovery-prefix", help="Home Assistant's discovery prefix (default homeassistant)")
-    mqtt.add_argument("--curve-secret-key", type=Path, help="this subscriber's CURVE secret key file")
-    mqtt.add_argument("--curve-server-key", type=Path, help="the daemon's CURVE public key file")
+    add_curve_client_args(mqtt)
     mqtt.set_defaults(handler=cmd_mqtt)
 
     devices = sub.add_parser("devices", help="list input devices (for --mic)")
@@ -88,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--until-finished", action="store_true", help="exit once every daemon seen reports finished or stopped")
     listen.add_argument("--timeout", type=float, help="exit after this many seconds without a message")
     listen.add_argument("--quiet", action="store_true", help="no live view (with --jsonl: record only)")
-    listen.add_argument("--curve-secret-key", metavar="FILE", help="CURVE: this subscriber's certificate (NAME.key_secret from `streamdet keys`)")
-    listen.add_argument("--curve-server-key", metavar="FILE", help="CURVE: the daemon's or proxy's public certificate (NAME.key)")
+    add_curve_client_args(listen)
     listen.set_defaults(handler=cmd_listen)
 
     proxy = sub.add_parser("proxy", help="one bus for many daemons: ZeroMQ's XSUB/XPUB proxy")
@@ -130,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also time another detector on the same data in the same run, e.g. --vs 'birdnet=birdnet-analyze {data} -o /tmp/bn' ({data}: the folder)")
     bench.set_defaults(handler=cmd_bench)
     return parser
+
+
+def add_curve_client_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of every subscriber of a CURVE bus (listen, export, mqtt)."""
+    parser.add_argument("--curve-secret-key", metavar="FILE", help="CURVE: this subscriber's certificate (NAME.key_secret from `streamdet keys`)")
+    parser.add_argument("--curve-server-key", metavar="FILE", help="CURVE: the daemon's or proxy's public certificate (NAME.key)")
 
 
 def build_config(args):
@@ -212,6 +214,26 @@ def curve_args(args, server: bool):
     return Curve(args.curve_secret_key, clients=other) if server else Curve(args.curve_secret_key, server_key=other)
 
 
+def subscriber_curve(args, endpoint: str):
+    """The --curve-* flags, checked with the endpoint by opening a subscriber once: a malformed
+    address or key is one line before anything starts."""
+    import zmq
+
+    from .bus import Subscriber, endpoint_problem
+    from .security import SecurityError
+
+    if problem := endpoint_problem(endpoint):
+        raise UserError(f"--endpoint: {problem}")
+    curve = curve_args(args, server=False)
+    try:
+        Subscriber(endpoint, curve=curve).close()
+    except zmq.ZMQError as exc:
+        raise UserError(f"--endpoint {endpoint[:60]}: {zmq.strerror(exc.errno)}") from None
+    except SecurityError as exc:
+        raise UserError(str(exc)) from None
+    return curve
+
+
 def cmd_soak(args) -> int:
     import json
 
@@ -274,27 +296,15 @@ def cmd_devices(args) -> int:
 
 
 def cmd_listen(args) -> int:
-    import zmq
 
     from .listen import listen
 
     topics = tuple(args.topic) or ("",)
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout: expected a positive number of seconds, found {args.timeout:g}")
-    if not re.match(r"^(tcp|ipc|inproc)://.+", args.endpoint):
-        raise UserError(f"--endpoint: expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {args.endpoint[:60]!r}")
     if args.jsonl is not None and not args.jsonl.parent.is_dir():
         raise UserError(f"--jsonl {args.jsonl}: no such folder {args.jsonl.parent}")
-    curve = curve_args(args, server=False)
-    try:
-        from .bus import Subscriber
-        from .security import SecurityError
-
-        Subscriber(args.endpoint, curve=curve).close()  # a malformed address or key fails here
-    except zmq.ZMQError as exc:
-        raise UserError(f"--endpoint {args.endpoint[:60]}: {zmq.strerror(exc.errno)}") from None
-    except SecurityError as exc:
-        raise UserError(str(exc)) from None
+    curve = subscriber_curve(args, args.endpoint)
     view = listen(args.endpoint, curve=curve, topics=topics, sources=tuple(args.source), jsonl=args.jsonl, until_finished=args.until_finished, timeout_s=args.timeout, live=not args.quiet)
     if not view.received and args.timeout:
         print(f"streamdet: no message arrived from {args.endpoint} within {args.timeout:g} s (is a daemon publishing there?)", file=sys.stderr)
@@ -305,9 +315,7 @@ def cmd_listen(args) -> int:
 def cmd_export(args) -> int:
     from .export import ExportError, export, from_bus, read_jsonl
 
-    if args.endpoint is not None and not re.match(r"^(tcp|ipc|inproc)://.+", args.endpoint):
-        raise UserError(f"--endpoint: expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {args.endpoint[:60]!r}")
-    messages = read_jsonl(args.jsonl) if args.jsonl else from_bus(args.endpoint, args.timeout, curve_args(args, server=False))
+    messages = read_jsonl(args.jsonl) if args.jsonl else from_bus(args.endpoint, args.timeout, subscriber_curve(args, args.endpoint))
     try:
         result = export(messages, args.out)
     except ExportError as exc:
@@ -335,15 +343,16 @@ def cmd_mqtt(args) -> int:
         in_file(args.config, lambda: check(config, "mqtt"))
     except ConfigError as exc:
         raise UserError(str(exc)) from None
-    setup_logging("info")
+    curve = subscriber_curve(args, config.endpoint)
     try:
         import_paho()
     except MqttError as exc:
         raise UserError(str(exc)) from None
+    setup_logging("info")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    run_bridge(config, stop, curve_args(args, server=False))
+    run_bridge(config, stop, curve)
     return 0
 
 

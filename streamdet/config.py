@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bus import endpoint_problem
 from .typedconfig import build, check, in_file, load_yaml, relative_to_file
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -107,10 +108,8 @@ class BusConfig:
             yield "curve_server_key", "expected the proxy's public certificate (NAME.key) to connect to it with CURVE"
         elif (self.curve_clients or self.curve_server_key) and not self.curve_secret_key:
             yield "curve_secret_key", "expected this end's certificate: curve_clients and curve_server_key need it"
-        if not re.match(r"^(tcp|ipc|inproc)://.+", self.endpoint):
-            yield "endpoint", f"expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {self.endpoint[:60]!r}"
-        elif (port := re.match(r"^tcp://.*:(\d+)$", self.endpoint)) and not 1 <= int(port.group(1)) <= 65535:
-            yield "endpoint", f"expected a TCP port from 1 to 65535, found {port.group(1)[:12]}"
+        if problem := endpoint_problem(self.endpoint):
+            yield "endpoint", problem
 
 
 @dataclass
@@ -158,10 +157,14 @@ class MqttConfig:
     stale_after_intervals: float = field(default=3.0, metadata={"above": 0.0, "max": 1000.0})  # status intervals without one: offline
 
     def problems(self):
-        if not re.fullmatch(r"mqtts?://[^:/\s]+(:\d{1,5})?/?", self.broker):
-            yield "broker", f"expected mqtt://HOST:PORT or mqtts://HOST:PORT, found {self.broker[:60]!r}"
-        if not re.match(r"^(tcp|ipc|inproc)://.+", self.endpoint):
-            yield "endpoint", f"expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556, found {self.endpoint[:60]!r}"
+        from .mqtt import MqttError, broker_address  # the bridge's own reading of the address
+
+        try:
+            broker_address(self.broker)
+        except MqttError as exc:
+            yield "broker", str(exc).split(": ", 1)[1]
+        if problem := endpoint_problem(self.endpoint):
+            yield "endpoint", problem
         if self.password_file and not Path(self.password_file).is_file():
             yield "password_file", f"expected a file holding the password, found {self.password_file[:80]!r}"
         if self.tls_ca and not Path(self.tls_ca).is_file():

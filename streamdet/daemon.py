@@ -186,7 +186,7 @@ class Daemon:
                 raise ValueError(f"the new model runs at {model.features.sample_rate} Hz, the running sources at {self.model.features.sample_rate} Hz; restart the daemon to change rate")
         except Exception as exc:
             self.reloads["rejected"] += 1
-            self.reloads["last"] = {"ok": False, "reason": one_line(exc, limit=10**6)}
+            self.reloads["last"] = {"ok": False, "reason": one_line(exc, limit=None)}
             log.error("reload rejected, still running the previous config and model: %s", self.reloads["last"]["reason"])
             self.notifier.ready()
             return

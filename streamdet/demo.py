@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .listen import _duration, _events, listen
+from .listen import duration_text, events_table, listen
 
 DEMO_TIMEOUT_S = 120
 
@@ -48,10 +48,10 @@ def run_demo(pace: str = "max", model: Path | None = None) -> int:
     for (_, file), f in sorted(view.files.items()):
         summary.add_row(file, str(f["windows"]), str(f["bird_windows"]), f"{f['top_score']:.2f}", str(f["events"]))
     console.print(summary)
-    console.print(_events(view, console.size.width, 4))
+    console.print(events_table(view, console.size.width, 4))
     for name, v in view.sources.items():
         status = view.status.get(v.daemon, {})
-        console.print(f"source {name}: {v.received} windows received, {v.missed} missed (from gaps in seq), {v.events} events; the daemon {status.get('state', '?')} after {_duration(status.get('uptime_s', 0.0))}")
+        console.print(f"source {name}: {v.received} windows received, {v.missed} missed (from gaps in seq), {v.events} events; the daemon {status.get('state', '?')} after {duration_text(status.get('uptime_s', 0.0))}")
     if code != 0 or not view.all_final():
         console.print(f"[red]the daemon exited with status {code}[/]" if code else "[red]no final status arrived[/]")
         return 1

@@ -20,7 +20,7 @@ WIDE = 120  # from this many columns on, the details too
 def render(view: StreamView, width: int = 80, events: int = 6) -> Group:
     """The picture as rich tables: sources, the last `events` events, daemons; at `width` below
     WIDE only the columns that matter most, so a standard 80x24 terminal shows it whole."""
-    return Group(_sources(view, width), _events(view, width, events), _daemons(view, width))
+    return Group(_sources(view, width), events_table(view, width, events), _daemons(view, width))
 
 
 FLEXIBLE = ("where", "file", "problems")  # the only columns that give way, keeping their ends
@@ -71,7 +71,7 @@ def _sources(view: StreamView, width: int) -> Table:
     return _table("sources", columns, rows, width)
 
 
-def _events(view: StreamView, width: int, limit: int) -> Table:
+def events_table(view: StreamView, width: int, limit: int) -> Table:
     wide = width >= WIDE
     columns = [("source", "left"), ("where", "left"), ("length s", "right"), ("peak", "right"), ("band kHz", "left")]
     if wide:
@@ -101,14 +101,14 @@ def _daemons(view: StreamView, width: int) -> Table:
         problems = f"{_tail(reports[-1]['file'], 24)}: {reports[-1]['reason']}" if reports else ""
         if not wide and (dropped or skipped) and not reports:
             problems = f"{dropped} samples dropped, {skipped} files skipped"
-        row = [daemon, "STALE" if view.stale(daemon) else s.get("state", "?"), _duration(s.get("uptime_s", 0.0)), s.get("model", {}).get("sha256", "?")[:8]]
+        row = [daemon, "STALE" if view.stale(daemon) else s.get("state", "?"), duration_text(s.get("uptime_s", 0.0)), s.get("model", {}).get("sha256", "?")[:8]]
         if wide:
             row += [str(dropped), str(skipped), str(s.get("subscriber_overflows", 0))]
         rows.append([*row, problems])
     return _table("daemons", columns, rows, width)
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     if seconds < 3600:

@@ -48,6 +48,9 @@ def test_front_door_mistakes_are_one_line_and_exit_2(tmp_path):
         (("listen", "--timeout", "-1"), "--timeout: expected a positive number"),
         (("bench", "--data", str(tmp_path / "empty")), "no audio files to measure with"),
         (("bench", "--vs", "nonsense"), "--vs 'nonsense': expected NAME=COMMAND"),
+        (("listen", "--endpoint", "tcp://127.0.0.1:99999"), "--endpoint: expected a TCP port from 1 to 65535"),
+        (("export", "--endpoint", "tcp://127.0.0.1:1", "--out", str(tmp_path / "out"), "--curve-secret-key", str(tmp_path / "none"), "--curve-server-key", str(tmp_path / "none")), "not a readable CURVE certificate"),
+        (("mqtt", "--curve-secret-key", str(tmp_path / "none"), "--curve-server-key", str(tmp_path / "none")), "not a readable CURVE certificate"),
         (("run", "--model", str(tmp_path / "some.mp3"), "--replay", str(tmp_path / "empty")), "not a TorchScript archive ("),
     ]
     for args, expected in cases:
