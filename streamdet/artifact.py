@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import StreamingResampler
 from .errors import one_line
 from .features import FeatureParams
 from .modes import MODES, POLARITIES
@@ -151,20 +150,9 @@ def load(path: Path | str | None, device: str | torch.device = "auto", optimise:
     module.eval()
     model = Model(path, module, meta, device)
     _smoke_test(model, where)
-    if notice := resampler_notice(meta):
-        log.warning("%s: %s", where, notice)
     if optimise and meta["model"].get("kind") not in UNOPTIMISED_KINDS:
         model.module = _optimised(module, model)
     return model
-
-
-def resampler_notice(meta: dict) -> str | None:
-    """Files at other rates are resampled before the front end; a model trained on features made
-    by another resampler still works (they differ by far less than the audio does), but says so."""
-    made_with = meta.get("provenance", {}).get("resampler", "torchaudio-sinc")
-    if made_with == StreamingResampler.NAME:
-        return None
-    return f"trained on audio resampled with {made_with}, scored on audio resampled with {StreamingResampler.NAME}: scores of audio not at {meta['features']['sample_rate']} Hz may differ slightly from training"
 
 
 # torch.jit.optimize_for_inference moves convolutions to oneDNN's layout, and the convolutional

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from streamdet import artifact
-from streamdet.audio import StreamingResampler
 from streamdet.features import FeatureParams, LogMel, offline_windows
 from streamdet.model import Detector, architecture, make_vae, rebuild_eager
 
@@ -153,20 +152,3 @@ def test_the_bundled_model_loads_and_describes_itself():
     d = model.describe()
     assert d["mode"] in artifact.MODES and d["trained_at"] and d["sha256"]
     assert model.meta["provenance"]["data"]["clips"] > 0
-
-
-@pytest.mark.parametrize("resampler,warned", [(None, True), ("torchaudio-sinc", True), (StreamingResampler.NAME, False)])
-def test_a_model_made_with_another_resampler_loads_and_says_so(tmp_path, caplog, resampler, warned):
-    detector = make_detector()
-    meta = make_meta(detector)
-    if resampler:
-        meta["provenance"]["resampler"] = resampler
-    path = artifact.save(detector, meta, tmp_path / "m.pt")
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="streamdet.artifact"):
-        artifact.load(path, "cpu")
-    said = [r.getMessage() for r in caplog.records if "resampled" in r.getMessage()]
-    assert bool(said) == warned
-    if warned:
-        assert said[0].startswith("model ") and f"m.pt: trained on audio resampled with {resampler or 'torchaudio-sinc'}, scored on audio resampled with soxr-hq" in said[0]
-

@@ -25,7 +25,7 @@ import torch
 from streamdet.audio import AudioError, load_resampled
 from streamdet.features import PCEN, FeatureParams, LogMel, offline_frames
 
-CACHE_VERSION = 2  # bump when decoding or the front end changes what a frame holds (2: libsoxr resampling)
+CACHE_VERSION = 1  # bump when decoding or the front end changes what a frame holds
 
 log = logging.getLogger("train.cache")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from streamdet import artifact
-from streamdet.audio import StreamingResampler
 from streamdet.model import architecture
 
 from . import distributed
@@ -67,7 +66,6 @@ def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, c
         "provenance": {
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version(),
-            "resampler": StreamingResampler.NAME,
             "data": data_summary(items, val_items, unusable),
             "config": asdict(config),
             "metrics": metrics,
