@@ -19,6 +19,7 @@ import torch
 
 from .errors import one_line
 from .features import FeatureParams
+from .model import loss_from_bands
 from .modes import MODES, POLARITIES
 from .scoring import Scorer, energy_problems
 
@@ -84,10 +85,11 @@ class Model:
             return self.module(windows.to(self.device)).float().cpu().numpy()
 
     def errors(self, windows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(loss per window, error per window and mel band), from one pass; loss = mean over bands."""
+        """(loss per window, error per window and mel band), from one pass; the loss is what
+        forward gives: the mean over the bands, or over the `top_bands` highest."""
         with torch.no_grad():
             bands = self.module.band_errors(windows.to(self.device)).float()
-        return bands.mean(dim=1).cpu().numpy(), bands.cpu().numpy()
+        return loss_from_bands(bands, self.meta["model"].get("top_bands", 0)).cpu().numpy(), bands.cpu().numpy()
 
     def describe(self) -> dict:
         p = self.meta.get("provenance", {})
@@ -209,6 +211,9 @@ def metadata_problems(meta: dict):
     if not isinstance(signs, list) or not signs:
         yield f"model.signs: expected a list with one sign per VAE, found {signs!r}"
         return
+    top = meta["model"].get("top_bands", 0)
+    if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= params.n_mels:
+        yield f"model.top_bands: expected a whole number from 0 (all bands) to n_mels ({params.n_mels}), found {str(top)[:30]}"
     for key in ("mean", "std"):
         rows = meta["normalisation"].get(key)
         if not isinstance(rows, list) or len(rows) != len(signs) or any(not isinstance(r, list) or len(r) != params.n_mels for r in rows):

@@ -3,7 +3,7 @@
 Detector contract (what the daemon relies on, whatever trained it):
   features(samples [T]) -> log-mel dB frames [n, M]   (the front end travels with the model)
   forward(windows [B, W, M]) -> loss [B]
-  band_errors(windows) -> [B, M], whose mean over M is the loss
+  band_errors(windows) -> [B, M]; the loss is loss_from_bands(band_errors, top_bands)
 The loss is a signed sum of per-VAE reconstruction errors: one VAE with sign +1 for the
 single-class modes, or a background VAE (+1) and a bird VAE (-1) for the contrast mode.  With
 `log_errors` each band's error enters as its logarithm, so the contrast is a per-band log ratio
@@ -11,6 +11,9 @@ single-class modes, or a background VAE (+1) and a bird VAE (-1) for the contras
 how loud and busy a window is.  With `peak_frames` k > 0 the window's errors are not averaged
 over all its frames but taken where the contrast peaks: over the k consecutive frames whose mean
 is highest (a 100-ms call fills 5 of a window's 49 frames; the mean over all of them dilutes it).
+With `top_bands` k > 0 the loss is the mean over the k bands where the contrast is highest, not
+over all of them: a call fills a few bands, and the mean over 64 dilutes it (grouped cross-
+validation: ESC-50 0.71-0.73 -> 0.78-0.79 with k = 8, in every run; README).
 """
 from __future__ import annotations
 
@@ -115,8 +118,16 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: tor
     return (reconstruction + beta * kl).mean()
 
 
+def loss_from_bands(bands: torch.Tensor, top_bands: int) -> torch.Tensor:
+    """A window's loss from its per-band errors [B, M]: the mean over the `top_bands` highest
+    (all of them when 0)."""
+    if top_bands <= 0 or top_bands >= bands.shape[1]:
+        return bands.mean(dim=1)
+    return bands.topk(top_bands, dim=1).values.mean(dim=1)
+
+
 class Detector(nn.Module):
-    def __init__(self, frontend: LogMel, vaes: List[nn.Module], signs: List[float], mean: torch.Tensor, std: torch.Tensor, window_frames: int, log_errors: bool = False, peak_frames: int = 0):
+    def __init__(self, frontend: LogMel, vaes: List[nn.Module], signs: List[float], mean: torch.Tensor, std: torch.Tensor, window_frames: int, log_errors: bool = False, peak_frames: int = 0, top_bands: int = 0):
         """`mean` and `std` are [n_vaes, n_mels]: each VAE sees windows normalised by its own training data."""
         super().__init__()
         if len(vaes) != len(signs) or mean.shape[0] != len(vaes) or std.shape != mean.shape:
@@ -130,6 +141,7 @@ class Detector(nn.Module):
         self.n_mels = int(mean.shape[1])
         self.log_errors = log_errors
         self.peak_frames = min(peak_frames, window_frames)
+        self.top_bands = top_bands
         self.log_floor = 1e-3  # errors are in units of the training data's variance; below this is noise
 
     @torch.jit.export
@@ -157,7 +169,7 @@ class Detector(nn.Module):
         return smooth[torch.arange(b, device=windows.device), best]
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        return self.band_errors(windows).mean(dim=1)
+        return loss_from_bands(self.band_errors(windows), self.top_bands)
 
 
 ARCH_KINDS = {"mlp": "mlp_vae", "conv": "conv_vae"}
@@ -165,7 +177,7 @@ ARCH_KINDS = {"mlp": "mlp_vae", "conv": "conv_vae"}
 
 def architecture(detector: Detector, kind: str, hidden: int, latent: int, channels: int) -> dict:
     """The description stored in an artifact's metadata, enough to rebuild the module eagerly."""
-    arch = {"kind": ARCH_KINDS[kind], "latent": latent, "signs": detector.signs.tolist(), "log_errors": detector.log_errors, "peak_frames": detector.peak_frames}
+    arch = {"kind": ARCH_KINDS[kind], "latent": latent, "signs": detector.signs.tolist(), "log_errors": detector.log_errors, "peak_frames": detector.peak_frames, "top_bands": detector.top_bands}
     arch.update({"channels": channels} if kind == "conv" else {"hidden": hidden})
     return arch
 
@@ -176,6 +188,6 @@ def rebuild_eager(scripted: torch.nn.Module, arch: dict, frontend: LogMel, windo
     vaes = [make_vae(kind, window_frames, n_mels, arch.get("hidden", 0), arch["latent"], arch.get("channels", 0)) for _ in arch["signs"]]
     state = scripted.state_dict()
     k = len(arch["signs"])
-    detector = Detector(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch.get("log_errors", False), arch.get("peak_frames", 0))
+    detector = Detector(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch.get("log_errors", False), arch.get("peak_frames", 0), arch.get("top_bands", 0))
     detector.load_state_dict(state)
     return detector.eval()

@@ -11,11 +11,11 @@ from streamdet.model import Detector, architecture, make_vae, rebuild_eager
 P = FeatureParams()
 
 
-def make_detector(signs=(1.0,), kind="mlp", log_errors=False, peak_frames=0):
+def make_detector(signs=(1.0,), kind="mlp", log_errors=False, peak_frames=0, top_bands=0):
     torch.manual_seed(0)
     vaes = [make_vae(kind, P.window_frames, P.n_mels, hidden=32, latent=4, channels=4) for _ in signs]
     k = len(signs)
-    return Detector(LogMel(P), vaes, list(signs), torch.full((k, P.n_mels), -60.0), torch.full((k, P.n_mels), 12.0), P.window_frames, log_errors, peak_frames).eval()
+    return Detector(LogMel(P), vaes, list(signs), torch.full((k, P.n_mels), -60.0), torch.full((k, P.n_mels), 12.0), P.window_frames, log_errors, peak_frames, top_bands).eval()
 
 
 def make_meta(detector, **scoring):
@@ -34,9 +34,9 @@ def windows_of_noise(seconds=3.0):
     return offline_windows((rng.standard_normal(int(seconds * P.sample_rate)) * 0.05).astype(np.float32), P)[1]
 
 
-@pytest.mark.parametrize("kind,log_errors,peak_frames", [("conv", False, 0), ("conv", True, 0), ("mlp", True, 0), ("mlp", False, 5)])
-def test_every_vae_kind_scripts_saves_and_rebuilds_eagerly(tmp_path, kind, log_errors, peak_frames):
-    detector = make_detector((1.0, -1.0), kind, log_errors, peak_frames)
+@pytest.mark.parametrize("kind,log_errors,peak_frames,top_bands", [("conv", False, 0, 0), ("conv", True, 0, 0), ("mlp", True, 0, 0), ("mlp", False, 5, 0), ("conv", False, 0, 8), ("mlp", False, 0, 3)])
+def test_every_vae_kind_scripts_saves_and_rebuilds_eagerly(tmp_path, kind, log_errors, peak_frames, top_bands):
+    detector = make_detector((1.0, -1.0), kind, log_errors, peak_frames, top_bands)
     path = artifact.save(detector, make_meta(detector), tmp_path / "m.pt")
     model = artifact.load(path, "cpu", optimise=True)
     w = windows_of_noise()
@@ -47,7 +47,14 @@ def test_every_vae_kind_scripts_saves_and_rebuilds_eagerly(tmp_path, kind, log_e
     assert torch.allclose(torch.from_numpy(model.losses(w)), expected, atol=1e-4)
     assert torch.allclose(eager, expected, atol=1e-5)
     losses, bands = model.errors(w)
-    assert np.allclose(bands.mean(axis=1), losses, atol=1e-5)  # the contract: the loss is the bands' mean
+    assert np.allclose(losses, expected.numpy(), atol=1e-4)  # the daemon's loss is forward's
+    # The contract: the loss is the mean of the bands, or of the top_bands highest of them.
+    chosen = bands if not top_bands else -np.sort(-bands, axis=1)[:, :top_bands]
+    assert np.allclose(chosen.mean(axis=1), losses, atol=1e-5)
+    if top_bands:  # the same VAEs over all bands: the k highest bands' mean is never lower
+        whole = make_detector((1.0, -1.0), kind, log_errors, peak_frames, 0)
+        with torch.no_grad():
+            assert (expected >= whole(w) - 1e-6).all() and (expected > whole(w) + 1e-3).any()
     if peak_frames:  # the same VAEs, averaged over the whole window: the peak stretch is never lower
         whole = make_detector((1.0, -1.0), kind, log_errors, 0)
         with torch.no_grad():
@@ -101,6 +108,8 @@ def rewrite_meta(src, dst, change):
         (lambda m: m["scoring"].update(energy={"weight": 0.5, "loss_centre": 0, "loss_spread": 1, "energy_spread": 1, "band_hz": [2000, 8000], "context_windows": 0.5}), "scoring.energy.context_windows: expected a whole number of windows"),
         (lambda m: m["features"].update(sample_rate=1_000_000_000), "features.sample_rate: expected one of 8000"),
         (lambda m: m["features"].update(sample_rate=22051), "features.sample_rate: expected one of 8000"),
+        (lambda m: m["model"].update(top_bands=65), "model.top_bands: expected a whole number from 0 (all bands) to n_mels (64), found 65"),
+        (lambda m: m["model"].update(top_bands="8"), "model.top_bands: expected a whole number from 0 (all bands) to n_mels (64), found 8"),
         (lambda m: json.dumps(m)[:-1] + ', "deep": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
     ],
 )

@@ -153,6 +153,9 @@ def test_train_cli_reports_config_and_data_errors_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "train", "fit", "--config", str(tmp_path / "t.yaml")], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2 and "mode: expected one of 'nobird', 'bird', 'contrast', found 'birds'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    (tmp_path / "t.yaml").write_text("data: [{kind: bad, audio_dir: wav, labels: missing.csv}]\nmodel: {top_bands: 65}\n")
+    result = subprocess.run([sys.executable, "-m", "train", "fit", "--config", str(tmp_path / "t.yaml")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and "model.top_bands: expected at most features.n_mels (64), found 65" in result.stderr
     (tmp_path / "t.yaml").write_text("data: [{kind: bad, audio_dir: wav, labels: missing.csv}]\n")
     result = subprocess.run([sys.executable, "-m", "train", "fit", "--config", str(tmp_path / "t.yaml")], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2 and "missing.csv: cannot read" in result.stderr

@@ -57,6 +57,7 @@ class ModelConfig:
     latent: int = field(default=16, metadata={"min": 1, "max": 4096})
     log_errors: bool = False  # contrast per band as a log ratio of the VAEs' errors (streamdet.model.Detector)
     peak_frames: int = field(default=0, metadata={"min": 0, "max": 1000})  # 0: errors averaged over the window; k: where k frames peak
+    top_bands: int = field(default=0, metadata={"min": 0, "max": 512})  # 0: the loss is the mean over all bands; k: over the k highest
 
 
 @dataclass
@@ -156,6 +157,8 @@ class TrainConfig:
             yield "data", "expected at least one dataset"
         if self.energy.weight and self.features.kind == "pcen":
             yield "energy.weight", f"the energy term measures dB band energy: expected 0 with features.kind {self.features.kind!r}"
+        if self.model.top_bands > self.features.n_mels:
+            yield "model.top_bands", f"expected at most features.n_mels ({self.features.n_mels}), found {self.model.top_bands}"
         if self.augment.bird_mixes and self.features.kind == "pcen":
             yield "augment.bird_mixes", f"mixing adds powers of dB windows: expected 0 with features.kind {self.features.kind!r}"
 

@@ -57,7 +57,7 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
         means.append(mean)
         stds.append(std.clamp_min(1e-3))
     signs = [1.0, -1.0] if config.mode == "contrast" else [1.0]
-    return Detector(LogMel(params), vaes, signs, torch.stack(means), torch.stack(stds), params.window_frames, config.model.log_errors, config.model.peak_frames).eval(), info
+    return Detector(LogMel(params), vaes, signs, torch.stack(means), torch.stack(stds), params.window_frames, config.model.log_errors, config.model.peak_frames, config.model.top_bands).eval(), info
 
 
 def train_on(config: TrainConfig, items: list[Item], cache: FeatureCache, progress: Progress | None) -> tuple[Detector, dict, list[Item], list[Item]]:
