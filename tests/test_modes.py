@@ -300,15 +300,16 @@ def test_study_chooses_by_crossval_alone_and_resumes_from_its_variants(tmp_path)
     out = tmp_path / "study"
     result = study(config, None, None, None, out, folds=2, jobs=2)
     names = [r["variant"] for r in result["rows"]]
-    assert len(names) == len(set(names)) == 7  # 2 front ends x 2 VAEs, then nobird, bird and the energy term switched
+    assert len(names) == len(set(names)) == 8  # 2 front ends x 2 VAEs, then nobird, bird, the energy term switched and the top 8 bands
+    assert sorted(r["top_bands"] for r in result["rows"]) == [0] * 7 + [8]
     assert {r["mode"] for r in result["rows"]} == {"contrast", "nobird", "bird"} and all(r["eval"] is None for r in result["rows"])
     best = max(result["rows"], key=lambda r: r["choosing_auc"])
     assert result["chosen"] == best["variant"] and best["choosing_auc"] == both_class_mean({"blocks": best["crossval"]})
     assert set(result["leave_one_block_out"]) == {"siteA", "siteB"}
     table = (out / "study.md").read_text()
-    assert table.count("\n| ") >= 7 + 1 + 2 and f"**{best['mode']}**" in table
+    assert table.count("\n| ") >= 8 + 1 + 2 and f"**{best['mode']}**" in table and "| top 8 bands |" in table
     kept = {p: p.stat().st_mtime_ns for p in (out / "variants").iterdir()}
-    assert len(kept) == 8  # seven cross-validations and one leave-one-block-out
+    assert len(kept) == 9  # eight cross-validations and one leave-one-block-out
     assert study(config, None, None, None, out, folds=2, jobs=1) == result  # every variant read back, none trained again
     assert {p: p.stat().st_mtime_ns for p in (out / "variants").iterdir()} == kept
 

@@ -2,8 +2,8 @@
 
 Stage 1 cross-validates (grouped by recording, per block) the contrast detector over both front ends
 and both VAE kinds; the winner is the one with the best mean AUC over the blocks that hold both
-classes.  Stage 2 varies the winner: the seed's two single-VAE readings (nobird, bird) and the
-energy term switched (on if the config has it off, off if on).  The final choice (again by cross-validation alone) is then scored leaving each
+classes.  Stage 2 varies the winner: the seed's two single-VAE readings (nobird, bird), the
+energy term switched (on if the config has it off, off if on), and the loss over all bands or the top 8.  The final choice (again by cross-validation alone) is then scored leaving each
 block out.  Only after choosing is every variant trained on all development data and measured once
 on the evaluation clips: that column is reported, never used.  Each variant's results are kept in
 `OUT/variants/` under a hash of its configuration, so an interrupted study resumes."""
@@ -23,11 +23,12 @@ FRONT_ENDS = ("logmel_db", "bgnorm")
 MODEL_KINDS = ("mlp", "conv")
 
 
-def variant(config: TrainConfig, mode: str, kind: str, front_end: str, energy: float) -> TrainConfig:
+def variant(config: TrainConfig, mode: str, kind: str, front_end: str, energy: float, top_bands: int | None = None) -> TrainConfig:
     mixes = config.augment.bird_mixes if mode != "nobird" else 0
+    top = config.model.top_bands if top_bands is None else top_bands
     return dataclasses.replace(
         config, mode=mode,
-        model=dataclasses.replace(config.model, kind=kind),
+        model=dataclasses.replace(config.model, kind=kind, top_bands=top),
         features=dataclasses.replace(config.features, kind=front_end),
         energy=dataclasses.replace(config.energy, weight=energy),
         augment=dataclasses.replace(config.augment, bird_mixes=mixes),
@@ -35,7 +36,7 @@ def variant(config: TrainConfig, mode: str, kind: str, front_end: str, energy: f
 
 
 def name_of(c: TrainConfig) -> str:
-    return f"{c.mode}-{c.model.kind}-{c.features.kind}-energy{c.energy.weight:g}"
+    return f"{c.mode}-{c.model.kind}-{c.features.kind}-energy{c.energy.weight:g}" + (f"-top{c.model.top_bands}" if c.model.top_bands else "")
 
 
 def _key(c: TrainConfig, what: str) -> str:
@@ -105,6 +106,7 @@ def study(config: TrainConfig, eval_data: Path | None, eval_labels: Path | None,
     best = stage1[int(np.argmax([both_class_mean(r) for r in cv1]))]
     stage2 = [variant(config, m, best.model.kind, best.features.kind, energy) for m in ("nobird", "bird")]
     stage2.append(variant(config, "contrast", best.model.kind, best.features.kind, 0.0 if energy else 0.5))  # the energy term on/off
+    stage2.append(variant(config, "contrast", best.model.kind, best.features.kind, energy, 0 if config.model.top_bands else 8))  # all bands or the top 8
     cv2 = run_all(stage2, "crossval")
     rows = list(zip(stage1 + stage2, cv1 + cv2))
     chosen = max(rows, key=lambda r: both_class_mean(r[1]))[0]
@@ -114,7 +116,7 @@ def study(config: TrainConfig, eval_data: Path | None, eval_labels: Path | None,
     result = {
         "chosen": name_of(chosen),
         "rows": [
-            {"variant": name_of(c), "mode": c.mode, "model": c.model.kind, "front_end": c.features.kind, "energy": c.energy.weight,
+            {"variant": name_of(c), "mode": c.mode, "model": c.model.kind, "front_end": c.features.kind, "energy": c.energy.weight, "top_bands": c.model.top_bands,
              "crossval": cv["blocks"], "choosing_auc": both_class_mean(cv), "eval": e["eval"] if e else None}
             for (c, cv), e in zip(rows, ev)
         ],
@@ -133,17 +135,17 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     cv_blocks = [b for b in ("nips4b", "esc50", "other", "maad24h") if b in rows[0]["crossval"]]
     eval_blocks = [b for b in (rows[0]["eval"] or {}) if b != "all"]
-    head = ["mode", "VAE", "front end", "energy", "CV mean AUC"] + [f"CV {b}" for b in cv_blocks] + ["CV no-bird called bird (esc50 / speech)", "eval AUC", "eval pAUC"] + [f"eval {b}" for b in eval_blocks]
+    head = ["mode", "VAE", "front end", "energy", "loss over", "CV mean AUC"] + [f"CV {b}" for b in cv_blocks] + ["CV no-bird called bird (esc50 / speech)", "eval AUC", "eval pAUC"] + [f"eval {b}" for b in eval_blocks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cv, e = r["crossval"], r["eval"]
         mark = "**" if r["variant"] == result["chosen"] else ""
-        cells = [r["mode"], r["model"], r["front_end"], f"{r['energy']:g}", _f(r["choosing_auc"])] + [_f(cv[b]["model_auc"]) for b in cv_blocks]
+        cells = [r["mode"], r["model"], r["front_end"], f"{r['energy']:g}", f"top {r['top_bands']} bands" if r.get("top_bands") else "all bands", _f(r["choosing_auc"])] + [_f(cv[b]["model_auc"]) for b in cv_blocks]
         cells.append(" / ".join(_f(cv.get(b, {}).get("nobird_called_bird")) for b in ("esc50", "speech")))
         cells += [_f(e["all"]["model"]["auc"]), _f(e["all"]["model"]["pauc_0.1"])] + [_f(e[b]["model"]["auc"]) for b in eval_blocks] if e else ["-"] * (2 + len(eval_blocks))
         lines.append("| " + " | ".join(f"{mark}{c}{mark}" for c in cells) + " |")
     ref = rows[0]["crossval"]
-    cells = ["energy reference", "-", "log-mel dB", "-", "-"] + [_f(ref[b]["reference_auc"]) for b in cv_blocks] + ["-"]
+    cells = ["energy reference", "-", "log-mel dB", "-", "-", "-"] + [_f(ref[b]["reference_auc"]) for b in cv_blocks] + ["-"]
     e = rows[0]["eval"]
     cells += [_f(e["all"]["reference"]["auc"]), _f(e["all"]["reference"]["pauc_0.1"])] + [_f(e[b]["reference"]["auc"]) for b in eval_blocks] if e else ["-"] * (2 + len(eval_blocks))
     lines.append("| " + " | ".join(cells) + " |")
