@@ -143,6 +143,9 @@ def test_metadata_that_disagrees_with_the_module_is_refused(tmp_path):
     bad = rewrite_meta(good, tmp_path / "bad.pt", claim_other_window)
     with pytest.raises(artifact.ArtifactError, match="rejects windows of 30x64"):
         artifact.load(bad, "cpu")
+    bad = rewrite_meta(good, tmp_path / "top.pt", lambda m: m["model"].update(top_bands=8))  # the module averages all 64
+    with pytest.raises(artifact.ArtifactError, match=r"model.top_bands \(8\) does not say how the module takes its loss"):
+        artifact.load(bad, "cpu")
 
 
 def test_files_that_are_not_artifacts_are_refused(tmp_path):
