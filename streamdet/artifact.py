@@ -247,10 +247,11 @@ def _smoke_test(model: Model, where: str) -> None:
     if losses.shape != (2,):
         raise ArtifactError(f"{where}: forward: expected one loss per window, found shape {losses.shape}")
     probe = torch.randn(4, p.window_frames, p.n_mels, generator=torch.Generator().manual_seed(0)) * 10 - 50  # dB-like windows
-    if not np.isfinite(losses).all() or not np.isfinite(model.losses(probe)).all():
+    probe_losses = model.losses(probe)
+    if not np.isfinite(losses).all() or not np.isfinite(probe_losses).all():
         raise ArtifactError(f"{where}: the model gives non-finite losses (NaN or infinite weights?); it cannot score anything")
     # The daemon takes each window's loss from its band errors, as the metadata says forward does.
-    if not np.allclose(model.errors(probe)[0], model.losses(probe), rtol=1e-4, atol=1e-5):
+    if not np.allclose(model.errors(probe)[0], probe_losses, rtol=1e-4, atol=1e-5):
         raise ArtifactError(f"{where}: model.top_bands ({model.meta['model'].get('top_bands', 0)}) does not say how the module takes its loss from its band errors")
 
 

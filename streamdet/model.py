@@ -13,7 +13,7 @@ over all its frames but taken where the contrast peaks: over the k consecutive f
 is highest (a 100-ms call fills 5 of a window's 49 frames; the mean over all of them dilutes it).
 With `top_bands` k > 0 the loss is the mean over the k bands where the contrast is highest, not
 over all of them: a call fills a few bands, and the mean over 64 dilutes it (grouped cross-
-validation: ESC-50 0.71-0.73 -> 0.78-0.79 with k = 8, in every run; README).
+validation with k = 8: ESC-50 up by 0.05 on average, in each of seven runs; README).
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 from . import __version__
@@ -255,7 +256,7 @@ def run_bridge(config: MqttConfig, stop: threading.Event, curve=None) -> None:
     client.max_queued_messages_set(MAX_QUEUED)
     client.reconnect_delay_set(1, 30)
     if config.username:
-        password = open(config.password_file).read().strip() if config.password_file else None
+        password = Path(config.password_file).read_text().strip() if config.password_file else None
         client.username_pw_set(config.username, password)
     if tls:
         client.tls_set(ca_certs=config.tls_ca)
