@@ -7,12 +7,17 @@ The README documents every field.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
 from typing import Callable, Iterator
 
 import zmq
+
+from . import messages
+
+log = logging.getLogger("streamdet.bus")
 
 MAX_SUBSCRIPTION_BYTES = 4096  # a topic prefix longer than this is no subscription but an attack
 MAX_MESSAGE_BYTES = 1 << 20  # a status message is a few KB; a peer sending more is cut off
@@ -168,12 +173,32 @@ class Subscriber:
         for topic in topics:
             self.socket.setsockopt_string(zmq.SUBSCRIBE, topic)
         self.socket.connect(endpoint)
+        self.unreadable = 0
+        self.first_unreadable: str | None = None
 
     def receive(self, timeout_s: float | None = None) -> tuple[str, dict] | None:
-        if timeout_s is not None and not self.socket.poll(int(timeout_s * 1000), zmq.POLLIN):
+        """The next message a subscriber can use, or None after `timeout_s` without one.  Any other
+        (wrong frames, not UTF-8, not JSON, too deep, a field of the wrong type) is counted in
+        `unreadable`, the first one logged with its reason, and skipped."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            got = self.receive_any(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if got is None or not isinstance(got[1], messages.UnreadableMessage):
+                return got
+            self.unreadable += 1
+            if self.first_unreadable is None:
+                self.first_unreadable = str(got[1])
+                log.warning("skipped a message it cannot read (%s); more are counted, not logged", got[1])
+
+    def receive_any(self, timeout_s: float | None = None) -> tuple[str, dict | messages.UnreadableMessage] | None:
+        """The next message, as (topic, body) or ("", UnreadableMessage saying why it cannot be
+        used), or None after `timeout_s` without one."""
+        if not self.socket.poll(-1 if timeout_s is None else int(timeout_s * 1000), zmq.POLLIN):
             return None
-        topic, body = self.socket.recv_multipart()
-        return topic.decode(), json.loads(body)
+        try:
+            return messages.read(self.socket.recv_multipart())
+        except messages.UnreadableMessage as exc:
+            return "", exc
 
     def messages(self, idle_timeout_s: float | None = None) -> Iterator[tuple[str, dict]]:
         """Messages until `idle_timeout_s` passes with none (forever if None)."""

@@ -306,6 +306,8 @@ def cmd_listen(args) -> int:
         raise UserError(f"--jsonl {args.jsonl}: no such folder {args.jsonl.parent}")
     curve = subscriber_curve(args, args.endpoint)
     view = listen(args.endpoint, curve=curve, topics=topics, sources=tuple(args.source), jsonl=args.jsonl, until_finished=args.until_finished, timeout_s=args.timeout, live=not args.quiet)
+    if view.skipped:
+        print(f"streamdet listen: warning: skipped {view.skipped} message(s) it could not read; the first: {view.first_skipped}", file=sys.stderr)
     if not view.received and args.timeout:
         print(f"streamdet: no message arrived from {args.endpoint} within {args.timeout:g} s (is a daemon publishing there?)", file=sys.stderr)
         return 1
@@ -324,6 +326,8 @@ def cmd_export(args) -> int:
         raise UserError(f"--out {args.out}: {exc.strerror or one_line(exc)}") from None
     if result["unreadable"]:
         print(f"streamdet export: warning: skipped {result['unreadable']} message(s) it could not read; the first: {result['first_unreadable']}", file=sys.stderr)
+    if result["refused"]:
+        print(f"streamdet export: warning: wrote no tables for {len(result['refused'])} file name(s) that would leave {args.out} (their detections are in the CSV); the first: {result['refused'][0]!r}", file=sys.stderr)
     print(f"streamdet export: {result['detections']} detection(s) in {result['files']} file(s): tables beside each under {args.out}, all of them in {result['csv']}")
     return 0
 

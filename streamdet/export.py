@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterable, Iterator
+
+from .messages import UnreadableMessage, body_problem
 
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)", "Peak Score", "Event ID")
 CSV_COLUMNS = ("source", "file", "begin_s", "end_s", "low_hz", "high_hz", "peak_score", "event_id")
@@ -41,8 +43,9 @@ def detection(msg: dict) -> Detection:
     return Detection(msg["source"], msg.get("file"), begin, begin + msg["duration"], band[0], band[1], msg["peak_score"], msg["event_id"])
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    """The (topic, message) pairs of a `listen --jsonl` recording; a bad line names its number."""
+def read_jsonl(path: Path) -> Iterator[tuple[str, dict | UnreadableMessage]]:
+    """The (topic, message) pairs of a `listen --jsonl` recording; a line that is not one is
+    passed on as an UnreadableMessage naming its number (counted, never fatal)."""
     try:
         lines = path.open(encoding="utf-8")
     except OSError as exc:
@@ -53,9 +56,14 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
                 continue
             try:
                 record = json.loads(line)
-                yield record["topic"], record["message"]
-            except (ValueError, KeyError, TypeError):
-                raise ExportError(f"{path}, line {number}: expected a JSON object with 'topic' and 'message', as `streamdet listen --jsonl` writes") from None
+                topic, message = record["topic"], record["message"]
+                if not isinstance(topic, str):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError, RecursionError):
+                yield "", UnreadableMessage(f"{path}, line {number}: expected a JSON object with 'topic' and 'message', as `streamdet listen --jsonl` writes")
+                continue
+            problem = body_problem(message)
+            yield (topic, message) if problem is None else ("", UnreadableMessage(f"{path}, line {number}: {problem}"))
 
 
 class Collector:
@@ -68,13 +76,20 @@ class Collector:
         self.unreadable = 0
         self.first_unreadable: str | None = None
 
-    def add(self, msg: dict) -> None:
+    def add(self, msg: dict | UnreadableMessage) -> None:
         try:
+            if isinstance(msg, UnreadableMessage):
+                raise msg
             self._add(msg)
+        except UnreadableMessage as exc:
+            self._unreadable(str(exc))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self.unreadable += 1
-            if self.first_unreadable is None:
-                self.first_unreadable = f"a {str(msg.get('type', '?'))[:20] if isinstance(msg, dict) else 'non-object'} message without a usable {exc}"
+            self._unreadable(f"a {str(msg.get('type', '?'))[:20]} message without a usable {exc}")
+
+    def _unreadable(self, reason: str) -> None:
+        self.unreadable += 1
+        if self.first_unreadable is None:
+            self.first_unreadable = reason
 
     def _add(self, msg: dict) -> None:
         kind = msg.get("type")
@@ -117,9 +132,13 @@ def write_tables(collector: Collector, out: Path) -> dict:
     for d in collector.detections:
         if d.file is not None:
             by_file.setdefault((d.source, d.file), []).append(d)
-    written = []
+    written, refused = [], []
     for (source, file), found in by_file.items():
-        base = (out / source if len(sources) > 1 else out) / file
+        relative = safe_relative(source, file, len(sources) > 1)
+        if relative is None:
+            refused.append(f"{source}: {file}"[:200])
+            continue
+        base = out / relative
         base.parent.mkdir(parents=True, exist_ok=True)
         raven, labels = base.parent / f"{base.name}.streamdet.selections.txt", base.parent / f"{base.name}.streamdet.labels.txt"
         raven.write_text(raven_table(found))
@@ -132,7 +151,19 @@ def write_tables(collector: Collector, out: Path) -> dict:
         writer.writerow(CSV_COLUMNS)
         for d in sorted(collector.detections, key=lambda d: (d.source, d.file or "", d.begin_s)):
             writer.writerow([d.source, d.file or "", _n(d.begin_s), _n(d.end_s), _n(d.low_hz), _n(d.high_hz), f"{d.peak_score:.4f}", d.event_id])
-    return {"files": len(by_file), "detections": len(collector.detections), "tables": written, "csv": table}
+    return {"files": len(by_file) - len(refused), "detections": len(collector.detections), "tables": written, "csv": table, "refused": refused}
+
+
+def safe_relative(source: str, file: str, per_source: bool) -> Path | None:
+    """Where a file's tables go under --out: its path as the daemon named it, relative and inside;
+    None for a name that would leave --out (absolute, '..', a drive) or cannot be a file name.
+    The names come from messages, which anyone who can publish on the bus can write."""
+    parts = ([source] if per_source else []) + list(PurePosixPath(file).parts)
+    if PurePosixPath(file).is_absolute() or PureWindowsPath(file).drive or PureWindowsPath(file).root:
+        return None
+    if not parts or any(p in ("", ".", "..") or "/" in p or "\\" in p or "\0" in p for p in parts):
+        return None
+    return Path(*parts)
 
 
 def export(messages: Iterable[tuple[str, dict]], out: Path) -> dict:
@@ -152,10 +183,12 @@ def from_bus(endpoint: str, timeout_s: float | None = None, curve=None, ready=No
     if ready:
         ready()
     try:
-        for topic, msg in subscriber.messages(idle_timeout_s=timeout_s):
-            view.update(topic, msg)
+        while (got := subscriber.receive_any(timeout_s)) is not None:
+            topic, msg = got
             yield topic, msg
-            if msg.get("type") == "status" and view.all_final():
-                return
+            if isinstance(msg, dict):
+                view.update(topic, msg)
+                if msg.get("type") == "status" and view.all_final():
+                    return
     finally:
         subscriber.close()

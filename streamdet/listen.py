@@ -105,7 +105,12 @@ def _daemons(view: StreamView, width: int) -> Table:
         if wide:
             row += [str(dropped), str(skipped), str(s.get("subscriber_overflows", 0))]
         rows.append([*row, problems])
-    return _table("daemons", columns, rows, width)
+    table = _table("daemons", columns, rows, width)
+    unreadable = view.skipped + view.unreadable + view.unknown_versions
+    if unreadable:
+        table.caption = f"{unreadable} message(s) skipped: unreadable or of another schema version"
+        table.caption_justify = "left"
+    return table
 
 
 def duration_text(seconds: float) -> str:
@@ -145,6 +150,7 @@ def listen(endpoint: str, topics: tuple[str, ...] = ("",), sources: tuple[str, .
         with Live(render(view, console.size.width), console=console, auto_refresh=False, transient=transient) if live else _NoLive() as display:
             while True:
                 got = subscriber.receive(min(timeout_s, 1.0) if timeout_s else 1.0)
+                view.skipped, view.first_skipped = subscriber.unreadable, subscriber.first_unreadable
                 if got is None:
                     if timeout_s and time.monotonic() - last_message > timeout_s:
                         break

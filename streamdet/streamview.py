@@ -43,7 +43,9 @@ class StreamView:
         self.messages = 0
         self.received = 0
         self.unknown_versions = 0
-        self.unreadable = 0
+        self.unreadable = 0  # schema-v1 messages lacking a field this view needs
+        self.skipped = 0  # messages the subscriber could not read at all (streamdet.messages.read)
+        self.first_skipped: str | None = None
 
     def update(self, topic: str, msg: dict) -> None:
         """Fold one message in; one that is not schema v1, or lacks a field it needs, is counted."""

@@ -2,6 +2,7 @@
 subscriber's state, the systemd notifier, the microphone's downmix, reload's refusals."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -13,7 +14,7 @@ import pytest
 import torch
 from helpers import REPO
 
-from streamdet import messages
+from streamdet import bus, messages
 from streamdet.config import Config, DetectorConfig, SourceConfig
 from streamdet.detector import BandExplainer, Detector
 from streamdet.features import FeatureParams, LogMel, mel_band_edges, offline_windows
@@ -217,6 +218,7 @@ def test_channel_publishes_every_window_in_order_with_schema_fields_only():
     channel, sent = run_channel(source, model, batch=8)
     for topic, body in sent:
         assert set(body) <= set(messages.ENVELOPE) | set(messages.FIELDS[body["type"]]), body
+        assert messages.read([topic.encode(), bus.encode(body)]) == (topic, json.loads(bus.encode(body)))  # what every subscriber accepts
         assert topic == messages.topic(body["type"], "s") and body["run_id"] == "run1"
     losses = [b for _, b in sent if b["type"] == "loss"]
     assert [b["seq"] for b in losses] == list(range(len(losses))) and channel.seq == len(losses)
