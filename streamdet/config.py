@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bus import endpoint_problem
-from .typedconfig import build, check, in_file, load_yaml, relative_to_file
+from .typedconfig import PATH, build, check, in_file, load_yaml, rebase_paths
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PACE_PATTERN = re.compile(r"^(realtime|max|\d+(\.\d+)?x)$")
@@ -26,7 +26,7 @@ class SourceConfig:
     kind: str = field(default="replay", metadata={"choices": ("replay", "mic")})
     name: str = "replay"
     # replay
-    path: str | None = None
+    path: str | None = field(default=None, metadata=PATH)
     pace: str = "realtime"
     loop: bool = False
     block_seconds: float = field(default=0.05, metadata={"above": 0.0, "max": 10.0})
@@ -53,7 +53,7 @@ class SourceConfig:
 
 @dataclass
 class ModelConfig:
-    path: str | None = None  # None: the model bundled with streamdet
+    path: str | None = field(default=None, metadata=PATH)  # None: the model bundled with streamdet
     device: str = "auto"
     batch_windows: int = field(default=64, metadata={"min": 1, "max": 4096})
     # torch intra-op threads. One per pipeline thread measured best on 2 cores (812x vs 613x real
@@ -90,9 +90,9 @@ class BusConfig:
     # CURVE (README, "Security"): this daemon's secret certificate; with it, a bound bus admits only
     # the clients whose public certificates are in curve_clients, and a connecting one (connect: true)
     # needs the proxy's public certificate in curve_server_key.
-    curve_secret_key: str | None = None
-    curve_clients: str | None = None
-    curve_server_key: str | None = None
+    curve_secret_key: str | None = field(default=None, metadata=PATH)
+    curve_clients: str | None = field(default=None, metadata=PATH)
+    curve_server_key: str | None = field(default=None, metadata=PATH)
 
     def curve(self):
         from .security import Curve
@@ -117,7 +117,7 @@ class RecordingConfig:
     """A FLAC clip (and a JSON sidecar) of every event, kept within an age and a size limit."""
 
     enabled: bool = False
-    directory: str = "clips"  # relative to the config file; under systemd, /var/lib/streamdet/clips
+    directory: str = field(default="clips", metadata=PATH)  # relative to the config file; under systemd, /var/lib/streamdet/clips
     pre_roll_s: float = field(default=2.0, metadata={"min": 0.0, "max": 60.0})
     post_roll_s: float = field(default=2.0, metadata={"min": 0.0, "max": 60.0})
     max_age_days: float = field(default=30.0, metadata={"above": 0.0, "max": 36500.0})
@@ -148,8 +148,8 @@ class MqttConfig:
     endpoint: str = "tcp://127.0.0.1:5556"  # the daemon (or proxy backend) to subscribe to
     broker: str = "mqtt://127.0.0.1:1883"  # mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS
     username: str | None = None
-    password_file: str | None = None  # a file holding the password, so it stays out of the config
-    tls_ca: str | None = None  # CA certificate file for mqtts:// (default: the system's)
+    password_file: str | None = field(default=None, metadata=PATH)  # a file holding the password, so it stays out of the config
+    tls_ca: str | None = field(default=None, metadata=PATH)  # CA certificate file for mqtts:// (default: the system's)
     client_id: str = "streamdet-bridge"
     topic_prefix: str = "streamdet"
     discovery_prefix: str = "homeassistant"
@@ -208,12 +208,7 @@ def load_config(path: Path | str | None) -> Config:
     if path is None:
         return Config(sources=[])
     config = in_file(path, lambda: build(Config, load_yaml(path)))
-    for source in config.sources:
-        source.path = relative_to_file(path, source.path)
-    config.model.path = relative_to_file(path, config.model.path)
-    config.recording.directory = relative_to_file(path, config.recording.directory)
-    config.mqtt.password_file = relative_to_file(path, config.mqtt.password_file)
-    config.mqtt.tls_ca = relative_to_file(path, config.mqtt.tls_ca)
+    rebase_paths(config, path)
     return config
 
 

@@ -1,7 +1,8 @@
 """YAML into typed dataclasses, with one-line errors that name the key and what was expected.
 
-A field may carry metadata: `choices` (allowed values), `min` / `max` (inclusive bounds), or
-`above` (exclusive lower bound).  Cross-field rules live in a dataclass's `problems()` method.
+A field may carry metadata: `choices` (allowed values), `min` / `max` (inclusive bounds),
+`above` (exclusive lower bound), or `path` (a file or folder: relative to the config file, see
+`rebase_paths`).  Cross-field rules live in a dataclass's `problems()` method.
 """
 from __future__ import annotations
 
@@ -206,6 +207,26 @@ def apply_overrides(obj: Any, items: list[str]) -> None:
         if not sep:
             raise ConfigError(f"--set {item}: expected KEY=VALUE")
         set_path(obj, key, value)
+
+
+PATH = {"path": True}  # the metadata of a field that names a file or folder
+
+
+def rebase_paths(obj: Any, config_path: Path | str) -> None:
+    """Every `path` field of `obj` and of the dataclasses inside it (lists too), taken relative to
+    the config file's folder: one rule for every path a config names, none listed by hand."""
+    if isinstance(obj, list):
+        for item in obj:
+            rebase_paths(item, config_path)
+        return
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("path"):
+            setattr(obj, f.name, relative_to_file(config_path, value))
+        else:
+            rebase_paths(value, config_path)
 
 
 def relative_to_file(config_path: Path | str, value: str | None) -> str | None:

@@ -122,3 +122,27 @@ def test_set_reaches_frozen_sections_and_checks_them():
     assert config.features.kind == "pcen" and config.features.n_mels == 64
     with pytest.raises(ConfigError, match="features.n_mels: expected an integer"):
         set_path(config, "features.n_mels", "many")
+
+
+def test_every_path_in_a_config_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    """CURVE key files too: the station example's `curve_secret_key: north.key_secret` is found
+    beside the config whatever the working folder (under systemd it is /var/lib/streamdet)."""
+    from streamdet.security import make_keys
+
+    etc = tmp_path / "etc"
+    (etc / "clients").mkdir(parents=True)
+    (etc / "replay").mkdir()
+    make_keys(etc, "north")
+    make_keys(etc / "clients", "laptop")
+    (etc / "c.yaml").write_text(
+        "sources: [{path: replay}]\nmodel: {path: m.pt}\nrecording: {directory: clips}\n"
+        "bus: {curve_secret_key: north.key_secret, curve_clients: clients}\nmqtt: {password_file: pw, tls_ca: ca.pem}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    c = load_config(etc / "c.yaml")
+    assert c.bus.curve_secret_key == str(etc / "north.key_secret") and c.bus.curve_clients == str(etc / "clients")
+    assert (c.sources[0].path, c.model.path, c.recording.directory) == (str(etc / "replay"), str(etc / "m.pt"), str(etc / "clips"))
+    assert (c.mqtt.password_file, c.mqtt.tls_ca) == (str(etc / "pw"), str(etc / "ca.pem"))
+    assert list(c.bus.problems()) == []
