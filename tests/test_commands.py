@@ -1,9 +1,14 @@
 """The README's main job and the benchmark, run as a user would."""
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pytest
 from helpers import REPO, streamdet_command
 
 from streamdet.demo import demo_clips_dir
@@ -82,3 +87,45 @@ def test_demo_with_a_daemon_that_cannot_start_returns_at_once(tmp_path):
     result = subprocess.run(streamdet_command("demo", "--model", str(tmp_path / "missing.pt")), capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 1 and "missing.pt: no such file" in result.stderr
     assert "the daemon exited with status 2" in result.stdout
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_the_demo_leaves_no_daemon_behind(signum):
+    """SIGTERM or closing the terminal (SIGHUP) ends the demo and its daemon; a SIGKILLed demo's
+    daemon gets SIGTERM from the kernel."""
+    demo = subprocess.Popen(streamdet_command("demo", "--pace", "realtime"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while not (children := _children(demo.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert children, "the demo started no daemon"
+        time.sleep(1.5)
+        demo.send_signal(signum)
+        demo.wait(30)
+        deadline = time.monotonic() + 20
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(c) for c in children), "the daemon outlived the demo"
+    finally:
+        for c in _children(demo.pid):
+            os.kill(c, signal.SIGKILL)
+        demo.kill()
