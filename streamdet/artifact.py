@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import mmap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,20 @@ class Model:
         self.path, self.module, self.meta, self.device = path, module, meta, device
         self.features = FeatureParams.from_dict(meta["features"])
         self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        self.seconds_per_window = 0.0  # measured by the load-time probe: what a call's budget is made of
+        self.watchdog = None  # a daemon's Watchdog times every call; an exception becomes one ModelFailure
+
+    def _call(self, what: str, windows: int, call):
+        """`call()` under the watchdog's budget for `windows` windows; any exception is a ModelFailure."""
+        from .watchdog import ModelFailure, call_budget
+
+        if self.watchdog is None:
+            return call()
+        try:
+            with self.watchdog.timed(f"model {self.path.name}: {what}", call_budget(self.seconds_per_window, windows)):
+                return call()
+        except Exception as exc:
+            raise ModelFailure(f"model {self.path}: {what} failed: {one_line(exc, 200)}") from None
 
     def scorer(self) -> Scorer:
         """A fresh scorer (it keeps per-segment state): loss -> decision -> calibrated score."""
@@ -78,18 +93,25 @@ class Model:
         return self.meta["scoring"]["polarity"]
 
     def frontend(self, samples: torch.Tensor) -> torch.Tensor:
-        return self.module.features(samples.to(self.device))
+        windows = len(samples) // max(1, self.features.hop_length * self.features.hop_frames)
+        return self._call("features()", windows, lambda: self.module.features(samples.to(self.device)))
 
     def losses(self, windows: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return self.module(windows.to(self.device)).float().cpu().numpy()
+        def call():
+            with torch.no_grad():
+                return self.module(windows.to(self.device)).float().cpu().numpy()
+
+        return self._call("forward()", len(windows), call)
 
     def errors(self, windows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(loss per window, error per window and mel band), from one pass; the loss is what
         forward gives: the mean over the bands, or over the `top_bands` highest."""
-        with torch.no_grad():
-            bands = self.module.band_errors(windows.to(self.device)).float()
-        return loss_from_bands(bands, self.meta["model"].get("top_bands", 0)).cpu().numpy(), bands.cpu().numpy()
+        def call():
+            with torch.no_grad():
+                bands = self.module.band_errors(windows.to(self.device)).float()
+            return loss_from_bands(bands, self.meta["model"].get("top_bands", 0)).cpu().numpy(), bands.cpu().numpy()
+
+        return self._call("band_errors()", len(windows), call)
 
     def describe(self) -> dict:
         p = self.meta.get("provenance", {})
@@ -247,7 +269,9 @@ def _smoke_test(model: Model, where: str) -> None:
     if losses.shape != (2,):
         raise ArtifactError(f"{where}: forward: expected one loss per window, found shape {losses.shape}")
     probe = torch.randn(4, p.window_frames, p.n_mels, generator=torch.Generator().manual_seed(0)) * 10 - 50  # dB-like windows
+    started = time.perf_counter()
     probe_losses = model.losses(probe)
+    model.seconds_per_window = (time.perf_counter() - started) / len(probe)
     if not np.isfinite(losses).all() or not np.isfinite(probe_losses).all():
         raise ArtifactError(f"{where}: the model gives non-finite losses (NaN or infinite weights?); it cannot score anything")
     # The daemon takes each window's loss from its band errors, as the metadata says forward does.

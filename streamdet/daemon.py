@@ -19,6 +19,7 @@ from .pipeline import Channel
 from .ringbuffer import RingBuffer
 from .sources.replay import ReplaySource
 from .systemd import Notifier
+from .watchdog import ModelFailure, Watchdog
 
 log = logging.getLogger("streamdet.daemon")
 
@@ -27,6 +28,9 @@ STOP_GRACE_S = 10.0
 DRAIN_S = 10.0  # after the last message, how long queued messages may take to reach their subscribers
 EXIT_SOURCE_FAILED = 1  # a source's thread died: the stream did not finish
 EXIT_UNDELIVERED = 3  # the run ended, but not every message reached every subscriber
+EXIT_MODEL_FAILED = 4  # the model raised, hung, or held up a stop: systemd restarts the daemon
+STOP_DEADLINE_S = STOP_GRACE_S + DRAIN_S + 5.0  # after SIGTERM the process is gone by then, whatever the model does
+RELOAD_BUDGET_S = 120.0  # loading and probing a new model on SIGHUP
 
 
 def debug_stall() -> tuple[float, float] | None:
@@ -107,11 +111,19 @@ class Daemon:
         self._reload_requested = threading.Event()
         self.started_at = time.monotonic()
         self.reloads = {"done": 0, "rejected": 0, "last": None}
+        self.watchdog: Watchdog | None = None
+        self.failure: str | None = None
+
+    def watch(self, watchdog: Watchdog) -> None:
+        """Time every model call (this model's and every reloaded one's) against `watchdog`."""
+        self.watchdog = self.model.watchdog = watchdog
 
     def request_stop(self) -> None:
         """From a signal handler: stop, and let no blocked send hold the exit past the grace period."""
         if not self._stop.is_set():
             self.publisher.give_up_at = time.monotonic() + STOP_GRACE_S
+            if self.watchdog is not None:
+                self.watchdog.stop_requested()
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -134,8 +146,31 @@ class Daemon:
         self._publish_status("running")
         next_status = time.monotonic() + self.config.bus.status_interval_s
         stall = debug_stall()
+        try:
+            state = self._loop(next_status, stall)
+        except ModelFailure as exc:
+            self.failure = str(exc)
+            log.error("%s; stopping (exit status %d)", exc, EXIT_MODEL_FAILED)
+            state = "failed"
+        self.notifier.stopping()
+        if state == "failed":
+            for channel in self.channels:
+                channel.source.stop()
+        elif state == "stopped":
+            try:
+                self._drain()
+            except ModelFailure as exc:
+                log.error("%s; stopping (exit status %d)", exc, EXIT_MODEL_FAILED)
+                state = "failed"
+        for channel in self.channels:
+            channel.finish_clips()
+        self._publish_status(state)
+        log.info("%s after %.1f s: %s", state, time.monotonic() - self.started_at, ", ".join(f"{c.name}: {c.seq} windows, {c.events} events" for c in self.channels))
+        return state
+
+    def _loop(self, next_status: float, stall) -> str:
+        """The processing loop, until every source has finished ("finished") or a stop ("stopped")."""
         next_stall = time.monotonic() + stall[0] if stall else float("inf")
-        state = "stopped"
         while not self._stop.is_set():
             self.notifier.watchdog()  # from this loop itself: if it stalls, systemd restarts the daemon
             if self._reload_requested.is_set():
@@ -154,18 +189,10 @@ class Daemon:
                 self._publish_status("running")
                 next_status = now + self.config.bus.status_interval_s
             if all(c.finished for c in self.channels):
-                state = "finished"
-                break
+                return "finished"
             if not did:
                 time.sleep(IDLE_SLEEP_S)
-        self.notifier.stopping()
-        if state == "stopped":
-            self._drain()
-        for channel in self.channels:
-            channel.finish_clips()
-        self._publish_status(state)
-        log.info("%s after %.1f s: %s", state, time.monotonic() - self.started_at, ", ".join(f"{c.name}: {c.seq} windows, {c.events} events" for c in self.channels))
-        return state
+        return "stopped"
 
     def _wait_for_sources(self, timeout_s: float = 15.0) -> None:
         """A microphone counts as open once its first attempt is over (up, or reported down)."""
@@ -181,7 +208,12 @@ class Daemon:
             return
         self.notifier.reloading()
         try:
-            config, model = self._reload_fn()
+            if self.watchdog is None:
+                config, model = self._reload_fn()
+            else:
+                with self.watchdog.timed("reloading the config and model", RELOAD_BUDGET_S):
+                    config, model = self._reload_fn()
+                model.watchdog = self.watchdog
             if model.features.sample_rate != self.model.features.sample_rate:
                 raise ValueError(f"the new model runs at {model.features.sample_rate} Hz, the running sources at {self.model.features.sample_rate} Hz; restart the daemon to change rate")
         except Exception as exc:
@@ -238,11 +270,16 @@ def serve(daemon: Daemon, reload_now: bool = False) -> int:
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     if reload_now:  # a SIGHUP that came while the daemon was being built
         daemon.request_reload()
+    watchdog = Watchdog(lambda reason: give_up(daemon, reason), STOP_DEADLINE_S)
+    daemon.watch(watchdog)
     try:
-        daemon.run()
+        state = daemon.run()
     finally:
         # Queued messages get the rest of the grace period to reach their subscribers.
         delivered = publisher.close(DRAIN_S, wait=True) or not publisher.wait_when_full  # live subscribers lose what they cannot take
+        watchdog.close()
+    if state == "failed":
+        return EXIT_MODEL_FAILED
     failed = [f"{c.name}: {c.source.failed}" for c in daemon.channels if getattr(c.source, "failed", None)]
     if failed:  # a source that died did not finish: systemd's Restart=on-failure must see it
         log.error("source(s) failed, the stream is incomplete: %s", "; ".join(failed))
@@ -256,3 +293,23 @@ def serve(daemon: Daemon, reload_now: bool = False) -> int:
         log.error("a subscriber did not receive everything: %s", "; ".join(lost))
         return EXIT_UNDELIVERED
     return 0
+
+
+def give_up(daemon: Daemon, reason: str) -> None:
+    """From the watchdog's thread, while the processing loop is stuck in a model call: say why,
+    publish a final status if the bus takes it at once, and end the process, so that systemd's
+    Restart=on-failure starts a fresh one.  The stuck loop does not touch the bus meanwhile."""
+    log.error("%s; exiting with status %d", reason, EXIT_MODEL_FAILED)
+    try:
+        daemon.failure = reason
+        daemon.publisher.give_up_at = time.monotonic() + 1.0
+        daemon._publish_status("failed")
+        # Wait (boundedly, in case another socket holds the context) for the status to go out.
+        closing = threading.Thread(target=daemon.publisher.close, args=(1.0, True), daemon=True)
+        closing.start()
+        closing.join(2.0)
+    except Exception as exc:  # noqa: BLE001 - exiting regardless
+        log.error("no final status: %s", one_line(exc, 120))
+    finally:
+        logging.shutdown()
+        os._exit(EXIT_MODEL_FAILED)

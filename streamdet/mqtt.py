@@ -25,10 +25,10 @@ from typing import Callable, NamedTuple
 
 from . import __version__
 from .config import MqttConfig
+from .streamview import FINAL_STATES
 
 log = logging.getLogger("streamdet.mqtt")
 INSTALL = "pip install 'streamdet[mqtt]' (in this checkout: .venv/bin/pip install -e '.[mqtt]')"
-FINAL_STATES = ("finished", "stopped")
 MAX_QUEUED = 1000  # publications kept while the broker is away; retained state is sent again on reconnect
 PENDING_EVENTS = 100  # events of a daemon whose first status has not arrived yet
 

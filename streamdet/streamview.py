@@ -12,7 +12,7 @@ from typing import Callable
 
 from .messages import SCHEMA_VERSION
 
-FINAL_STATES = ("finished", "stopped")
+FINAL_STATES = ("finished", "stopped", "failed")
 STALE_AFTER_INTERVALS = 3  # status messages missed before a daemon is called stale
 
 
