@@ -222,22 +222,37 @@ class Daemon:
             log.error("reload rejected, still running the previous config and model: %s", self.reloads["last"]["reason"])
             self.notifier.ready()
             return
-        kept = []
-        if [asdict(s) for s in config.sources] != [asdict(s) for s in self.config.sources]:
-            kept.append("sources")
-        if config.bus.endpoint != self.config.bus.endpoint:
-            kept.append("bus.endpoint")
-        if config.metrics != self.config.metrics:
-            kept.append("metrics")
+        applied, kept = reload_plan(self.config, config)
+        for key in kept:  # the running value stays, and the config says so
+            set_key(config, key, get_key(self.config, key))
+        clients = self._reload_curve_clients(config)
+        import torch
+
+        torch.set_num_threads(config.model.threads or torch.get_num_threads())
         for channel in self.channels:
+            channel.batch_windows = config.model.batch_windows
             channel.replace_model(model, config.detector, config.recording)
-        config.sources, config.bus.endpoint, config.metrics = self.config.sources, self.config.bus.endpoint, self.config.metrics
         self.config, self.model = config, model
         logging.getLogger().setLevel(config.log.level.upper())
         self.reloads["done"] += 1
-        self.reloads["last"] = {"ok": True, "model": model.describe()["sha256"], "kept": kept}
-        log.info("reloaded: model %s (%s)%s", model.path, model.describe()["sha256"], f"; {' and '.join(kept)} changed, which needs a restart: kept the running ones" if kept else "")
+        self.reloads["last"] = {"ok": True, "model": model.describe()["sha256"], "applied": applied, "kept": kept}
+        log.info("reloaded: model %s (%s)%s%s%s", model.path, model.describe()["sha256"], f"; applied {', '.join(applied)}" if applied else "; no setting changed",
+                 f"; {', '.join(kept)} changed, which needs a restart: kept the running value(s)" if kept else "", clients)
         self.notifier.ready()
+
+    def _reload_curve_clients(self, config: Config) -> str:
+        """The allowed clients' folder read again on every reload: a removed key is revoked for new
+        connections (ZeroMQ keeps an open connection until it closes)."""
+        curve = config.bus.curve()
+        if curve is None or config.bus.connect:
+            return ""
+        from .security import SecurityError, reload_clients
+
+        try:
+            return f"; CURVE: {reload_clients(self.publisher.socket.context, curve)} allowed client key(s) read again from {curve.clients}"
+        except SecurityError as exc:
+            log.error("CURVE clients not reloaded, still admitting the previous keys: %s", exc)
+            return ""
 
     def _drain(self) -> None:
         """Stop the sources, then score and publish what they had already delivered."""
@@ -293,6 +308,46 @@ def serve(daemon: Daemon, reload_now: bool = False) -> int:
         log.error("a subscriber did not receive everything: %s", "; ".join(lost))
         return EXIT_UNDELIVERED
     return 0
+
+
+# What a reload applies; every other key of the config is kept at its running value until a
+# restart, and reported so.  The mqtt section is read by `streamdet mqtt`, never by the daemon.
+APPLIED_ON_RELOAD = ("model.", "detector.", "recording.", "log.", "bus.status_interval_s", "bus.curve_clients")
+NOT_THE_DAEMONS = ("mqtt.",)
+
+
+def config_keys(config: Config) -> dict:
+    """Every setting as dotted key -> value (a list, such as `sources`, is one key)."""
+    out = {}
+
+    def walk(value, prefix):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = value
+
+    walk(asdict(config), "")
+    return out
+
+
+def reload_plan(running: Config, new: Config) -> tuple[list[str], list[str]]:
+    """(keys changed that a reload applies, keys changed that need a restart)."""
+    a, b = config_keys(running), config_keys(new)
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith(NOT_THE_DAEMONS))
+    return [k for k in changed if k.startswith(APPLIED_ON_RELOAD)], [k for k in changed if not k.startswith(APPLIED_ON_RELOAD)]
+
+
+def get_key(config: Config, key: str):
+    obj = config
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def set_key(config: Config, key: str, value) -> None:
+    *path, last = key.split(".")
+    setattr(get_key(config, ".".join(path)) if path else config, last, value)
 
 
 def give_up(daemon: Daemon, reason: str) -> None:

@@ -49,14 +49,17 @@ def run_proxy(frontend: str, backend: str, hwm: int = 1_000_000, curve=None) -> 
     steered.bind(control)
     steer.connect(control)
     proxy = threading.Thread(target=_proxy, args=(xsub, xpub, steered), name="proxy", daemon=True)
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     log.info("proxy: daemons publish to %s, subscribers connect to %s", xsub.getsockopt_string(zmq.LAST_ENDPOINT), xpub.getsockopt_string(zmq.LAST_ENDPOINT))
     proxy.start()
     try:
         while proxy.is_alive() and not stop.wait(0.2):
-            pass
+            if reload.is_set():
+                reload.clear()
+                _reload(context, curve)
     finally:
         from .security import stop_authenticators
 
@@ -66,6 +69,19 @@ def run_proxy(frontend: str, backend: str, hwm: int = 1_000_000, curve=None) -> 
             sock.close(0)
         stop_authenticators()
         log.info("proxy stopped")
+
+
+def _reload(context, curve) -> None:
+    """SIGHUP: the allowed clients' folder read again, so that a removed key admits no new connection."""
+    if curve is None:
+        log.info("proxy: SIGHUP: nothing to reload without CURVE")
+        return
+    from .security import SecurityError, reload_clients
+
+    try:
+        log.info("proxy: reloaded: %d allowed client key(s) from %s; connections already open stay until they close", reload_clients(context, curve), curve.clients)
+    except SecurityError as exc:
+        log.error("proxy: reload rejected, still admitting the previous keys: %s", exc)
 
 
 def _proxy(xsub, xpub, control) -> None:

@@ -72,6 +72,18 @@ def secure_client(socket: zmq.Socket, curve: Curve) -> None:
     socket.curve_secretkey, socket.curve_publickey, socket.curve_serverkey = private, public, server
 
 
+def reload_clients(context: zmq.Context, curve: Curve) -> int:
+    """Read the allowed clients' folder again (SIGHUP): a certificate removed from it admits no
+    new connection from now on, one added does.  Returns how many are allowed."""
+    auth = _authenticators.get(id(context))
+    if auth is None:
+        raise SecurityError("curve: no authenticator runs for this bus (was it started with CURVE?)")
+    if not curve.clients or not Path(curve.clients).is_dir():
+        raise SecurityError(f"curve clients {curve.clients}: expected a folder of allowed clients' public certificates (NAME.key)")
+    auth.configure_curve(domain="*", location=str(curve.clients))
+    return len(auth.certs.get("*", {}))
+
+
 def stop_authenticators() -> None:
     while _authenticators:
         _authenticators.popitem()[1].stop()

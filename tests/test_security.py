@@ -120,3 +120,76 @@ def test_a_curve_proxy_stops_on_sigterm_whichever_thread_the_kernel_hands_it_to(
     finally:
         if proxy.poll() is None:
             proxy.kill()
+
+
+def _hears(endpoint, secret, server_public, timeout_s=3.0) -> bool:
+    """Whether a fresh CURVE subscriber with `secret` receives anything within `timeout_s`."""
+    from streamdet.bus import Subscriber
+    from streamdet.security import Curve
+
+    sub = Subscriber(endpoint, curve=Curve(str(secret), server_key=str(server_public)))
+    try:
+        return sub.receive(timeout_s=timeout_s) is not None
+    finally:
+        sub.close()
+
+
+def test_a_key_removed_from_the_daemons_allowed_folder_is_refused_after_sighup(tiny_model, tmp_path, endpoint):
+    import signal
+
+    server_public, server_secret = keys(tmp_path / "server", "station")
+    allowed = tmp_path / "allowed"
+    _, home_secret = keys(allowed, "home")
+    laptop_public, laptop_secret = keys(allowed, "laptop")
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    write(replay / "calls.wav", clip(4.0, 22050, [(1.0, 1.0)], seed=1), 22050)
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"sources: [{{kind: replay, path: {replay}, pace: realtime, loop: true}}]\nmodel: {{path: {tiny_model}}}\n"
+                      f"bus: {{endpoint: '{endpoint}', status_interval_s: 0.5, curve_secret_key: {server_secret}, curve_clients: {allowed}}}\n")
+    daemon = start_daemon("--config", str(config))
+    try:
+        assert _hears(endpoint, laptop_secret, server_public, 20)
+        laptop_public.rename(tmp_path / "laptop.key")  # revoked
+        daemon.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert not _hears(endpoint, laptop_secret, server_public)
+        assert _hears(endpoint, home_secret, server_public)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, stderr
+    assert "CURVE: 1 allowed client key(s) read again" in stderr
+
+
+def test_a_key_removed_from_the_proxys_allowed_folder_is_refused_after_sighup(tiny_model, tmp_path):
+    import signal
+
+    from streamdet.demo import free_tcp_endpoint
+
+    hub_public, hub_secret = keys(tmp_path / "hub", "hub")
+    allowed = tmp_path / "allowed"
+    _, station_secret = keys(allowed, "north")
+    _, reader_secret = keys(allowed, "reader")
+    laptop_public, laptop_secret = keys(allowed, "laptop")
+    frontend, backend = free_tcp_endpoint(), free_tcp_endpoint()
+    proxy = subprocess.Popen(streamdet_command("proxy", "--frontend", frontend, "--backend", backend, "--curve-secret-key", str(hub_secret), "--curve-clients", str(allowed)), cwd=REPO, stderr=subprocess.PIPE, text=True)
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    write(replay / "x.wav", clip(4.0, 22050, [(1.0, 1.0)], seed=3), 22050)
+    station = start_daemon("--replay", str(replay), "--name", "north", "--pace", "realtime", "--loop", "--model", str(tiny_model), "--connect", frontend,
+                           "--set", f"bus.curve_secret_key={station_secret}", "--set", f"bus.curve_server_key={hub_public}", "--set", "bus.status_interval_s=0.5")
+    try:
+        assert _hears(backend, laptop_secret, hub_public, 20)
+        laptop_public.rename(tmp_path / "laptop.key")
+        proxy.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert proxy.poll() is None, "SIGHUP ended the proxy"
+        assert not _hears(backend, laptop_secret, hub_public)
+        assert _hears(backend, reader_secret, hub_public)
+    finally:
+        station.send_signal(signal.SIGTERM)
+        station.wait(30)
+        proxy.send_signal(signal.SIGTERM)
+        _, stderr = proxy.communicate(timeout=30)
+    assert proxy.returncode == 0 and "reloaded: 2 allowed client key(s)" in stderr, stderr

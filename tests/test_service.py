@@ -304,3 +304,52 @@ def test_the_daemon_runs_under_memory_deny_write_execute(tiny_model, tmp_path, e
     assert "oneDNN off" in stderr  # its JIT would need that memory: torch's native kernels instead
     unit = (REPO / "systemd" / "streamdet.service").read_text()
     assert "\nMemoryDenyWriteExecute=yes\n" in unit
+
+
+def test_a_reload_applies_each_changed_key_or_reports_it_kept(tiny_model, tmp_path, endpoint):
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    write(replay / "a.wav", clip(4.0, 22050, [(1.0, 1.0)], seed=3), 22050)
+    config = tmp_path / "daemon.yaml"
+    write_config(config, tiny_model, replay)
+    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
+    statuses = []
+
+    def steer(topic, msg):
+        if msg["type"] != "status":
+            return
+        statuses.append(msg)
+        if len(statuses) == 2:
+            write_config(config, tiny_model, replay, on_score=0.6, extra="model: {path: %s, batch_windows: 16, threads: 2}\nbus: {status_interval_s: 0.4, send_hwm: 77, wait_timeout_s: 5}\n" % tiny_model)
+            config.write_text(config.read_text().replace("bus: {status_interval_s: 0.5}\n", "").replace(f"model: {{path: {tiny_model}}}\n", "", 1))
+            daemon.send_signal(signal.SIGHUP)
+        elif msg["reloads"]["done"] == 1:
+            daemon.send_signal(signal.SIGTERM)
+
+    got = collect(endpoint, on_message=steer, timeout_s=60)
+    _, stderr = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, stderr
+    last = got[-1][1]["reloads"]["last"]
+    assert last["applied"] == ["bus.status_interval_s", "detector.on_score", "model.batch_windows", "model.threads"], last
+    assert last["kept"] == ["bus.send_hwm", "bus.wait_timeout_s"], last
+    assert got[-1][1]["detector"]["on_score"] == 0.6
+    assert "bus.send_hwm, bus.wait_timeout_s changed, which needs a restart" in stderr
+
+
+def test_every_config_key_is_either_applied_on_reload_or_reported_kept():
+    from dataclasses import fields, is_dataclass
+
+    from streamdet.config import Config
+    from streamdet.daemon import APPLIED_ON_RELOAD, NOT_THE_DAEMONS, config_keys, reload_plan, set_key
+
+    running = Config()
+    keys = config_keys(running)
+    assert len(keys) > 30 and all(is_dataclass(getattr(running, f.name)) or f.name == "sources" for f in fields(Config))
+    for key, value in keys.items():
+        changed = Config()
+        set_key(changed, key, [] if key == "sources" else (not value if isinstance(value, bool) else "x" if not isinstance(value, (int, float)) else value + 1))
+        applied, kept = reload_plan(running, changed)
+        if key.startswith(NOT_THE_DAEMONS):
+            assert applied == kept == [], key
+        else:
+            assert (applied, kept) == (([key], []) if key.startswith(APPLIED_ON_RELOAD) else ([], [key])), key
