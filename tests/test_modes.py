@@ -292,24 +292,26 @@ def test_calibration_on_out_of_fold_decisions_covers_every_clip(dataset, tmp_pat
     assert metrics["val_nobird_clips_called_bird"] <= 0.1 + 1e-9
 
 
-def test_study_chooses_by_crossval_alone_and_resumes_from_its_variants(tmp_path):
-    from train.study import both_class_mean, study
+def test_study_chooses_by_pooled_crossval_alone_and_resumes_from_its_variants(tmp_path):
+    from train.study import LEVERS, choosing_figure, study
 
     config = load_train_config(two_site_manifest(tmp_path, epochs=2))
     config.augment.bird_mixes = 20
+    config.model.kind, config.model.channels, config.model.latent = "conv", 2, 4
+    config.training.objective, config.training.elbo_weight, config.select.call_db = "decision", 0.1, None  # every lever changes it
     out = tmp_path / "study"
     result = study(config, None, None, None, out, folds=2, jobs=2)
     names = [r["variant"] for r in result["rows"]]
-    assert len(names) == len(set(names)) == 8  # 2 front ends x 2 VAEs, then nobird, bird, the energy term switched and the top 8 bands
-    assert sorted(r["top_bands"] for r in result["rows"]) == [0] * 7 + [8]
-    assert {r["mode"] for r in result["rows"]} == {"contrast", "nobird", "bird"} and all(r["eval"] is None for r in result["rows"])
+    assert names == ["this config", "VAEs trained alone (reconstruct)"] + [name for name, _ in LEVERS]
+    assert all(r["eval"] is None for r in result["rows"])
     best = max(result["rows"], key=lambda r: r["choosing_auc"])
-    assert result["chosen"] == best["variant"] and best["choosing_auc"] == both_class_mean({"blocks": best["crossval"]})
+    assert result["chosen"] == best["variant"] and best["choosing_auc"] == choosing_figure({"blocks": best["crossval"]})
+    assert all(r["choosing_auc"] in (r["crossval"]["all"]["model_auc"], float("-inf")) for r in result["rows"])
     assert set(result["leave_one_block_out"]) == {"siteA", "siteB"}
     table = (out / "study.md").read_text()
-    assert table.count("\n| ") >= 8 + 1 + 2 and f"**{best['mode']}**" in table and "| top 8 bands |" in table
+    assert table.count("\n| ") >= len(names) + 1 + 2 and f"**{best['variant']}**" in table and "CV pooled AUC" in table
     kept = {p: p.stat().st_mtime_ns for p in (out / "variants").iterdir()}
-    assert len(kept) == 9  # eight cross-validations and one leave-one-block-out
+    assert len(kept) == len(names) + 1  # the cross-validations and one leave-one-block-out
     assert study(config, None, None, None, out, folds=2, jobs=1) == result  # every variant read back, none trained again
     assert {p: p.stat().st_mtime_ns for p in (out / "variants").iterdir()} == kept
 
@@ -329,3 +331,29 @@ def test_evaluate_without_matplotlib_writes_the_curves_and_says_how_to_get_plots
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "roc.csv").read_text().startswith("curve,fpr,tpr,auc\n") and not (tmp_path / "out" / "roc.png").exists()
     assert "pip install 'streamdet[plot]'" in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize("levers", ["{}", "{clip_bags: 4}", "{pretrain_epochs: 3}"])
+def test_vaes_trained_for_the_decision_rank_held_out_clips_and_keep_the_daemons_contract(dataset, held_out, tmp_path, levers):
+    """training.objective decision: both VAEs and the head learn together; the artifact still says
+    loss = mean of band_errors, loads in the daemon, and rebuilds eagerly with the same losses."""
+    from streamdet.features import LogMel
+    from streamdet.model import rebuild_eager
+
+    training = "{epochs: 12, batch_size: 32, learning_rate: 0.002, beta: 0.1, val_fraction: 0.25, seed: 0, device: cpu, objective: decision, elbo_weight: 0.1, " + levers[1:-1] + "}"
+    config = config_for(dataset, "contrast", model="{kind: conv, channels: 4, latent: 8}", training=training.replace(", }", "}"), augment="{level_db: 3, lowpass: 0.3}")
+    path, _ = fit(config, tmp_path / "decision.pt")
+    model = artifact.load(path, "cpu", optimise=True)
+    assert model.meta["model"]["objective"] == "decision" and model.meta["model"]["norm"] is True
+    items = read_labels(held_out / "labels.csv")
+    cache = FeatureCache(tmp_path / "cache", model.features)
+    cache.ensure([i.path for i in items])
+    auc = evaluate(model, items, cache, tmp_path / "eval")["blocks"]["all"]["model"]["auc"]
+    assert auc >= 0.8, auc
+    w = offline_windows(load_resampled(held_out / "h01.wav", model.features.sample_rate), model.features)[1]
+    losses, bands = model.errors(w)
+    assert np.allclose(bands.mean(axis=1), losses, atol=1e-5)
+    saved = artifact.load(path, "cpu").module
+    eager = rebuild_eager(saved, model.meta["model"], LogMel(model.features), model.features.window_frames, model.features.n_mels)
+    with torch.no_grad():
+        assert np.allclose(eager(w).numpy(), losses, atol=1e-4)

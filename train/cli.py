@@ -230,10 +230,10 @@ def cmd_crossval(args) -> int:
         result = crossval(config, args.folds, args.seed, args.cache)
         title = f"{args.folds}-fold cross-validation grouped by recording, mode {config.mode}, model {config.model.kind}, front end {config.features.kind}, folds seed {args.seed}"
     table = Table(title=title)
-    for col in ("block", "clips", "bird", "model ROC AUC", "pAUC<=0.1", "no-bird called bird", "bird found", "energy reference ROC AUC"):
+    for col in ("block", "clips", "bird", "model ROC AUC", "pAUC<=0.1", "no-bird called bird", "bird found", "false alarms per hour", "energy reference ROC AUC"):
         table.add_column(col, justify="left" if col == "block" else "right")
     for block, r in result["blocks"].items():
-        table.add_row(block, str(r["clips"]), str(r["bird"]), *(f"{r[k]:.3f}" for k in ("model_auc", "model_pauc", "nobird_called_bird", "bird_found", "reference_auc")))
+        table.add_row("all (pooled)" if block == "all" else block, str(r["clips"]), str(r["bird"]), *(f"{r[k]:.3f}" for k in ("model_auc", "model_pauc", "nobird_called_bird", "bird_found")), f"{r['false_alarms_per_hour']:.1f}", f"{r['reference_auc']:.3f}")
     Console().print(table)
     if args.json:
         args.json.write_text(json.dumps({"config": str(args.config), "mode": config.mode, "front_end": config.features.kind, **result}, indent=1))

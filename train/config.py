@@ -1,12 +1,12 @@
 """The training configuration (configs/train.yaml), loaded with streamdet's typed loader."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamdet.features import FeatureParams
 from streamdet.modes import MODES
-from streamdet.typedconfig import build, check, in_file, load_yaml, relative_to_file
+from streamdet.typedconfig import PATH, build, check, in_file, load_yaml, rebase_paths
 
 # The BAD 2018 datasets as distributed: `root` holds the metadata CSV and the `wav/` folder.
 PRESETS = {
@@ -29,9 +29,9 @@ class DataConfig:
 
     kind: str = field(default="bad", metadata={"choices": DATA_KINDS})
     name: str | None = None
-    root: str | None = None
-    audio_dir: str | None = None
-    labels: str | None = None
+    root: str | None = field(default=None, metadata=PATH)
+    audio_dir: str | None = field(default=None, metadata=PATH)
+    labels: str | None = field(default=None, metadata=PATH)
     split: str | None = None
     min_confidence: str = field(default="medium", metadata={"choices": ("high", "medium", "low")})
     skip_bad_rows: bool = False
@@ -78,6 +78,18 @@ class TrainingConfig:
     # its training data's variance): it learns its own class and, explicitly, not the other.  0: off.
     outlier_weight: float = field(default=0.0, metadata={"min": 0.0, "max": 100.0})
     outlier_margin: float = field(default=1.0, metadata={"above": 0.0, "max": 100.0})
+    # reconstruct: each VAE learns only its own class (the seed's method).  decision (contrast mode,
+    # conv VAEs): both VAEs and a small head on their encoders are trained together with a logistic
+    # loss on windows labelled by their clip, each VAE's ELBO kept as a regulariser (train/decide.py).
+    objective: str = field(default="reconstruct", metadata={"choices": ("reconstruct", "decision")})
+    elbo_weight: float = field(default=1.0, metadata={"min": 0.0, "max": 100.0})  # decision: the ELBO's weight beside the logistic loss
+    # decision: 0, each window carries its clip's label; k > 0, multiple-instance: each clip is a bag of
+    # up to k of its windows, and the logistic loss is on the bag's smooth maximum (a bird clip needs
+    # one bird window, a no-bird clip none), as a clip is scored by its highest window.
+    clip_bags: int = field(default=0, metadata={"min": 0, "max": 1000})
+    # decision: first train each VAE alone on its own class for this many epochs (as `reconstruct`
+    # does), so that the contrast starts out as the plain VAE detector's; 0: from scratch.
+    pretrain_epochs: int = field(default=0, metadata={"min": 0, "max": 10000})
 
 
 @dataclass
@@ -97,6 +109,9 @@ class AugmentConfig:
 
     bird_mixes: int = field(default=0, metadata={"min": 0})  # how many; 0 turns it off
     gain_db: list[float] = field(default_factory=lambda: [0.0, 15.0])  # the call's gain range
+    # decision objective, against what differs between recorders (birds and no-birds alike):
+    level_db: float = field(default=0.0, metadata={"min": 0.0, "max": 40.0})  # each window moved by up to +-this many dB
+    lowpass: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})  # this share of windows band-limited at 4-11 kHz
 
     def problems(self):
         if len(self.gain_db) != 2 or self.gain_db[0] > self.gain_db[1]:
@@ -149,8 +164,8 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    cache_dir: str | None = None  # default: $XDG_CACHE_HOME/streamdet/features
-    output: str = "runs/model.pt"
+    cache_dir: str | None = field(default=None, metadata=PATH)  # default: $XDG_CACHE_HOME/streamdet/features
+    output: str = field(default="runs/model.pt", metadata=PATH)
 
     def problems(self):
         if not self.data:
@@ -159,6 +174,8 @@ class TrainConfig:
             yield "energy.weight", f"the energy term measures dB band energy: expected 0 with features.kind {self.features.kind!r}"
         if self.model.top_bands > self.features.n_mels:
             yield "model.top_bands", f"expected at most features.n_mels ({self.features.n_mels}), found {self.model.top_bands}"
+        if self.training.objective == "decision" and (self.mode != "contrast" or self.model.kind != "conv"):
+            yield "training.objective", f"decision trains a background and a bird convolutional VAE together: expected mode 'contrast' and model.kind 'conv', found {self.mode!r} and {self.model.kind!r}"
         if self.augment.bird_mixes and self.features.kind == "pcen":
             yield "augment.bird_mixes", f"mixing adds powers of dB windows: expected 0 with features.kind {self.features.kind!r}"
 
@@ -167,10 +184,7 @@ def load_train_config(path: Path | str) -> TrainConfig:
     """Relative paths in the file are taken relative to the file's folder."""
     def build_rebased() -> TrainConfig:
         config = build(TrainConfig, load_yaml(path))
-        for i, d in enumerate(config.data):
-            config.data[i] = replace(d, root=relative_to_file(path, d.root), audio_dir=relative_to_file(path, d.audio_dir), labels=relative_to_file(path, d.labels))
-        config.output = relative_to_file(path, config.output)
-        config.cache_dir = relative_to_file(path, config.cache_dir)
+        rebase_paths(config, path)
         check(config)
         return config
 

@@ -9,12 +9,13 @@ a time and scores that block: what a model does at a site it never heard."""
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple
 
 import numpy as np
 
 from .cache import FeatureCache, default_cache_dir
 from .calibrate import calibrate, window_decisions
-from .clips import clip_aggregate, reference_clip_score
+from .clips import alarm_runs, clip_aggregate, reference_clip_score
 from .config import TrainConfig
 from .datasets import Item, read_dataset
 from .learn import calibration_decisions, train_on
@@ -23,15 +24,22 @@ from .progress import progress_bar
 from .splits import k_folds
 
 
-def _train_and_score(config: TrainConfig, train: list[Item], test: list[Item], cache: FeatureCache, progress) -> dict[Item, tuple[float, bool]]:
-    """(clip decision, called bird) for each of `test`, from a model trained and calibrated on
-    `train`.  Decisions of the folds' models are pooled as they are (as cross_val_predict does);
+class Scored(NamedTuple):
+    decision: float  # the clip's aggregate decision
+    called: bool  # at the fold model's calibrated threshold
+    alarms: int  # runs of windows at or above it
+    hours: float  # the clip's windows, in hours of stream
+
+
+def _train_and_score(config: TrainConfig, train: list[Item], test: list[Item], cache: FeatureCache, progress) -> dict[Item, Scored]:
+    """A Scored for each of `test`, from a model trained and calibrated on `train`.  Decisions of the folds' models are pooled as they are (as cross_val_predict does);
     each fold's own threshold, estimated from its small held-out part, only decides `called`."""
     detector, base, _, val_items = train_on(config, train, cache, progress)
     # With calibration.folds these are nested: the fold's own calibration folds, inside its training part.
     scoring, _ = calibrate(config, base, calibration_decisions(config, detector, base, train, val_items, cache, progress))
     how, t = config.calibration.clip_aggregate, scoring["threshold"]
-    return {i: (clip_aggregate(d, how), clip_aggregate(d, how) >= t) for i, d in window_decisions(detector, test, cache, config.features, base, progress, "scoring the fold").items()}
+    hop = config.features.hop_seconds / 3600
+    return {i: Scored(clip_aggregate(d, how), clip_aggregate(d, how) >= t, alarm_runs(d, t), len(d) * hop) for i, d in window_decisions(detector, test, cache, config.features, base, progress, "scoring the fold").items()}
 
 
 def _items(config: TrainConfig, cache: FeatureCache, progress) -> list[Item]:
@@ -40,15 +48,19 @@ def _items(config: TrainConfig, cache: FeatureCache, progress) -> list[Item]:
     return [i for i in items if cache.entry(i.path) is not None]
 
 
-def block_report(scored: dict[Item, tuple[float, bool]], cache: FeatureCache, config: TrainConfig) -> dict:
+def block_report(scored: dict[Item, Scored], cache: FeatureCache, config: TrainConfig) -> dict:
+    """Per block and pooled over all of them ("all": one score scale, as a daemon decides): ROC AUC
+    and pAUC, and at the calibrated threshold the share of bird clips found, of no-bird clips
+    called bird, and false alarms per hour of no-bird audio."""
     blocks = defaultdict(list)
     for item in scored:
         blocks[item.dataset].append(item)
     out = {}
     for name, members in {"all": list(scored), **dict(sorted(blocks.items()))}.items():
         labels = np.array([i.label for i in members])
-        d = np.array([scored[i][0] for i in members])
-        called = np.array([scored[i][1] for i in members])
+        d = np.array([scored[i].decision for i in members])
+        called = np.array([scored[i].called for i in members])
+        nobird_hours = sum(scored[i].hours for i in members if i.label == 0)
         reference = np.array([reference_clip_score(cache.frames(i.path), config.features) for i in members])
         out[name] = {
             "clips": len(members), "bird": int(labels.sum()),
@@ -56,6 +68,7 @@ def block_report(scored: dict[Item, tuple[float, bool]], cache: FeatureCache, co
             "reference_auc": roc_auc(labels, reference),
             "nobird_called_bird": float(called[labels == 0].mean()) if (labels == 0).any() else float("nan"),
             "bird_found": float(called[labels == 1].mean()) if (labels == 1).any() else float("nan"),
+            "false_alarms_per_hour": sum(scored[i].alarms for i in members if i.label == 0) / nobird_hours if nobird_hours else float("nan"),
         }
     return out
 
@@ -73,9 +86,9 @@ def crossval(config: TrainConfig, folds: int = 4, seed: int = 0, cache_dir=None)
     return {"folds": folds, "seed": seed, "clips": len(scored), "blocks": block_report(scored, cache, config), "scores": clip_rows(scored)}
 
 
-def clip_rows(scored: dict[Item, tuple[float, bool]]) -> list[dict]:
+def clip_rows(scored: dict[Item, Scored]) -> list[dict]:
     """Every clip's out-of-fold score, for looking at what a model gets wrong."""
-    return [{"file": str(i.path), "block": i.dataset, "group": i.group, "label": i.label, "score": round(z, 4), "called_bird": bool(c)} for i, (z, c) in scored.items()]
+    return [{"file": str(i.path), "block": i.dataset, "group": i.group, "label": i.label, "score": round(s.decision, 4), "called_bird": bool(s.called)} for i, s in scored.items()]
 
 
 def leave_out(config: TrainConfig, blocks: list[str] | None = None, cache_dir=None) -> dict:

@@ -2,6 +2,8 @@
 out-of-fold decisions calibration folds are set on."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from rich.progress import Progress
@@ -16,12 +18,13 @@ from .calibrate import scoring_base, window_decisions
 from .checkpoint import Checkpoint
 from .config import TrainConfig
 from .datasets import Item
+from .decide import fit_decision
 from .loop import fit_vae
 from .splits import k_folds, split_by_group
 from .windows import WindowSet, mix_windows
 
 
-def train_detector(config: TrainConfig, train_items: list[Item], val_items: list[Item], cache: FeatureCache, progress: Progress, checkpoint: Checkpoint) -> tuple[Detector, dict]:
+def train_detector(config: TrainConfig, train_items: list[Item], val_items: list[Item], cache: FeatureCache, progress: Progress, checkpoint: Checkpoint) -> tuple[torch.nn.Module, dict]:
     """The Detector for `config.mode`, trained on `train_items`, stopped early on `val_items`."""
     params, device = config.features, artifact.resolve_device(config.training.device)
     roles = MODES[config.mode].roles
@@ -47,6 +50,18 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
         rng = np.random.default_rng(config.training.seed)
         mixed = mix_windows(bird, background, tuple(config.augment.gain_db), config.augment.bird_mixes, rng)
         sets["bird"] = (bird.with_extra(mixed), sets["bird"][1])
+    if config.training.objective == "decision":
+        vaes, info = None, {}
+        if config.training.pretrain_epochs:
+            t = config.training
+            alone = replace(config, training=replace(t, epochs=t.pretrain_epochs, patience=t.pretrain_epochs))
+            vaes = []
+            for role in roles:
+                mean, std = sets[role][0].band_stats()
+                vae, info[f"pretrain_{role}"] = fit_vae(role, *sets[role], mean, std.clamp_min(1e-3), alone, device, progress, checkpoint)
+                vaes.append(vae)
+        detector, info["decision"] = fit_decision(config, sets, device, progress, vaes)
+        return detector, info
     # Each VAE is normalised by its own training windows (measured better than one shared normalisation).
     vaes, means, stds, info = [], [], [], {}
     for role in roles:

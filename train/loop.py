@@ -17,7 +17,7 @@ from .windows import WindowSet
 
 def new_vae(config: TrainConfig) -> torch.nn.Module:
     m, p = config.model, config.features
-    return make_vae(m.kind, p.window_frames, p.n_mels, m.hidden, m.latent, m.channels)
+    return make_vae(m.kind, p.window_frames, p.n_mels, m.hidden, m.latent, m.channels, norm=config.training.objective == "decision")
 
 
 def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: TrainConfig, device: torch.device, progress: Progress, checkpoint: Checkpoint, outliers: WindowSet | None = None) -> tuple[torch.nn.Module, dict]:

@@ -1,0 +1,188 @@
+"""Training the VAEs for the decision (training.objective: decision).
+
+Both VAEs of the contrast detector and the small head on their encoders learn together: each step
+shows a batch of half background windows (label 0) and half bird windows (label 1, their clip's
+label), a logistic loss on the detector's loss (a logit), and each VAE's ELBO on the windows of its
+own class as a regulariser, so that each still reconstructs its class.  Balanced batches weigh the
+two classes equally whatever their counts.  The model kept is the one with the lowest held-out
+logistic loss."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from streamdet.features import LogMel, mel_band_edges
+from streamdet.model import DecisionDetector, make_vae
+
+from .config import TrainConfig
+from .windows import WindowSet
+
+
+class Augmenter:
+    """What differs between recorders, drawn anew for every window: its level (+-level_db), and
+    for a `lowpass` share of windows a band limit at 4-11 kHz, above which the bands hold nothing
+    (in bgnorm windows: 0 dB above their floor)."""
+
+    def __init__(self, config: TrainConfig, generator: torch.Generator):
+        a, p = config.augment, config.features
+        self.level_db, self.lowpass, self.generator = a.level_db, a.lowpass, generator
+        self.centres = torch.from_numpy(mel_band_edges(p)[:, 1].astype(np.float32))
+        self.empty = 0.0 if p.kind == "bgnorm" else None  # other front ends: the window's own lowest value
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.lowpass > 0:
+            cut = 4000.0 + 7000.0 * torch.rand(n, generator=self.generator)
+            chosen = torch.rand(n, generator=self.generator) < self.lowpass
+            above = (self.centres[None, :] > cut[:, None]) & chosen[:, None]  # [n, M]
+            empty = torch.zeros(n, 1, 1) if self.empty is not None else x.amin(dim=(1, 2), keepdim=True)
+            x = torch.where(above[:, None, :], empty.expand_as(x), x)
+        if self.level_db > 0:
+            x = x + (torch.rand(n, 1, 1, generator=self.generator) * 2 - 1) * self.level_db
+        return x
+
+
+def new_detector(config: TrainConfig, means: list[torch.Tensor], stds: list[torch.Tensor], vaes: list[torch.nn.Module] | None = None) -> DecisionDetector:
+    m, p = config.model, config.features
+    vaes = vaes or [make_vae("conv", p.window_frames, p.n_mels, m.hidden, m.latent, m.channels, norm=True) for _ in range(2)]
+    return DecisionDetector(LogMel(p), vaes, torch.stack(means), torch.stack(stds), p.window_frames)
+
+
+def fit_decision(config: TrainConfig, sets: dict[str, tuple[WindowSet, WindowSet]], device: torch.device, progress: Progress | None, vaes: list[torch.nn.Module] | None = None) -> tuple[DecisionDetector, dict]:
+    """The detector trained for the decision on sets['background'] and sets['bird'] (train, held
+    out), from fresh VAEs or from `vaes` (background, bird) already trained on their own class."""
+    t = config.training
+    stats = [sets[role][0].band_stats() for role in ("background", "bird")]
+    detector = new_detector(config, [m for m, _ in stats], [s.clamp_min(1e-3) for _, s in stats], vaes).to(device)
+    generator = torch.Generator().manual_seed(t.seed)
+    torch.manual_seed(t.seed)
+    augment = Augmenter(config, generator)
+    optimiser = torch.optim.Adam(detector.parameters(), lr=t.learning_rate)
+    (bg, bg_val), (bird, bird_val) = sets["background"], sets["bird"]
+    half = max(1, t.batch_size // 2)
+    if t.clip_bags:
+        return _fit_bags(detector, optimiser, augment, bg, bird, bg_val, bird_val, config, device, generator, progress)
+    steps = max(1, (len(bg) + len(bird)) // (2 * half))
+    labels = torch.cat([torch.zeros(half), torch.ones(half)]).to(device)
+    task = progress.add_task("training for the decision", total=t.epochs, info="") if progress else None
+    started, best, history = time.perf_counter(), (float("inf"), None), []
+    stale = 0
+    for epoch in range(1, t.epochs + 1):
+        detector.train()
+        draw = {"bg": _Cycle(len(bg), generator), "bird": _Cycle(len(bird), generator)}
+        total = torch.zeros((), device=device)
+        for _ in range(steps):
+            x = torch.cat([bg.batch(draw["bg"](half)), bird.batch(draw["bird"](half))])
+            x = augment(x).to(device)
+            logit, elbo = detector.training_pass(x, labels, t.beta)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, labels) + t.elbo_weight * elbo
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.detach()
+        held_out = _held_out_bce(detector, bg_val if len(bg_val) else bg, bird_val if len(bird_val) else bird, device)
+        history.append({"epoch": epoch, "train_loss": round(float(total) / steps, 5), "val_bce": round(held_out, 5)})
+        if held_out < best[0] - 1e-6:
+            best, stale = (held_out, {k: v.detach().cpu().clone() for k, v in detector.state_dict().items()}), 0
+        else:
+            stale += 1
+        if progress:
+            progress.update(task, advance=1, info=f"train {float(total) / steps:.4f} held-out BCE {held_out:.4f} best {best[0]:.4f}")
+        if stale >= t.patience:
+            break
+    detector.load_state_dict(best[1])
+    info = {"epochs": len(history), "stopped_early": len(history) < t.epochs, "best_val_bce": round(best[0], 5), "windows": len(bg) + len(bird), "seconds": round(time.perf_counter() - started, 2), "history": history}
+    return detector.cpu().eval(), info
+
+
+def _fit_bags(detector, optimiser, augment, bg: WindowSet, bird: WindowSet, bg_val: WindowSet, bird_val: WindowSet, config: TrainConfig, device, generator, progress):
+    """Multiple-instance training: each step, `per_class` clips of each class as bags of up to
+    `clip_bags` windows; a bag's logit is the log-sum-exp of its windows' (a smooth maximum)."""
+    t = config.training
+    per_class = max(1, t.batch_size // (2 * t.clip_bags))
+    bags = {"bg": clip_bags(bg), "bird": clip_bags(bird)}
+    steps = max(1, (len(bags["bg"]) + len(bags["bird"])) // (2 * per_class))
+    task = progress.add_task("training for the decision (clip bags)", total=t.epochs, info="") if progress else None
+    started, best, history, stale = time.perf_counter(), (float("inf"), None), [], 0
+    for epoch in range(1, t.epochs + 1):
+        detector.train()
+        draw = {k: _Cycle(len(v), generator) for k, v in bags.items()}
+        total = torch.zeros((), device=device)
+        for _ in range(steps):
+            chosen, owner, labels = [], [], []
+            for key, sets, label in (("bg", bg, 0.0), ("bird", bird, 1.0)):
+                for b in draw[key](per_class):
+                    members = bags[key][b]
+                    if len(members) > t.clip_bags:
+                        members = members[torch.randperm(len(members), generator=generator)[: t.clip_bags].numpy()]
+                    chosen.append(sets.batch(members))
+                    owner += [len(labels)] * len(members)
+                    labels.append(label)
+            x = augment(torch.cat(chosen)).to(device)
+            owner_t = torch.tensor(owner, device=device)
+            window_labels = torch.tensor(labels, device=device)[owner_t]
+            logit, elbo = detector.training_pass(x, window_labels, t.beta)
+            bag_logit = torch.full((len(labels),), -torch.inf, device=device).scatter_reduce(0, owner_t, logit, "amax", include_self=True)
+            bag_logit = bag_logit + torch.zeros(len(labels), device=device).index_add(0, owner_t, (logit - bag_logit[owner_t]).exp()).log()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(bag_logit, torch.tensor(labels, device=device)) + t.elbo_weight * elbo
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.detach()
+        held_out = _held_out_bce(detector, bg_val if len(bg_val) else bg, bird_val if len(bird_val) else bird, device)
+        history.append({"epoch": epoch, "train_loss": round(float(total) / steps, 5), "val_bce": round(held_out, 5)})
+        if held_out < best[0] - 1e-6:
+            best, stale = (held_out, {k: v.detach().cpu().clone() for k, v in detector.state_dict().items()}), 0
+        else:
+            stale += 1
+        if progress:
+            progress.update(task, advance=1, info=f"train {float(total) / steps:.4f} held-out BCE {held_out:.4f} best {best[0]:.4f}")
+        if stale >= t.patience:
+            break
+    detector.load_state_dict(best[1])
+    info = {"epochs": len(history), "stopped_early": len(history) < t.epochs, "best_val_bce": round(best[0], 5), "windows": len(bg) + len(bird), "seconds": round(time.perf_counter() - started, 2), "history": history}
+    return detector.cpu().eval(), info
+
+
+def clip_bags(windows: WindowSet) -> list[np.ndarray]:
+    """The indices of each clip's windows (windows of one clip share their first cache frame);
+    each window made in memory (a mix) is a bag of its own."""
+    _, clip = np.unique(windows.rows[:, 0], return_inverse=True)
+    order = np.argsort(clip, kind="stable")
+    bags = np.split(order, np.flatnonzero(np.diff(clip[order])) + 1) if len(order) else []
+    return bags + [np.array([i]) for i in range(len(windows.rows), len(windows))]
+
+
+class _Cycle:
+    """Indices 0..n-1 in shuffled order, reshuffled each time they run out, taken `k` at a time."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator, self.order, self.at = n, generator, np.zeros(0, np.int64), 0
+
+    def __call__(self, k: int) -> np.ndarray:
+        out = []
+        while k > 0:
+            if self.at >= len(self.order):
+                self.order, self.at = torch.randperm(self.n, generator=self.generator).numpy(), 0
+            take = self.order[self.at : self.at + k]
+            out.append(take)
+            self.at += len(take)
+            k -= len(take)
+        return np.concatenate(out)
+
+
+def _held_out_bce(detector: DecisionDetector, bg: WindowSet, bird: WindowSet, device: torch.device, chunk: int = 1024) -> float:
+    """The logistic loss over held-out windows, each class weighing half."""
+    detector.eval()
+    parts = []
+    with torch.no_grad():
+        for windows, label in ((bg, 0.0), (bird, 1.0)):
+            losses = []
+            for a in range(0, len(windows), chunk):
+                logit = detector(windows.batch(np.arange(a, min(a + chunk, len(windows)))).to(device))
+                losses.append(torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.full_like(logit, label), reduction="sum"))
+            parts.append(float(sum(losses)) / max(len(windows), 1))
+    return float(np.mean(parts))
