@@ -3,7 +3,10 @@ each scrape and served by prometheus_client, an optional extra."""
 from __future__ import annotations
 
 import re
+import socket
+import threading
 import time
+from http.server import ThreadingHTTPServer
 
 INSTALL = "pip install 'streamdet[metrics]' (in this checkout: .venv/bin/pip install -e '.[metrics]')"
 
@@ -70,16 +73,55 @@ def require() -> None:
         raise MetricsError(f"metrics.address: prometheus_client is not installed: {INSTALL}") from None
 
 
+MAX_CLIENTS = 16  # scrapes served at once; one more connection is closed at once
+CLIENT_TIMEOUT_S = 3.0  # a client that has not sent its request (or read the answer) by then is dropped
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, as prometheus_client's own server, but at most MAX_CLIENTS of them:
+    a thousand slow clients cannot raise a thousand threads in the daemon."""
+
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst of connections waits to be closed, not refused by the kernel
+
+    def __init__(self, *args, **kwargs):
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class BoundedServer6(BoundedServer):
+    address_family = socket.AF_INET6
+
+
 def serve(daemon, address: str):
     """Start the HTTP server in a thread; returns it (shut it down on exit)."""
     host, port = parse_address(address)
     require()
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import MetricsHandler
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
+    handler = type("Handler", (MetricsHandler.factory(registry),), {"timeout": CLIENT_TIMEOUT_S, "log_message": lambda *_: None})
     try:
-        server, _ = start_http_server(port, addr=host, registry=registry)
+        server = (BoundedServer6 if ":" in host else BoundedServer)((host, port), handler)
     except OSError as exc:
         raise MetricsError(f"metrics address {address}: cannot listen there ({exc.strerror})") from None
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

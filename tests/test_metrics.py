@@ -59,3 +59,53 @@ def test_metrics_without_the_extra_or_at_a_bad_address_are_one_line(tmp_path):
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "pip install 'streamdet[metrics]'" in missing.stderr
     bad = subprocess.run(streamdet_command("run", "--replay", str(tmp_path), "--metrics", "localhost"), capture_output=True, text=True, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == "streamdet: error: metrics.address: expected HOST:PORT such as 127.0.0.1:9108, found 'localhost'"
+
+
+def test_a_thousand_slow_clients_neither_multiply_threads_nor_stop_publishing(tiny_model, tmp_path, endpoint):
+    """Connections are bounded (MAX_CLIENTS at once, the rest closed at once) and so is the time a
+    client may take; a scrape works again once they are gone, and windows flow meanwhile."""
+    import os
+    import time
+
+    from streamdet.bus import Subscriber
+    from streamdet.metrics import CLIENT_TIMEOUT_S, MAX_CLIENTS
+
+    write(tmp_path / "a.wav", clip(6.0, 22050, [(2.0, 1.0)], seed=5), 22050)
+    port = free_port()
+    daemon = start_daemon("--replay", str(tmp_path), "--pace", "realtime", "--loop", "--model", str(tiny_model), "--endpoint", endpoint, "--metrics", f"127.0.0.1:{port}")
+    sub = Subscriber(endpoint)
+    clients = []
+    try:
+        assert sub.receive(30) is not None
+        scrape(port)
+        base = len(os.listdir(f"/proc/{daemon.pid}/task"))
+        for _ in range(1000):
+            c = socket.socket()
+            c.settimeout(5)
+            try:
+                c.connect(("127.0.0.1", port))
+            except OSError:
+                c.close()
+                continue
+            clients.append(c)
+        time.sleep(0.5)
+        threads = len(os.listdir(f"/proc/{daemon.pid}/task"))
+        assert threads <= base + MAX_CLIENTS, (base, threads)
+        got = 0
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            got += sub.receive(0.2) is not None
+        assert got >= 2  # publishing goes on
+        time.sleep(CLIENT_TIMEOUT_S + 1)  # the slow ones are dropped
+        for c in clients:
+            c.close()
+        clients.clear()
+        time.sleep(0.5)
+        assert scrape(port)[("streamdet_windows_total", (("source", "replay"),))] > 0
+        assert len(os.listdir(f"/proc/{daemon.pid}/task")) <= base + 1
+    finally:
+        for c in clients:
+            c.close()
+        sub.close()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=30)
