@@ -46,6 +46,8 @@ def probe(path: Path) -> sf._SoundFileInfo:
         raise AudioError(f"not an audio file (suffix {path.suffix or 'none'!r}; expected one of {', '.join(sorted(AUDIO_SUFFIXES))})")
     try:
         if not path.is_file():
+            if not path.exists() and not path.is_symlink():
+                raise AudioError("no longer there (deleted or moved after the folder was listed)")
             raise AudioError("not a regular file (a FIFO, a device, or a dangling or looping symlink)")
         with open(path, "rb"):
             pass

@@ -356,7 +356,11 @@ def cmd_mqtt(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    run_bridge(config, stop, curve)
+    try:
+        run_bridge(config, stop, curve)
+    except MqttError as exc:
+        print(f"streamdet mqtt: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

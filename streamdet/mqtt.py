@@ -29,6 +29,9 @@ from .streamview import FINAL_STATES
 
 log = logging.getLogger("streamdet.mqtt")
 INSTALL = "pip install 'streamdet[mqtt]' (in this checkout: .venv/bin/pip install -e '.[mqtt]')"
+# Refusals no retry cures: after this many in a row the bridge exits non-zero instead of retrying forever.
+MAX_REFUSALS = 5
+REFUSED_FOR_GOOD = ("Not authorized", "Bad user name or password", "Client identifier not valid", "Banned")
 MAX_QUEUED = 1000  # publications kept while the broker is away; retained state is sent again on reconnect
 PENDING_EVENTS = 100  # events of a daemon whose first status has not arrived yet
 
@@ -245,7 +248,10 @@ def import_paho():
 
 
 def run_bridge(config: MqttConfig, stop: threading.Event, curve=None) -> None:
-    """Until `stop` is set: the bus in, the broker out; reconnects to the broker on its own."""
+    """Until `stop` is set: the bus in, the broker out; reconnects to the broker on its own, except
+    after MAX_REFUSALS refusals that retrying cannot cure (credentials): MqttError, so that the
+    service fails where systemd and its operator see it."""
+    refused: list[str] = []
     from .bus import Subscriber
 
     mqtt = import_paho()
@@ -265,9 +271,16 @@ def run_bridge(config: MqttConfig, stop: threading.Event, curve=None) -> None:
         for p in publications:
             client.publish(p.topic, p.payload, qos=p.qos, retain=p.retain)
 
+    refusals = []
+
     def on_connect(client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             log.error("broker %s refused the connection: %s", config.broker, reason_code)
+            if str(reason_code) in REFUSED_FOR_GOOD:
+                refusals.append(str(reason_code))
+                if len(refusals) >= MAX_REFUSALS:
+                    refused.append(f"broker {config.broker} refused the connection {MAX_REFUSALS} times: {reason_code}; check mqtt.username and mqtt.password_file")
+                    stop.set()
             return
         log.info("connected to %s", config.broker)
         unreachable.clear()
@@ -306,3 +319,5 @@ def run_bridge(config: MqttConfig, stop: threading.Event, curve=None) -> None:
             pass  # not connected: the broker will send the Last Will instead
         client.disconnect()
         client.loop_stop()
+    if refused:
+        raise MqttError(refused[0])

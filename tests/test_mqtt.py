@@ -193,3 +193,22 @@ def test_the_bridge_skips_messages_it_cannot_read_and_goes_on():
     assert bridge.unreadable == 3
     start = bridge.on_message({"type": "event", "run_id": "r", "source": "s", "state": "start", "event_id": 0, "onset": 1.0, "peak_score": 0.9})
     assert json.loads(start[0].payload)["bird"] == "ON"  # and it goes on
+
+
+def test_a_broker_that_refuses_the_credentials_ends_the_bridge_with_one_line(broker, endpoint, tmp_path):
+    """Retrying cannot cure a refused password: after a few refusals the bridge exits non-zero, so
+    that systemd and its operator see the failure."""
+    broker.stop()
+    broker.conf.write_text(f"listener {broker.port} 127.0.0.1\nallow_anonymous false\npersistence false\n")
+    broker.start()
+    password = tmp_path / "pw"
+    password.write_text("wrong\n")
+    bridge = subprocess.Popen(streamdet_command("mqtt", "--endpoint", endpoint, "--broker", f"mqtt://127.0.0.1:{broker.port}", "--username", "station", "--password-file", str(password)),
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = bridge.communicate(timeout=90)
+    finally:
+        if bridge.poll() is None:
+            bridge.kill()
+    assert bridge.returncode == 1, stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"streamdet mqtt: error: broker mqtt://127.0.0.1:{broker.port} refused the connection 5 times: Not authorized"), stderr

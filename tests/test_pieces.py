@@ -375,3 +375,33 @@ def test_status_carries_the_publishers_dropped_messages(tmp_path):
     topic, body = publisher.sent[-1]
     assert topic == "status" and body["dropped_messages"] == 7 and body["subscriber_overflows"] == 3
     assert set(body) == set(messages.ENVELOPE) | set(messages.FIELDS["status"])
+
+
+def test_a_file_deleted_after_listing_is_reported_as_gone(tmp_path):
+    from streamdet.audio import AudioError, probe
+
+    path = tmp_path / "gone.wav"
+    with pytest.raises(AudioError, match="no longer there"):
+        probe(path)
+
+
+def test_a_looping_replay_of_a_missing_folder_says_so_once_and_backs_off(tmp_path, monkeypatch):
+    import time
+
+    from streamdet.sources import replay
+
+    monkeypatch.setattr(replay, "RESCAN_SECONDS", 0.05)
+    folder = tmp_path / "not-yet"
+    source = replay.ReplaySource(SourceConfig(kind="replay", path=str(folder), pace="max", loop=True), 22050, RingBuffer(22050 * 10))
+    waits = []
+    real_wait = source._stop.wait
+    monkeypatch.setattr(source._stop, "wait", lambda t: (waits.append(t), real_wait(min(t, 0.05)))[1])
+    source.start()
+    try:
+        time.sleep(1.0)
+    finally:
+        source.stop()
+        source.join(5)
+    reasons = [m.reason for m in source.markers if isinstance(m, Skipped)]
+    assert reasons == ["directory missing"], reasons
+    assert len(waits) > 5 and waits[-1] > waits[0] * 8  # 0.05, 0.1, 0.2, ... s

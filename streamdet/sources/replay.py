@@ -24,6 +24,7 @@ MAX_SAMPLE = 1e6
 # At most one 16-bit LSB: a file this quiet throughout is digital silence, not a recording.
 SILENCE_PEAK = 1.0 / 32768
 RESCAN_SECONDS = 2.0
+MAX_RESCAN_SECONDS = 60.0
 
 
 class ReplaySource(SourceThread):
@@ -40,6 +41,7 @@ class ReplaySource(SourceThread):
         self.failed: str | None = None  # why the replay thread died, if it did: an error, never a finish
         self._t0 = 0.0
         self._pos0 = 0
+        self._folder_problem: str | None = None  # the last one reported (said once per change)
 
     @property
     def rate(self) -> int:
@@ -53,13 +55,16 @@ class ReplaySource(SourceThread):
         super().start()  # markers are appended in order by the replay thread itself: nothing to poll
 
     def _run(self) -> None:
+        idle = RESCAN_SECONDS
         try:
             while not self._stop.is_set():
                 played = self._one_pass()
                 if not self.loop:
                     break
+                # Nothing to play (the folder gone or empty): look again later and later, up to a minute.
+                idle = RESCAN_SECONDS if played else min(2 * idle, MAX_RESCAN_SECONDS)
                 if not played:
-                    self._stop.wait(RESCAN_SECONDS)
+                    self._stop.wait(idle)
         except Exception as exc:  # a bug must still end the stream properly, and be seen
             log.exception("replay source %s failed", self.name)
             self.failed = one_line(exc, with_type=True)
@@ -71,17 +76,22 @@ class ReplaySource(SourceThread):
     def _one_pass(self) -> int:
         """Play every file once, in sorted order; returns how many produced audio."""
         if not self.directory.is_dir():
-            self.markers.append(Skipped(self.ring.write_pos, str(self.directory), "directory missing"))
+            self._say_once("directory missing")
             return 0
         files = list_audio_candidates(self.directory)
-        if not files:
-            self.markers.append(Skipped(self.ring.write_pos, str(self.directory), "no files in directory"))
+        self._say_once("no files in directory" if not files else None)
         played = 0
         for path in files:
             if self._stop.is_set():
                 break
             played += self._play(path)
         return played
+
+    def _say_once(self, problem: str | None) -> None:
+        """Report the folder's problem when it appears or changes, not on every rescan."""
+        if problem is not None and problem != self._folder_problem:
+            self.markers.append(Skipped(self.ring.write_pos, str(self.directory), problem))
+        self._folder_problem = problem
 
     def _play(self, path: Path) -> int:
         shown = str(path.relative_to(self.directory))
