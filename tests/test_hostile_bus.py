@@ -117,16 +117,11 @@ def script() -> list[list[bytes]]:
     return out + [frames("event.s", good_end(1)), frames("status", good_status("finished"))]
 
 
-@pytest.mark.parametrize("width", [80, 160])
-def test_listen_skips_and_counts_every_hostile_message(endpoint, width):
+def served(endpoint: str, subscriber):
+    """What `subscriber()` returns when the script is published to it (it must subscribe once)."""
     publisher = Publisher(endpoint)
-    result = {}
-
-    def run():
-        console = Console(file=io.StringIO(), width=width, force_terminal=True)
-        result["view"] = listen(endpoint, until_finished=True, timeout_s=20, console=console)
-
-    thread = threading.Thread(target=run)
+    result = []
+    thread = threading.Thread(target=lambda: result.append(subscriber()))
     thread.start()
     try:
         publisher.wait_for(1)
@@ -134,30 +129,21 @@ def test_listen_skips_and_counts_every_hostile_message(endpoint, width):
         thread.join(30)
     finally:
         publisher.close()
-    assert not thread.is_alive() and "view" in result, "listen did not come back"
-    view = result["view"]
+    assert not thread.is_alive() and result, "the subscriber did not come back"
+    return result[0]
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_listen_skips_and_counts_every_hostile_message(endpoint, width):
+    console = Console(file=io.StringIO(), width=width, force_terminal=True)
+    view = served(endpoint, lambda: listen(endpoint, until_finished=True, timeout_s=20, console=console))
     assert view.skipped == len(HOSTILE)
     assert view.sources["s"].received == len(HOSTILE) and view.sources["s"].missed == 0
     assert view.sources["s"].events == 1 and view.all_final()
 
 
 def test_export_from_the_bus_skips_hostile_messages_and_writes_the_tables(endpoint, tmp_path):
-    publisher = Publisher(endpoint)
-    result = {}
-
-    def run():
-        result["export"] = export(from_bus(endpoint, timeout_s=20), tmp_path / "out")
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
-        publisher.wait_for(1)
-        publisher.send_all(script())
-        thread.join(30)
-    finally:
-        publisher.close()
-    assert not thread.is_alive() and "export" in result
-    r = result["export"]
+    r = served(endpoint, lambda: export(from_bus(endpoint, timeout_s=20), tmp_path / "out"))
     assert r["unreadable"] == len(HOSTILE) and r["detections"] == 1
     assert (tmp_path / "out" / "a.wav.streamdet.selections.txt").read_text().count("\n") == 2  # header and the one detection
 

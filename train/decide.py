@@ -62,89 +62,81 @@ def fit_decision(config: TrainConfig, sets: dict[str, tuple[WindowSet, WindowSet
     augment = Augmenter(config, generator)
     optimiser = torch.optim.Adam(detector.parameters(), lr=t.learning_rate)
     (bg, bg_val), (bird, bird_val) = sets["background"], sets["bird"]
-    half = max(1, t.batch_size // 2)
-    if t.clip_bags:
-        return _fit_bags(detector, optimiser, augment, bg, bird, bg_val, bird_val, config, device, generator, progress)
-    steps = max(1, (len(bg) + len(bird)) // (2 * half))
-    labels = torch.cat([torch.zeros(half), torch.ones(half)]).to(device)
+    batches = BagBatches(bg, bird, t.batch_size, t.clip_bags, generator) if t.clip_bags else WindowBatches(bg, bird, t.batch_size, generator)
     task = progress.add_task("training for the decision", total=t.epochs, info="") if progress else None
-    started, best, history = time.perf_counter(), (float("inf"), None), []
-    stale = 0
-    for epoch in range(1, t.epochs + 1):
-        detector.train()
-        draw = {"bg": _Cycle(len(bg), generator), "bird": _Cycle(len(bird), generator)}
-        total = torch.zeros((), device=device)
-        for _ in range(steps):
-            x = torch.cat([bg.batch(draw["bg"](half)), bird.batch(draw["bird"](half))])
-            x = augment(x).to(device)
-            logit, elbo = detector.training_pass(x, labels, t.beta)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, labels) + t.elbo_weight * elbo
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.detach()
-        held_out = _held_out_bce(detector, bg_val if len(bg_val) else bg, bird_val if len(bird_val) else bird, device)
-        history.append({"epoch": epoch, "train_loss": round(float(total) / steps, 5), "val_bce": round(held_out, 5)})
-        if held_out < best[0] - 1e-6:
-            best, stale = (held_out, {k: v.detach().cpu().clone() for k, v in detector.state_dict().items()}), 0
-        else:
-            stale += 1
-        if progress:
-            progress.update(task, advance=1, info=f"train {float(total) / steps:.4f} held-out BCE {held_out:.4f} best {best[0]:.4f}")
-        if stale >= t.patience:
-            break
-    detector.load_state_dict(best[1])
-    info = {"epochs": len(history), "stopped_early": len(history) < t.epochs, "best_val_bce": round(best[0], 5), "windows": len(bg) + len(bird), "seconds": round(time.perf_counter() - started, 2), "history": history}
-    return detector.cpu().eval(), info
-
-
-def _fit_bags(detector, optimiser, augment, bg: WindowSet, bird: WindowSet, bg_val: WindowSet, bird_val: WindowSet, config: TrainConfig, device, generator, progress):
-    """Multiple-instance training: each step, `per_class` clips of each class as bags of up to
-    `clip_bags` windows; a bag's logit is the log-sum-exp of its windows' (a smooth maximum)."""
-    t = config.training
-    per_class = max(1, t.batch_size // (2 * t.clip_bags))
-    bags = {"bg": clip_bags(bg), "bird": clip_bags(bird)}
-    steps = max(1, (len(bags["bg"]) + len(bags["bird"])) // (2 * per_class))
-    task = progress.add_task("training for the decision (clip bags)", total=t.epochs, info="") if progress else None
     started, best, history, stale = time.perf_counter(), (float("inf"), None), [], 0
     for epoch in range(1, t.epochs + 1):
         detector.train()
-        draw = {k: _Cycle(len(v), generator) for k, v in bags.items()}
         total = torch.zeros((), device=device)
-        for _ in range(steps):
-            chosen, owner, labels = [], [], []
-            for key, sets, label in (("bg", bg, 0.0), ("bird", bird, 1.0)):
-                for b in draw[key](per_class):
-                    members = bags[key][b]
-                    if len(members) > t.clip_bags:
-                        members = members[torch.randperm(len(members), generator=generator)[: t.clip_bags].numpy()]
-                    chosen.append(sets.batch(members))
-                    owner += [len(labels)] * len(members)
-                    labels.append(label)
-            x = augment(torch.cat(chosen)).to(device)
-            owner_t = torch.tensor(owner, device=device)
-            window_labels = torch.tensor(labels, device=device)[owner_t]
-            logit, elbo = detector.training_pass(x, window_labels, t.beta)
-            bag_logit = torch.full((len(labels),), -torch.inf, device=device).scatter_reduce(0, owner_t, logit, "amax", include_self=True)
-            bag_logit = bag_logit + torch.zeros(len(labels), device=device).index_add(0, owner_t, (logit - bag_logit[owner_t]).exp()).log()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(bag_logit, torch.tensor(labels, device=device)) + t.elbo_weight * elbo
+        for x, window_labels, owner, targets in batches.epoch():
+            logit, elbo = detector.training_pass(augment(x).to(device), window_labels.to(device), t.beta)
+            if owner is not None:
+                logit = smooth_max(logit, owner.to(device), len(targets))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, targets.to(device)) + t.elbo_weight * elbo
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.detach()
         held_out = _held_out_bce(detector, bg_val if len(bg_val) else bg, bird_val if len(bird_val) else bird, device)
-        history.append({"epoch": epoch, "train_loss": round(float(total) / steps, 5), "val_bce": round(held_out, 5)})
+        history.append({"epoch": epoch, "train_loss": round(float(total) / batches.steps, 5), "val_bce": round(held_out, 5)})
         if held_out < best[0] - 1e-6:
             best, stale = (held_out, {k: v.detach().cpu().clone() for k, v in detector.state_dict().items()}), 0
         else:
             stale += 1
         if progress:
-            progress.update(task, advance=1, info=f"train {float(total) / steps:.4f} held-out BCE {held_out:.4f} best {best[0]:.4f}")
+            progress.update(task, advance=1, info=f"train {float(total) / batches.steps:.4f} held-out BCE {held_out:.4f} best {best[0]:.4f}")
         if stale >= t.patience:
             break
     detector.load_state_dict(best[1])
     info = {"epochs": len(history), "stopped_early": len(history) < t.epochs, "best_val_bce": round(best[0], 5), "windows": len(bg) + len(bird), "seconds": round(time.perf_counter() - started, 2), "history": history}
     return detector.cpu().eval(), info
+
+
+def smooth_max(logit: torch.Tensor, owner: torch.Tensor, bags: int) -> torch.Tensor:
+    """Each bag's log-sum-exp of its windows' logits: a maximum that every window learns from."""
+    top = torch.full((bags,), -torch.inf, device=logit.device).scatter_reduce(0, owner, logit, "amax", include_self=True)
+    return top + torch.zeros(bags, device=logit.device).index_add(0, owner, (logit - top[owner]).exp()).log()
+
+
+class WindowBatches:
+    """Half background, half bird windows per step, each window labelled by its clip."""
+
+    def __init__(self, bg: WindowSet, bird: WindowSet, batch_size: int, generator: torch.Generator):
+        self.bg, self.bird, self.generator = bg, bird, generator
+        self.half = max(1, batch_size // 2)
+        self.steps = max(1, (len(bg) + len(bird)) // (2 * self.half))
+        self.labels = torch.cat([torch.zeros(self.half), torch.ones(self.half)])
+
+    def epoch(self):
+        draw = {"bg": _Cycle(len(self.bg), self.generator), "bird": _Cycle(len(self.bird), self.generator)}
+        for _ in range(self.steps):
+            yield torch.cat([self.bg.batch(draw["bg"](self.half)), self.bird.batch(draw["bird"](self.half))]), self.labels, None, self.labels
+
+
+class BagBatches:
+    """Multiple-instance: per step, as many clips of each class as fill a batch, each a bag of up
+    to `bag_size` of its windows; a bag is scored by its windows' smooth maximum."""
+
+    def __init__(self, bg: WindowSet, bird: WindowSet, batch_size: int, bag_size: int, generator: torch.Generator):
+        self.sets, self.bag_size, self.generator = {"bg": bg, "bird": bird}, bag_size, generator
+        self.per_class = max(1, batch_size // (2 * bag_size))
+        self.bags = {"bg": clip_bags(bg), "bird": clip_bags(bird)}
+        self.steps = max(1, (len(self.bags["bg"]) + len(self.bags["bird"])) // (2 * self.per_class))
+
+    def epoch(self):
+        draw = {k: _Cycle(len(v), self.generator) for k, v in self.bags.items()}
+        for _ in range(self.steps):
+            chosen, owner, labels = [], [], []
+            for key, label in (("bg", 0.0), ("bird", 1.0)):
+                for b in draw[key](self.per_class):
+                    members = self.bags[key][b]
+                    if len(members) > self.bag_size:
+                        members = members[torch.randperm(len(members), generator=self.generator)[: self.bag_size].numpy()]
+                    chosen.append(self.sets[key].batch(members))
+                    owner += [len(labels)] * len(members)
+                    labels.append(label)
+            owner_t, targets = torch.tensor(owner), torch.tensor(labels)
+            yield torch.cat(chosen), targets[owner_t], owner_t, targets
 
 
 def clip_bags(windows: WindowSet) -> list[np.ndarray]:
