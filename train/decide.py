@@ -77,7 +77,7 @@ def fit_decision(config: TrainConfig, sets: dict[str, tuple[WindowSet, WindowSet
             loss.backward()
             optimiser.step()
             total += loss.detach()
-        held_out = _held_out_bce(detector, bg_val if len(bg_val) else bg, bird_val if len(bird_val) else bird, device)
+        held_out = _held_out_bce(detector, bg_val if len(bg_val) else bg, bird_val if len(bird_val) else bird, device, bags=bool(t.clip_bags))
         history.append({"epoch": epoch, "train_loss": round(float(total) / batches.steps, 5), "val_bce": round(held_out, 5)})
         if held_out < best[0] - 1e-6:
             best, stale = (held_out, {k: v.detach().cpu().clone() for k, v in detector.state_dict().items()}), 0
@@ -166,15 +166,17 @@ class _Cycle:
         return np.concatenate(out)
 
 
-def _held_out_bce(detector: DecisionDetector, bg: WindowSet, bird: WindowSet, device: torch.device, chunk: int = 1024) -> float:
-    """The logistic loss over held-out windows, each class weighing half."""
+def _held_out_bce(detector: DecisionDetector, bg: WindowSet, bird: WindowSet, device: torch.device, bags: bool = False, chunk: int = 1024) -> float:
+    """The logistic loss over held-out windows, or with `bags` over held-out clips (each scored by
+    its windows' smooth maximum, as it was trained), each class weighing half."""
     detector.eval()
     parts = []
     with torch.no_grad():
         for windows, label in ((bg, 0.0), (bird, 1.0)):
-            losses = []
-            for a in range(0, len(windows), chunk):
-                logit = detector(windows.batch(np.arange(a, min(a + chunk, len(windows)))).to(device))
-                losses.append(torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.full_like(logit, label), reduction="sum"))
-            parts.append(float(sum(losses)) / max(len(windows), 1))
+            logit = torch.cat([detector(windows.batch(np.arange(a, min(a + chunk, len(windows)))).to(device)) for a in range(0, len(windows), chunk)] or [torch.zeros(0)])
+            if bags and len(logit):
+                owner = torch.from_numpy(np.concatenate([np.full(len(b), i) for i, b in enumerate(clip_bags(windows))]))
+                order = torch.from_numpy(np.concatenate(clip_bags(windows)))
+                logit = smooth_max(logit[order], owner.to(device), int(owner.max()) + 1)
+            parts.append(float(torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.full_like(logit, label), reduction="sum")) / max(len(logit), 1))
     return float(np.mean(parts))
