@@ -305,8 +305,9 @@ def test_study_chooses_by_pooled_crossval_alone_and_resumes_from_its_variants(tm
     assert names == ["this config", "VAEs trained alone (reconstruct)"] + [name for name, _ in LEVERS]
     assert all(r["eval"] is None for r in result["rows"])
     best = max(result["rows"], key=lambda r: r["choosing_auc"])
-    assert result["chosen"] == best["variant"] and best["choosing_auc"] == choosing_figure({"blocks": best["crossval"]})
+    assert result["chosen"] == best["variant"] and best["choosing_auc"] == choosing_figure({"blocks": best["crossval"]}, best["variant"])
     assert all(r["choosing_auc"] in (r["crossval"]["all"]["model_auc"], float("-inf")) for r in result["rows"])
+    assert all(r["choosing_auc"] == float("-inf") for r in result["rows"] if "measured only" in r["variant"])
     assert set(result["leave_one_block_out"]) == {"siteA", "siteB"}
     table = (out / "study.md").read_text()
     assert table.count("\n| ") >= len(names) + 1 + 2 and f"**{best['variant']}**" in table and "CV pooled AUC" in table
