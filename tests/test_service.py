@@ -84,11 +84,14 @@ def test_sigterm_publishes_everything_then_stopped(tiny_model, tmp_path, endpoin
     assert [m["seq"] for m in losses] == list(range(len(losses))) == list(range(final["sources"]["replay"]["windows"]))
 
 
-def write_config(path, model, replay_dir, on_score=0.5, extra=""):
-    path.write_text(f"sources:\n  - {{kind: replay, name: r, path: {replay_dir}, pace: 4x, loop: true}}\nmodel: {{path: {model}}}\ndetector: {{on_score: {on_score}, off_score: 0.3}}\nbus: {{status_interval_s: 0.5}}\n{extra}")
+def write_config(path, model, replay_dir, on_score=0.5, model_keys="", bus_keys="", status_interval_s=0.5):
+    path.write_text(f"sources:\n  - {{kind: replay, name: r, path: {replay_dir}, pace: 4x, loop: true}}\nmodel: {{path: {model}{model_keys}}}\n"
+                    f"detector: {{on_score: {on_score}, off_score: 0.3}}\nbus: {{status_interval_s: {status_interval_s}{bus_keys}}}\n")
 
 
-def test_sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one(tiny_model, tmp_path, endpoint):
+def run_with_reloads(tiny_model, tmp_path, endpoint, steer):
+    """A looping replay from a config; `steer(msg, statuses, daemon, config)` sees every status.
+    Returns (every message, the daemon's stderr, the daemon, the config's path)."""
     replay = tmp_path / "replay"
     replay.mkdir()
     write(replay / "a.wav", clip(4.0, 22050, [(1.0, 1.0)], seed=3), 22050)
@@ -97,10 +100,18 @@ def test_sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one(tiny_model,
     daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
     statuses = []
 
-    def steer(topic, msg):
-        if msg["type"] != "status":
-            return
-        statuses.append(msg)
+    def on_message(topic, msg):
+        if msg["type"] == "status":
+            statuses.append(msg)
+            steer(msg, statuses, daemon, config, replay)
+
+    got = collect(endpoint, on_message=on_message, timeout_s=60)
+    _, stderr = daemon.communicate(timeout=30)
+    return got, stderr, daemon, statuses
+
+
+def test_sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one(tiny_model, tmp_path, endpoint):
+    def steer(msg, statuses, daemon, config, replay):
         if len(statuses) == 2:
             write_config(config, REPO / "streamdet" / "assets" / "default.pt", replay, on_score=0.6)
             daemon.send_signal(signal.SIGHUP)
@@ -110,8 +121,7 @@ def test_sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one(tiny_model,
         elif msg["reloads"]["rejected"] == 1:
             daemon.send_signal(signal.SIGTERM)
 
-    got = collect(endpoint, on_message=steer, timeout_s=60)
-    _, stderr = daemon.communicate(timeout=30)
+    got, stderr, daemon, statuses = run_with_reloads(tiny_model, tmp_path, endpoint, steer)
     assert daemon.returncode == 0, stderr
     first, final = statuses[0], got[-1][1]
     assert final["state"] == "stopped" and final["reloads"] == {"done": 1, "rejected": 1, "last": final["reloads"]["last"]}
@@ -307,27 +317,14 @@ def test_the_daemon_runs_under_memory_deny_write_execute(tiny_model, tmp_path, e
 
 
 def test_a_reload_applies_each_changed_key_or_reports_it_kept(tiny_model, tmp_path, endpoint):
-    replay = tmp_path / "replay"
-    replay.mkdir()
-    write(replay / "a.wav", clip(4.0, 22050, [(1.0, 1.0)], seed=3), 22050)
-    config = tmp_path / "daemon.yaml"
-    write_config(config, tiny_model, replay)
-    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
-    statuses = []
-
-    def steer(topic, msg):
-        if msg["type"] != "status":
-            return
-        statuses.append(msg)
+    def steer(msg, statuses, daemon, config, replay):
         if len(statuses) == 2:
-            write_config(config, tiny_model, replay, on_score=0.6, extra="model: {path: %s, batch_windows: 16, threads: 2}\nbus: {status_interval_s: 0.4, send_hwm: 77, wait_timeout_s: 5}\n" % tiny_model)
-            config.write_text(config.read_text().replace("bus: {status_interval_s: 0.5}\n", "").replace(f"model: {{path: {tiny_model}}}\n", "", 1))
+            write_config(config, tiny_model, replay, on_score=0.6, model_keys=", batch_windows: 16, threads: 2", bus_keys=", send_hwm: 77, wait_timeout_s: 5", status_interval_s=0.4)
             daemon.send_signal(signal.SIGHUP)
         elif msg["reloads"]["done"] == 1:
             daemon.send_signal(signal.SIGTERM)
 
-    got = collect(endpoint, on_message=steer, timeout_s=60)
-    _, stderr = daemon.communicate(timeout=30)
+    got, stderr, daemon, _ = run_with_reloads(tiny_model, tmp_path, endpoint, steer)
     assert daemon.returncode == 0, stderr
     last = got[-1][1]["reloads"]["last"]
     assert last["applied"] == ["bus.status_interval_s", "detector.on_score", "model.batch_windows", "model.threads"], last
