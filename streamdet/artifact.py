@@ -23,6 +23,7 @@ from .features import FeatureParams
 from .model import loss_from_bands
 from .modes import MODES, POLARITIES
 from .scoring import Scorer, energy_problems
+from .watchdog import ModelFailure, call_budget
 
 log = logging.getLogger("streamdet.artifact")
 
@@ -74,8 +75,6 @@ class Model:
 
     def _call(self, what: str, windows: int, call):
         """`call()` under the watchdog's budget for `windows` windows; any exception is a ModelFailure."""
-        from .watchdog import ModelFailure, call_budget
-
         if self.watchdog is None:
             return call()
         try:

@@ -112,7 +112,6 @@ class Daemon:
         self.started_at = time.monotonic()
         self.reloads = {"done": 0, "rejected": 0, "last": None}
         self.watchdog: Watchdog | None = None
-        self.failure: str | None = None
 
     def watch(self, watchdog: Watchdog) -> None:
         """Time every model call (this model's and every reloaded one's) against `watchdog`."""
@@ -148,20 +147,15 @@ class Daemon:
         stall = debug_stall()
         try:
             state = self._loop(next_status, stall)
+            self.notifier.stopping()
+            if state == "stopped":
+                self._drain()
         except ModelFailure as exc:
-            self.failure = str(exc)
             log.error("%s; stopping (exit status %d)", exc, EXIT_MODEL_FAILED)
             state = "failed"
-        self.notifier.stopping()
-        if state == "failed":
+            self.notifier.stopping()
             for channel in self.channels:
                 channel.source.stop()
-        elif state == "stopped":
-            try:
-                self._drain()
-            except ModelFailure as exc:
-                log.error("%s; stopping (exit status %d)", exc, EXIT_MODEL_FAILED)
-                state = "failed"
         for channel in self.channels:
             channel.finish_clips()
         self._publish_status(state)
@@ -356,7 +350,6 @@ def give_up(daemon: Daemon, reason: str) -> None:
     Restart=on-failure starts a fresh one.  The stuck loop does not touch the bus meanwhile."""
     log.error("%s; exiting with status %d", reason, EXIT_MODEL_FAILED)
     try:
-        daemon.failure = reason
         daemon.publisher.give_up_at = time.monotonic() + 1.0
         daemon._publish_status("failed")
         # Wait (boundedly, in case another socket holds the context) for the status to go out.

@@ -283,6 +283,7 @@ def run_bridge(config: MqttConfig, stop: threading.Event, curve=None) -> None:
                     stop.set()
             return
         log.info("connected to %s", config.broker)
+        refusals.clear()  # only refusals in a row end the bridge
         unreachable.clear()
         with lock:
             publish(bridge.on_connect())

@@ -7,7 +7,6 @@ SIGTERM and SIGINT from Python's wakeup file descriptor, which the C-level handl
 once, whatever the main thread is doing."""
 from __future__ import annotations
 
-import logging
 import select
 import signal
 import socket
@@ -15,8 +14,6 @@ import threading
 import time
 from contextlib import contextmanager
 from typing import Callable
-
-log = logging.getLogger("streamdet.watchdog")
 
 MIN_CALL_BUDGET_S = 10.0  # whatever the probe says: a first call of a new batch shape may be slow
 PROBE_FACTOR = 100.0  # a call may take this many times what the load-time probe predicts

@@ -30,7 +30,7 @@ class Augmenter:
         a, p = config.augment, config.features
         self.level_db, self.lowpass, self.generator = a.level_db, a.lowpass, generator
         self.centres = torch.from_numpy(mel_band_edges(p)[:, 1].astype(np.float32))
-        self.empty = 0.0 if p.kind == "bgnorm" else None  # other front ends: the window's own lowest value
+        self.bgnorm = p.kind == "bgnorm"  # an empty band is 0 dB above its floor; otherwise the window's lowest value
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -38,7 +38,7 @@ class Augmenter:
             cut = 4000.0 + 7000.0 * torch.rand(n, generator=self.generator)
             chosen = torch.rand(n, generator=self.generator) < self.lowpass
             above = (self.centres[None, :] > cut[:, None]) & chosen[:, None]  # [n, M]
-            empty = torch.zeros(n, 1, 1) if self.empty is not None else x.amin(dim=(1, 2), keepdim=True)
+            empty = torch.zeros(n, 1, 1) if self.bgnorm else x.amin(dim=(1, 2), keepdim=True)
             x = torch.where(above[:, None, :], empty.expand_as(x), x)
         if self.level_db > 0:
             x = x + (torch.rand(n, 1, 1, generator=self.generator) * 2 - 1) * self.level_db
@@ -51,12 +51,14 @@ def new_detector(config: TrainConfig, means: list[torch.Tensor], stds: list[torc
     return DecisionDetector(LogMel(p), vaes, torch.stack(means), torch.stack(stds), p.window_frames)
 
 
-def fit_decision(config: TrainConfig, sets: dict[str, tuple[WindowSet, WindowSet]], device: torch.device, progress: Progress | None, vaes: list[torch.nn.Module] | None = None) -> tuple[DecisionDetector, dict]:
+def fit_decision(config: TrainConfig, sets: dict[str, tuple[WindowSet, WindowSet]], stats: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device, progress: Progress | None,
+                 vaes: list[torch.nn.Module] | None = None) -> tuple[DecisionDetector, dict]:
     """The detector trained for the decision on sets['background'] and sets['bird'] (train, held
-    out), from fresh VAEs or from `vaes` (background, bird) already trained on their own class."""
+    out), each VAE normalised by its class's `stats` (mean, std), from fresh VAEs or from `vaes`
+    (background, bird) already trained on their own class."""
     t = config.training
-    stats = [sets[role][0].band_stats() for role in ("background", "bird")]
-    detector = new_detector(config, [m for m, _ in stats], [s.clamp_min(1e-3) for _, s in stats], vaes).to(device)
+    roles = ("background", "bird")
+    detector = new_detector(config, [stats[r][0] for r in roles], [stats[r][1] for r in roles], vaes).to(device)
     generator = torch.Generator().manual_seed(t.seed)
     torch.manual_seed(t.seed)
     augment = Augmenter(config, generator)

@@ -50,6 +50,11 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
         rng = np.random.default_rng(config.training.seed)
         mixed = mix_windows(bird, background, tuple(config.augment.gain_db), config.augment.bird_mixes, rng)
         sets["bird"] = (bird.with_extra(mixed), sets["bird"][1])
+    # Each VAE is normalised by its own training windows (measured better than one shared normalisation).
+    stats = {}
+    for role in roles:
+        mean, std = sets[role][0].band_stats()
+        stats[role] = (mean, std.clamp_min(1e-3))
     if config.training.objective == "decision":
         vaes, info = None, {}
         if config.training.pretrain_epochs:
@@ -57,20 +62,18 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
             alone = replace(config, training=replace(t, epochs=t.pretrain_epochs, patience=t.pretrain_epochs))
             vaes = []
             for role in roles:
-                mean, std = sets[role][0].band_stats()
-                vae, info[f"pretrain_{role}"] = fit_vae(role, *sets[role], mean, std.clamp_min(1e-3), alone, device, progress, checkpoint)
+                vae, info[f"pretrain_{role}"] = fit_vae(role, *sets[role], *stats[role], alone, device, progress, checkpoint)
                 vaes.append(vae)
-        detector, info["decision"] = fit_decision(config, sets, device, progress, vaes)
+        detector, info["decision"] = fit_decision(config, sets, stats, device, progress, vaes)
         return detector, info
-    # Each VAE is normalised by its own training windows (measured better than one shared normalisation).
     vaes, means, stds, info = [], [], [], {}
     for role in roles:
-        mean, std = sets[role][0].band_stats()
+        mean, std = stats[role]
         other = sets["bird" if role == "background" else "background"][0] if config.mode == "contrast" else None
-        vae, info[role] = fit_vae(role, *sets[role], mean, std.clamp_min(1e-3), config, device, progress, checkpoint, other)
+        vae, info[role] = fit_vae(role, *sets[role], mean, std, config, device, progress, checkpoint, other)
         vaes.append(vae)
         means.append(mean)
-        stds.append(std.clamp_min(1e-3))
+        stds.append(std)
     signs = [1.0, -1.0] if config.mode == "contrast" else [1.0]
     return Detector(LogMel(params), vaes, signs, torch.stack(means), torch.stack(stds), params.window_frames, config.model.log_errors, config.model.peak_frames, config.model.top_bands).eval(), info
 
