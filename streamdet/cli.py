@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait-subscribers", type=int, metavar="N", help="hold the stream until N subscriptions have arrived")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set detector.on_score=0.6")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--heap-snapshots", type=Path, metavar="DIR", help="diagnostics: write a tracemalloc snapshot and memory counters to DIR every --heap-interval seconds (slows the daemon)")
+    run.add_argument("--heap-interval", type=float, default=60.0, metavar="SECONDS", help="with --heap-snapshots: seconds between snapshots (default 60)")
     run.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, e.g. 127.0.0.1:9108 (needs the metrics extra)")
     run.set_defaults(handler=cmd_run)
 
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--interval", type=float, default=60.0, help="seconds between memory samples")
     soak.add_argument("--model", type=Path)
     soak.add_argument("--json", type=Path, help="also write the figures here")
+    soak.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for the daemon, e.g. --set recording.enabled=true")
+    soak.add_argument("--jsonl", type=Path, metavar="FILE", help="also run `streamdet listen --jsonl FILE` as a second subscriber")
+    soak.add_argument("--heap", type=Path, metavar="DIR", help="the daemon writes heap snapshots and memory counters to DIR; the soak compares them")
     soak.set_defaults(handler=cmd_soak)
 
     keys = sub.add_parser("keys", help="make a CURVE certificate pair for the bus: NAME.key (public) and NAME.key_secret")
@@ -195,11 +200,20 @@ def cmd_run(args) -> int:
         fresh = build_config(args)
         return fresh, load(fresh.model.path, fresh.model.device, optimise=True)
 
+    heap = None
+    if args.heap_snapshots is not None:
+        from .heapwatch import HeapWatch
+
+        heap = HeapWatch(args.heap_snapshots, args.heap_interval)
     try:
         daemon = Daemon.from_config(config, reload=reload)
     except StartError as exc:
         raise UserError(str(exc)) from None
-    return serve(daemon, reload_now=bool(early_hup))
+    try:
+        return serve(daemon, reload_now=bool(early_hup))
+    finally:
+        if heap is not None:
+            heap.close()
 
 
 def curve_args(args, server: bool):
@@ -244,7 +258,7 @@ def cmd_soak(args) -> int:
     if not args.minutes > 0 or not args.interval > 0:
         raise UserError("--minutes and --interval: expected positive numbers")
     try:
-        result = run_soak(args.data, args.minutes, args.model, args.interval)
+        result = run_soak(args.data, args.minutes, args.model, args.interval, overrides=args.set, jsonl=args.jsonl, heap=args.heap)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     if args.json:

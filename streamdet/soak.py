@@ -1,7 +1,9 @@
 """`streamdet soak`: the daemon replaying a folder in a loop at max pace for a given time, with a
-subscriber counting every window: its memory every minute, the memory's slope, and what was lost.
+subscriber counting every window: its memory every interval, the memory's slope, and what was lost.
 
 Running for months is the product; this is how a leak, or a loss under load, shows up in an hour.
+With `--heap DIR` the daemon also writes heap snapshots and malloc's counters (see heapwatch), and
+the soak says which of them grows with RSS.
 """
 from __future__ import annotations
 
@@ -15,13 +17,7 @@ from rich.console import Console
 
 from .bus import Subscriber
 from .demo import free_tcp_endpoint
-
-
-def rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from .heapwatch import read_counters, rss_mib, top_growth
 
 
 def slope_mib_per_hour(samples: list[tuple[float, float]]) -> float:
@@ -32,20 +28,49 @@ def slope_mib_per_hour(samples: list[tuple[float, float]]) -> float:
     return float(np.polyfit(t / 3600.0, m, 1)[0])
 
 
-def run_soak(data: Path, minutes: float, model: Path | None = None, interval_s: float = 60.0, console: Console | None = None) -> dict:
-    console = console or Console()
-    endpoint = free_tcp_endpoint()
-    command = [sys.executable, "-m", "streamdet", "run", "--replay", str(data), "--loop", "--pace", "max", "--endpoint", endpoint, "--wait-subscribers", "1", "--log-level", "warning"]
+def steady(samples: list[tuple[float, float]], interval_s: float) -> list[tuple[float, float]]:
+    """The samples after start-up (model load, first allocations): after the first interval, or the
+    second half of a soak shorter than two intervals."""
+    return [s for s in samples if s[0] >= min(interval_s, samples[-1][0] / 2)] if samples else []
+
+
+def halves(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    """The slope over each half: a leak grows in both, start-up and allocator warm-up in the first."""
+    if len(samples) < 4:
+        return float("nan"), float("nan")
+    middle = samples[0][0] + (samples[-1][0] - samples[0][0]) / 2
+    return (slope_mib_per_hour([s for s in samples if s[0] <= middle]), slope_mib_per_hour([s for s in samples if s[0] >= middle]))
+
+
+def daemon_command(data: Path, endpoint: str, model: Path | None, overrides: list[str], subscribers: int, heap: Path | None, interval_s: float) -> list[str]:
+    command = [sys.executable, "-m", "streamdet", "run", "--replay", str(data), "--loop", "--pace", "max", "--endpoint", endpoint,
+               "--wait-subscribers", str(subscribers), "--log-level", "warning"]
     if model:
         command += ["--model", str(model)]
+    for override in overrides:
+        command += ["--set", override]
+    if heap:
+        command += ["--heap-snapshots", str(heap), "--heap-interval", str(interval_s)]
+    return command
+
+
+def run_soak(data: Path, minutes: float, model: Path | None = None, interval_s: float = 60.0, console: Console | None = None,
+             overrides: list[str] = (), jsonl: Path | None = None, heap: Path | None = None) -> dict:
+    console = console or Console()
+    endpoint = free_tcp_endpoint()
     sub = Subscriber(endpoint, topics=("loss.", "status"))
-    daemon = subprocess.Popen(command)
+    daemon = subprocess.Popen(daemon_command(data, endpoint, model, list(overrides), 2 if jsonl else 1, heap, interval_s))
+    listener = None
+    if jsonl:
+        listener = subprocess.Popen([sys.executable, "-m", "streamdet", "listen", "--endpoint", endpoint, "--jsonl", str(jsonl), "--quiet"])
     started, next_sample = time.monotonic(), 0.0
-    samples, windows, missed, last_seq, run_id = [], 0, 0, None, None
+    samples, listener_samples, windows, missed, last_seq, run_id = [], [], 0, 0, None, None
     try:
         while time.monotonic() - started < minutes * 60:
             if daemon.poll() is not None:
                 raise RuntimeError(f"the daemon exited with status {daemon.returncode} during the soak")
+            if listener is not None and listener.poll() is not None:
+                raise RuntimeError(f"the JSONL listener exited with status {listener.returncode} during the soak")
             got = sub.receive(timeout_s=0.5)
             if got is not None:
                 _, msg = got
@@ -59,15 +84,54 @@ def run_soak(data: Path, minutes: float, model: Path | None = None, interval_s: 
             elapsed = time.monotonic() - started
             if elapsed >= next_sample and windows:
                 samples.append((elapsed, rss_mib(daemon.pid)))
-                console.print(f"{elapsed / 60:6.1f} min  RSS {samples[-1][1]:7.1f} MiB  windows {windows:>10,}  missed {missed}")
+                line = f"{elapsed / 60:6.1f} min  RSS {samples[-1][1]:7.1f} MiB  windows {windows:>10,}  missed {missed}"
+                if listener is not None:
+                    listener_samples.append((elapsed, rss_mib(listener.pid)))
+                    line += f"  listener RSS {listener_samples[-1][1]:6.1f} MiB"
+                console.print(line)
                 next_sample += interval_s
     finally:
-        daemon.terminate()
-        daemon.wait(60)
+        for process in (listener, daemon):
+            if process is not None:
+                process.terminate()
+                process.wait(60)
         sub.close()
-    # The first minute holds start-up (model load, first allocations): the slope is over the rest.
-    steady = [s for s in samples if s[0] >= min(interval_s, samples[-1][0] / 2)] if samples else []
+    rss = steady(samples, interval_s)
+    first_half, second_half = halves(rss)
     result = {"minutes": round((time.monotonic() - started) / 60, 2), "windows": windows, "missed": missed,
-              "rss_mib": [round(m, 1) for _, m in samples], "slope_mib_per_hour": round(slope_mib_per_hour(steady), 2)}
-    console.print(f"soak: {result['minutes']} min, {windows:,} windows, {missed} missed; RSS {result['rss_mib'][0] if samples else '-'} -> {result['rss_mib'][-1] if samples else '-'} MiB, slope {result['slope_mib_per_hour']} MiB/h after the first minute")
+              "rss_mib": [round(m, 1) for _, m in samples], "slope_mib_per_hour": round(slope_mib_per_hour(rss), 2),
+              "slope_halves_mib_per_hour": [round(first_half, 2), round(second_half, 2)]}
+    console.print(f"soak: {result['minutes']} min, {windows:,} windows, {missed} missed; RSS {result['rss_mib'][0] if samples else '-'} -> "
+                  f"{result['rss_mib'][-1] if samples else '-'} MiB, slope {result['slope_mib_per_hour']} MiB/h after the first interval "
+                  f"({result['slope_halves_mib_per_hour'][0]} and {result['slope_halves_mib_per_hour'][1]} MiB/h over its halves)")
+    if listener_samples:
+        result["listener_slope_mib_per_hour"] = round(slope_mib_per_hour(steady(listener_samples, interval_s)), 2)
+        console.print(f"listener: RSS {listener_samples[0][1]:.1f} -> {listener_samples[-1][1]:.1f} MiB, slope {result['listener_slope_mib_per_hour']} MiB/h")
+    if heap:
+        result["heap"] = heap_report(heap, interval_s, console)
     return result
+
+
+def heap_report(folder: Path, interval_s: float, console: Console) -> dict:
+    """Which of the daemon's own counters grows with its RSS, and the Python lines that grew most."""
+    counters = read_counters(folder)
+    if len(counters) < 2:
+        console.print("heap: fewer than two samples; nothing to compare")
+        return {}
+    report = {}
+    for key in ("rss_mib", "traced_mib", "malloc_in_use_mib", "malloc_free_mib", "malloc_mmapped_mib"):
+        if key in counters[0]:
+            series = steady([(c["elapsed_s"], c[key]) for c in counters], interval_s)
+            report[key] = {"first": series[0][1], "last": series[-1][1], "slope_mib_per_hour": round(slope_mib_per_hour(series), 2),
+                           "slope_halves_mib_per_hour": [round(h, 2) for h in halves(series)]}
+            console.print(f"heap: {key:<20} {series[0][1]:8.1f} -> {series[-1][1]:8.1f} MiB, slope {report[key]['slope_mib_per_hour']:7.2f} MiB/h"
+                          f" (halves {report[key]['slope_halves_mib_per_hour'][0]}, {report[key]['slope_halves_mib_per_hour'][1]})")
+    report["threads"] = [counters[1]["threads"], counters[-1]["threads"]]
+    report["open_files"] = [counters[1]["open_files"], counters[-1]["open_files"]]
+    first = next(c["index"] for c in counters if c["elapsed_s"] >= min(interval_s, counters[-1]["elapsed_s"] / 2))
+    report["grew_most"] = top_growth(folder, first, counters[-1]["index"])
+    console.print(f"heap: threads {report['threads'][0]} -> {report['threads'][1]}, open files {report['open_files'][0]} -> {report['open_files'][1]}; "
+                  f"Python allocations that grew most since snapshot {first}:")
+    for line in report["grew_most"]:
+        console.print("  " + line)
+    return report

@@ -75,12 +75,19 @@ def test_soak_prints_memory_every_interval_and_counts_every_window(tiny_model, t
     data = tmp_path / "data"
     data.mkdir()
     write(data / "a.wav", clip(6.0, 22050, [(2, 1)], seed=1), 22050)
-    figures = tmp_path / "soak.json"
-    result = subprocess.run(streamdet_command("soak", "--data", str(data), "--minutes", "0.3", "--interval", "5", "--model", str(tiny_model), "--json", str(figures)), capture_output=True, text=True, cwd=REPO, timeout=120)
+    figures, heap, jsonl = tmp_path / "soak.json", tmp_path / "heap", tmp_path / "all.jsonl"
+    result = subprocess.run(streamdet_command("soak", "--data", str(data), "--minutes", "0.3", "--interval", "5", "--model", str(tiny_model), "--json", str(figures),
+                                              "--heap", str(heap), "--jsonl", str(jsonl), "--set", "recording.enabled=true", "--set", f"recording.directory={tmp_path / 'clips'}"),
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     got = json.loads(figures.read_text())
     assert got["windows"] > 100 and got["missed"] == 0 and len(got["rss_mib"]) >= 3
     assert all(50 < m < 2000 for m in got["rss_mib"]) and "slope" in result.stdout
+    # The second subscriber recorded what the soak counted; the daemon wrote its heap snapshots and
+    # malloc's counters every interval, and the soak compared them.
+    assert sum(1 for line in jsonl.read_text().splitlines() if '"type": "loss"' in line) >= got["windows"] // 2
+    assert len(list(heap.glob("heap-*.snapshot"))) >= 3 and {"traced_mib", "malloc_in_use_mib"} <= set(got["heap"])
+    assert got["heap"]["grew_most"] and "MiB" in got["heap"]["grew_most"][0] and "listener" in result.stdout
 
 
 def test_demo_with_a_daemon_that_cannot_start_returns_at_once(tmp_path):
