@@ -13,14 +13,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .artifact import load
-from .audio import AudioError, FileDecoder, list_audio_candidates
-from .bus import Subscriber
-from .config import BusConfig, Config, ModelConfig, SourceConfig
-from .daemon import Daemon
-from .demo import demo_clips_dir, free_tcp_endpoint
-from .features import LogMel, StreamingWindows
-from .model import rebuild_eager
+from streamdet.bus.sockets import Subscriber
+from streamdet.capture.audio import AudioError, FileDecoder, list_audio_candidates
+from streamdet.config import BusConfig, Config, ModelConfig, SourceConfig
+from streamdet.demo import demo_clips_dir, free_tcp_endpoint
+from streamdet.detect.artifact import load
+from streamdet.detect.features import LogMel, StreamingWindows
+from streamdet.detect.model import rebuild_eager
+from streamdet.service.daemon import Daemon
 
 
 def run_bench(data: Path | None, model_path: Path | None, device: str, passes: int, console: Console | None = None, peers: dict[str, str] | None = None) -> dict:
@@ -47,36 +47,7 @@ def run_bench(data: Path | None, model_path: Path | None, device: str, passes: i
 
     results["peak_rss_mib_daemon"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
-    # Stage by stage, each on the output of the one before.
-    t = time.perf_counter()
-    decoded = []
-    for f in files:
-        try:
-            decoded.append(np.concatenate(list(FileDecoder(f, p.sample_rate).blocks())))
-        except (AudioError, ValueError):
-            pass
-    decode_s = time.perf_counter() - t
-    audio_s = sum(len(x) for x in decoded) / p.sample_rate
-    results["audio_s"] = round(audio_s, 1)
-    results["decode_resample_x"] = round(audio_s / decode_s, 1)
-
-    t = time.perf_counter()
-    windows = []
-    for x in decoded:
-        framer = StreamingWindows(p, frontend=model.frontend, device=model.device)
-        for i in range(0, len(x), p.sample_rate * 4):
-            windows.append(framer.push(x[i : i + p.sample_rate * 4])[1].contiguous())
-        windows.append(framer.finish()[1].contiguous())
-    features_s = time.perf_counter() - t
-    results["logmel_x"] = round(audio_s / features_s, 1)
-    all_windows = torch.cat([w for w in windows if len(w)])
-    results["windows"] = len(all_windows)
-
-    t = time.perf_counter()
-    for i in range(0, len(all_windows), 256):
-        model.losses(all_windows[i : i + 256])
-    model_s = time.perf_counter() - t
-    results["model_windows_per_s_batch256"] = round(len(all_windows) / model_s)
+    all_windows, audio_s = _stages(files, model, results)
 
     # Per-window latency of the model alone, one window at a time (the live case).
     saved = load(model_path, "cpu")  # as on disk, before the daemon's inference optimisation
@@ -110,6 +81,43 @@ def time_commands(commands: dict[str, str], data: Path, audio_s: float) -> dict:
         last = (done.stderr.strip().splitlines() or [""])[-1][:160]
         out[name] = {"x": round(audio_s / wall, 1), "wall_s": round(wall, 2), "exit": done.returncode, **({"error": last} if done.returncode else {})}
     return out
+
+
+def _stages(files: list[Path], model, results: dict) -> tuple[torch.Tensor, float]:
+    """Decoding, log-mel and the model timed apart, each on the output of the one before; returns
+    every window and the seconds of audio."""
+    p = model.features
+    t = time.perf_counter()
+    decoded = []
+    for f in files:
+        try:
+            decoded.append(np.concatenate(list(FileDecoder(f, p.sample_rate).blocks())))
+        except (AudioError, ValueError):
+            pass
+    decode_s = time.perf_counter() - t
+    audio_s = sum(len(x) for x in decoded) / p.sample_rate
+    results["audio_s"] = round(audio_s, 1)
+    results["decode_resample_x"] = round(audio_s / decode_s, 1)
+
+    t = time.perf_counter()
+    windows = []
+    for x in decoded:
+        framer = StreamingWindows(p, frontend=model.frontend, device=model.device)
+        for i in range(0, len(x), p.sample_rate * 4):
+            windows.append(framer.push(x[i : i + p.sample_rate * 4])[1].contiguous())
+        windows.append(framer.finish()[1].contiguous())
+    features_s = time.perf_counter() - t
+    results["logmel_x"] = round(audio_s / features_s, 1)
+    all_windows = torch.cat([w for w in windows if len(w)])
+    results["windows"] = len(all_windows)
+
+    t = time.perf_counter()
+    for i in range(0, len(all_windows), 256):
+        model.losses(all_windows[i : i + 256])
+    model_s = time.perf_counter() - t
+    results["model_windows_per_s_batch256"] = round(len(all_windows) / model_s)
+
+    return all_windows, audio_s
 
 
 def _end_to_end(data: Path, model_path: Path | None, device: str) -> dict:
@@ -240,13 +248,17 @@ def run_mic_bench(device: str, seconds: float, model_path: Path | None, console:
         "cpu_percent_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 1),
         "latency_ms": final.get("latency_ms"), "windows": final.get("windows"), "gaps": final.get("gaps"), "dropped_samples": final.get("dropped_samples"),
     }
+    _print_mic(console, results)
+    return results
+
+
+def _print_mic(console: Console, results: dict) -> None:
     table = Table(title="streamdet bench --mic")
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("device, rate", f"{results['device']}, {results['rate']} Hz")
-    table.add_row(f"daemon CPU while monitoring ({seconds:g} s)", f"{results['cpu_percent_of_one_core']:.1f}% of one core")
+    table.add_row(f"daemon CPU while monitoring ({results['seconds']:g} s)", f"{results['cpu_percent_of_one_core']:.1f}% of one core")
     lat = results["latency_ms"] or {}
     table.add_row("latency, last sample in -> loss published, p50 / p99", f"{lat.get('p50', float('nan')):.1f} / {lat.get('p99', float('nan')):.1f} ms")
     table.add_row("windows, gaps, dropped samples", f"{results['windows']}, {results['gaps']}, {results['dropped_samples']}")
     console.print(table)
-    return results

@@ -1,4 +1,4 @@
-"""Command line: `streamdet run | listen | demo | bench`."""
+"""Command line: `streamdet run | listen | export | mqtt | proxy | keys | devices | demo | bench | soak`."""
 from __future__ import annotations
 
 import argparse
@@ -7,9 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import one_line
-from .logsetup import setup_logging
+from streamdet import __version__
+from streamdet.errors import one_line
+from streamdet.service.logsetup import setup_logging
 
 EXIT_USAGE = 2
 
@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"streamdet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    add_run(sub)
+    add_subscribers(sub)
+    add_tools(sub)
+    return parser
+
+
+def add_run(sub) -> None:
     run = sub.add_parser("run", help="run the detector daemon")
     run.add_argument("--config", type=Path, help="YAML config (see configs/daemon.yaml)")
     run.add_argument("--replay", type=Path, metavar="DIR", help="replay the audio files of DIR, in sorted order, as one stream")
@@ -54,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, e.g. 127.0.0.1:9108 (needs the metrics extra)")
     run.set_defaults(handler=cmd_run)
 
+
+def add_subscribers(sub) -> None:
+    """export, mqtt, devices and listen: the tools that read the bus (devices lists microphones)."""
     export = sub.add_parser("export", help="write detections as Raven selection tables, Audacity labels and a CSV")
     source = export.add_mutually_exclusive_group(required=True)
     source.add_argument("--jsonl", type=Path, help="a recording made with `streamdet listen --jsonl`")
@@ -90,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_curve_client_args(listen)
     listen.set_defaults(handler=cmd_listen)
 
+
+def add_tools(sub) -> None:
+    """proxy, soak, keys, demo and bench."""
     proxy = sub.add_parser("proxy", help="one bus for many daemons: ZeroMQ's XSUB/XPUB proxy")
     proxy.add_argument("--frontend", default="tcp://127.0.0.1:5559", help="where daemons publish (they run with --connect FRONTEND); loopback unless told, e.g. tcp://*:5559")
     proxy.add_argument("--backend", default="tcp://127.0.0.1:5560", help="where subscribers connect; loopback unless told")
@@ -130,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--vs", action="append", default=[], metavar="NAME=COMMAND",
                        help="also time another detector on the same data in the same run, e.g. --vs 'birdnet=birdnet-analyze {data} -o /tmp/bn' ({data}: the folder)")
     bench.set_defaults(handler=cmd_bench)
-    return parser
 
 
 def add_curve_client_args(parser: argparse.ArgumentParser) -> None:
@@ -140,8 +152,8 @@ def add_curve_client_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args):
-    from .config import SourceConfig, check_config, load_config
-    from .typedconfig import ConfigError, apply_overrides
+    from streamdet.config import SourceConfig, check_config, load_config
+    from streamdet.typedconfig import ConfigError, apply_overrides
 
     try:
         config = load_config(args.config)
@@ -192,8 +204,8 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGHUP, lambda *_: early_hup.append(1))
     config = build_config(args)
     setup_logging(config.log.level)
-    from .artifact import load
-    from .daemon import Daemon, StartError, serve
+    from streamdet.detect.artifact import load
+    from streamdet.service.daemon import Daemon, StartError, serve
 
     def reload():
         """SIGHUP: the config file again, with this command line's overrides, and its model."""
@@ -202,7 +214,7 @@ def cmd_run(args) -> int:
 
     heap = None
     if args.heap_snapshots is not None:
-        from .heapwatch import HeapWatch
+        from streamdet.service.heapwatch import HeapWatch
 
         heap = HeapWatch(args.heap_snapshots, args.heap_interval)
     try:
@@ -218,7 +230,7 @@ def cmd_run(args) -> int:
 
 def curve_args(args, server: bool):
     """A Curve from --curve-* flags, or None; one line for a missing half."""
-    from .security import Curve
+    from streamdet.bus.security import Curve
 
     other = args.curve_clients if server else args.curve_server_key
     if not args.curve_secret_key and not other:
@@ -233,8 +245,9 @@ def subscriber_curve(args, endpoint: str):
     address or key is one line before anything starts."""
     import zmq
 
-    from .bus import Subscriber, endpoint_problem
-    from .security import SecurityError
+    from streamdet.addresses import endpoint_problem
+    from streamdet.bus.security import SecurityError
+    from streamdet.bus.sockets import Subscriber
 
     if problem := endpoint_problem(endpoint):
         raise UserError(f"--endpoint: {problem}")
@@ -251,7 +264,7 @@ def subscriber_curve(args, endpoint: str):
 def cmd_soak(args) -> int:
     import json
 
-    from .soak import run_soak
+    from streamdet.soak import run_soak
 
     if not args.data.is_dir():
         raise UserError(f"--data {args.data}: not a directory")
@@ -267,7 +280,7 @@ def cmd_soak(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    from .security import make_keys
+    from streamdet.bus.security import make_keys
 
     public, secret = make_keys(args.folder, args.name)
     print(f"wrote {public} (public: give it to the other end) and {secret} (secret: keep it, mode 600)")
@@ -275,8 +288,8 @@ def cmd_keys(args) -> int:
 
 
 def cmd_proxy(args) -> int:
-    from .bus import BusError
-    from .proxy import run_proxy
+    from streamdet.bus.proxy import run_proxy
+    from streamdet.bus.sockets import BusError
 
     setup_logging("info")
     try:
@@ -290,7 +303,7 @@ def cmd_devices(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .sources.mic import MicError, import_sounddevice, input_devices
+    from streamdet.capture.mic import MicError, import_sounddevice, input_devices
 
     try:
         sd = import_sounddevice()
@@ -311,7 +324,7 @@ def cmd_devices(args) -> int:
 
 def cmd_listen(args) -> int:
 
-    from .listen import listen
+    from streamdet.subscribers.listen import listen
 
     topics = tuple(args.topic) or ("",)
     if args.timeout is not None and args.timeout <= 0:
@@ -329,7 +342,7 @@ def cmd_listen(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import ExportError, export, from_bus, read_jsonl
+    from streamdet.subscribers.export import ExportError, export, from_bus, read_jsonl
 
     messages = read_jsonl(args.jsonl) if args.jsonl else from_bus(args.endpoint, args.timeout, subscriber_curve(args, args.endpoint))
     try:
@@ -349,16 +362,15 @@ def cmd_export(args) -> int:
 def cmd_mqtt(args) -> int:
     import threading
 
-    from .config import load_config
-    from .mqtt import MqttError, import_paho, run_bridge
-    from .typedconfig import ConfigError, check, in_file
+    from streamdet.subscribers.mqtt import MqttError, check_mqtt_config, import_paho, load_mqtt_config, run_bridge
+    from streamdet.typedconfig import ConfigError
 
     try:
-        config = load_config(args.config).mqtt
+        config = load_mqtt_config(args.config)
         for name in ("endpoint", "broker", "username", "password_file", "tls_ca", "client_id", "topic_prefix", "discovery_prefix"):
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
-        in_file(args.config, lambda: check(config, "mqtt"))
+        check_mqtt_config(config, args.config)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     curve = subscriber_curve(args, config.endpoint)
@@ -379,7 +391,7 @@ def cmd_mqtt(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from streamdet.demo import run_demo
 
     return run_demo(pace=args.pace, model=args.model)
 
@@ -387,8 +399,8 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     import json
 
-    from .artifact import ArtifactError
-    from .bench import run_bench
+    from streamdet.bench import run_bench
+    from streamdet.detect.artifact import ArtifactError
 
     setup_logging("error")
     if args.threads:
@@ -398,13 +410,13 @@ def cmd_bench(args) -> int:
     if args.data is not None and not args.data.is_dir():
         raise UserError(f"--data {args.data}: not a directory")
     if args.data is not None:
-        from .audio import AUDIO_SUFFIXES, list_audio_candidates
+        from streamdet.capture.audio import AUDIO_SUFFIXES, list_audio_candidates
 
         if not any(p.suffix.lower() in AUDIO_SUFFIXES for p in list_audio_candidates(args.data)):
             raise UserError(f"--data {args.data}: no audio files to measure with")
     try:
         if args.mic is not None:
-            from .bench import run_mic_bench
+            from streamdet.bench import run_mic_bench
 
             results = run_mic_bench(args.mic, args.seconds, args.model)
         else:

@@ -5,8 +5,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bus import endpoint_problem
-from .typedconfig import PATH, build, check, in_file, load_yaml, rebase_paths
+from streamdet.addresses import AddressError, endpoint_problem, host_port
+from streamdet.typedconfig import PATH, build, check, in_file, load_yaml, rebase_paths
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PACE_PATTERN = re.compile(r"^(realtime|max|\d+(\.\d+)?x)$")
@@ -56,8 +56,8 @@ class ModelConfig:
     path: str | None = field(default=None, metadata=PATH)  # None: the model bundled with streamdet
     device: str = "auto"
     batch_windows: int = field(default=64, metadata={"min": 1, "max": 4096})
-    # torch intra-op threads. One per pipeline thread measured best on 2 cores (812x vs 613x real
-    # time end to end): the source thread decodes on the other core.  0 keeps torch's default.
+    # torch intra-op threads: one, so that the source thread keeps a core to decode on
+    # (docs/measurements.md).  0 keeps torch's default.
     threads: int = field(default=1, metadata={"min": 0, "max": 1024})
 
     def problems(self):
@@ -95,7 +95,7 @@ class BusConfig:
     curve_server_key: str | None = field(default=None, metadata=PATH)
 
     def curve(self):
-        from .security import Curve
+        from streamdet.bus.security import Curve
 
         return Curve(self.curve_secret_key, self.curve_clients, self.curve_server_key) if self.curve_secret_key else None
 
@@ -132,46 +132,10 @@ class MetricsConfig:
 
     def problems(self):
         if self.address is not None:
-            from .metrics import MetricsError, parse_address
-
             try:
-                parse_address(self.address)
-            except MetricsError as exc:
-                yield "address", str(exc).split(": ", 1)[1]
-
-
-@dataclass
-class MqttConfig:
-    """`streamdet mqtt`: a subscriber of `endpoint` publishing to an MQTT broker, with Home
-    Assistant discovery (needs the mqtt extra). The daemon itself ignores this section."""
-
-    endpoint: str = "tcp://127.0.0.1:5556"  # the daemon (or proxy backend) to subscribe to
-    broker: str = "mqtt://127.0.0.1:1883"  # mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS
-    username: str | None = None
-    password_file: str | None = field(default=None, metadata=PATH)  # a file holding the password, so it stays out of the config
-    tls_ca: str | None = field(default=None, metadata=PATH)  # CA certificate file for mqtts:// (default: the system's)
-    client_id: str = "streamdet-bridge"
-    topic_prefix: str = "streamdet"
-    discovery_prefix: str = "homeassistant"
-    state_interval_s: float = field(default=5.0, metadata={"above": 0.0, "max": 86400.0})  # how often the score is republished
-    stale_after_intervals: float = field(default=3.0, metadata={"above": 0.0, "max": 1000.0})  # status intervals without one: offline
-
-    def problems(self):
-        from .mqtt import MqttError, broker_address  # the bridge's own reading of the address
-
-        try:
-            broker_address(self.broker)
-        except MqttError as exc:
-            yield "broker", str(exc).split(": ", 1)[1]
-        if problem := endpoint_problem(self.endpoint):
-            yield "endpoint", problem
-        if self.password_file and not Path(self.password_file).is_file():
-            yield "password_file", f"expected a file holding the password, found {self.password_file[:80]!r}"
-        if self.tls_ca and not Path(self.tls_ca).is_file():
-            yield "tls_ca", f"expected a CA certificate file, found {self.tls_ca[:80]!r}"
-        for name in ("topic_prefix", "discovery_prefix"):
-            if not re.fullmatch(r"[A-Za-z0-9_\-/]+", getattr(self, name)) or getattr(self, name).startswith("/"):
-                yield name, f"expected an MQTT topic prefix of letters, digits, _ - and /, found {getattr(self, name)[:40]!r}"
+                host_port(self.address)
+            except AddressError as exc:
+                yield "address", str(exc)
 
 
 @dataclass
@@ -188,7 +152,6 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
     def problems(self):
         if not self.sources:
@@ -207,7 +170,9 @@ def load_config(path: Path | str | None) -> Config:
     """The config at `path`, or the defaults, not yet checked: overrides come first, then `check_config`."""
     if path is None:
         return Config(sources=[])
-    config = in_file(path, lambda: build(Config, load_yaml(path)))
+    data = load_yaml(path)
+    data.pop("mqtt", None)  # the MQTT bridge's section (streamdet.subscribers.mqtt reads it); the daemon's file may hold it
+    config = in_file(path, lambda: build(Config, data))
     rebase_paths(config, path)
     return config
 

@@ -14,7 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .listen import duration_text, events_table, listen
+from streamdet.subscribers.listen import duration_text, events_table, listen
 
 DEMO_TIMEOUT_S = 120
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from .bus import Subscriber
-from .demo import free_tcp_endpoint
-from .heapwatch import read_counters, rss_mib, top_growth
+from streamdet.bus.sockets import Subscriber
+from streamdet.demo import free_tcp_endpoint
+from streamdet.service.heapwatch import read_counters, rss_mib, top_growth
 
 
 def slope_mib_per_hour(samples: list[tuple[float, float]]) -> float:

@@ -13,9 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-import yaml
-
-from .errors import one_line
+from streamdet.errors import one_line
 
 T = TypeVar("T")
 
@@ -28,24 +26,31 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 20
 
 
-class _PlainLoader(yaml.SafeLoader):
+def _plain_loader():
     """Safe YAML without aliases (a configuration never needs them, and an alias bomb expands
-    to gigabytes) and without deep nesting (which exhausts the stack)."""
+    to gigabytes) and without deep nesting (which exhausts the stack). Built on first use, so that
+    the config's dataclasses import without yaml."""
+    import yaml
 
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a configuration", event.start_mark)
-        self._depth = getattr(self, "_depth", 0) + 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+    class PlainLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a configuration", event.start_mark)
+            self._depth = getattr(self, "_depth", 0) + 1
+            try:
+                if self._depth > MAX_DEPTH:
+                    raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    return PlainLoader
 
 
 def load_yaml(path: Path | str) -> dict:
+    import yaml
+
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -58,7 +63,7 @@ def load_yaml(path: Path | str) -> dict:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"config {path}: not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r} on line {line}); save it as UTF-8") from None
     try:
-        data = yaml.load(text, Loader=_PlainLoader)
+        data = yaml.load(text, Loader=_plain_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -120,6 +125,8 @@ def set_path(obj: Any, dotted: str, raw: str) -> None:
     names = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
     if name not in names:
         raise ConfigError(f"--set {dotted}: unknown key {name!r} (expected one of: {', '.join(names)})")
+    import yaml
+
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:

@@ -34,3 +34,13 @@ def endpoint() -> str:
     from streamdet.demo import free_tcp_endpoint
 
     return free_tcp_endpoint()
+
+
+SLOW_FIXTURES = {"tiny_model", "broker"}  # a real training run; a real MQTT broker
+
+
+def pytest_collection_modifyitems(items):
+    """Whatever needs a trained model or a broker is slow, wherever it is written."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -55,7 +55,7 @@ def start_daemon(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 def collect(endpoint: str, until_final: bool = True, timeout_s: float = 60.0, on_message=None, curve=None) -> list[tuple[str, dict, float]]:
     """Subscribe and gather (topic, message, receive time) until a final status (or timeout)."""
-    from streamdet.bus import Subscriber
+    from streamdet.bus.sockets import Subscriber
 
     sub = Subscriber(endpoint, curve=curve)
     got = []

@@ -15,6 +15,8 @@ from streamdet.demo import demo_clips_dir
 
 from audiogen import clip, write
 
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
+
 
 def test_demo_replays_every_bundled_clip_to_a_subscriber():
     result = subprocess.run(streamdet_command("demo"), capture_output=True, text=True, cwd=REPO, timeout=180)

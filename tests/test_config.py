@@ -1,3 +1,4 @@
+import re
 import subprocess
 
 import pytest
@@ -127,7 +128,8 @@ def test_set_reaches_frozen_sections_and_checks_them():
 def test_every_path_in_a_config_is_relative_to_the_config_file(tmp_path, monkeypatch):
     """CURVE key files too: the station example's `curve_secret_key: north.key_secret` is found
     beside the config whatever the working folder (under systemd it is /var/lib/streamdet)."""
-    from streamdet.security import make_keys
+    from streamdet.bus.security import make_keys
+    from streamdet.subscribers.mqtt import load_mqtt_config
 
     etc = tmp_path / "etc"
     (etc / "clients").mkdir(parents=True)
@@ -144,5 +146,19 @@ def test_every_path_in_a_config_is_relative_to_the_config_file(tmp_path, monkeyp
     c = load_config(etc / "c.yaml")
     assert c.bus.curve_secret_key == str(etc / "north.key_secret") and c.bus.curve_clients == str(etc / "clients")
     assert (c.sources[0].path, c.model.path, c.recording.directory) == (str(etc / "replay"), str(etc / "m.pt"), str(etc / "clips"))
-    assert (c.mqtt.password_file, c.mqtt.tls_ca) == (str(etc / "pw"), str(etc / "ca.pem"))
+    bridge = load_mqtt_config(etc / "c.yaml")  # the bridge reads its own section of the same file
+    assert (bridge.password_file, bridge.tls_ca) == (str(etc / "pw"), str(etc / "ca.pem"))
     assert list(c.bus.problems()) == []
+
+
+def test_the_example_config_names_every_key_the_daemon_and_the_bridge_read():
+    """configs/daemon.yaml says `--set` works for any key in it: so every key must be in it."""
+    from dataclasses import fields, is_dataclass
+
+    from streamdet.config import Config, SourceConfig
+    from streamdet.subscribers.mqtt import MqttConfig
+
+    text = (REPO / "configs" / "daemon.yaml").read_text()
+    sections = {**{f.name: f.default_factory() for f in fields(Config) if f.name != "sources"}, "sources": SourceConfig(), "mqtt": MqttConfig()}
+    missing = [f"{name}.{f.name}" for name, obj in sections.items() if is_dataclass(obj) for f in fields(obj) if not re.search(rf"^[ #-]*{f.name}:", text, re.M)]
+    assert not missing, f"not in configs/daemon.yaml: {missing}"

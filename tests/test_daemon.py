@@ -11,6 +11,8 @@ from helpers import REPO, collect, start_daemon, streamdet_command
 
 from audiogen import clip, write
 
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
+
 # Chirp trains per file, as (start, duration) in file seconds.
 CALLS = {"a_chirps.wav": [(3.0, 1.5), (9.0, 1.0)], "c_chirps.flac": [(2.0, 2.0)]}
 
@@ -194,7 +196,7 @@ def test_a_send_blocked_by_a_subscriber_that_never_reads_gives_up_at_the_deadlin
     the watchdog) until the shutdown deadline, then gives up and counts the message."""
     import zmq
 
-    from streamdet.bus import Publisher
+    from streamdet.bus.sockets import Publisher
 
     publisher = Publisher(endpoint, send_hwm=2, wait_when_full=True, context=zmq.Context())
     stuck = publisher.context.socket(zmq.SUB)
@@ -225,10 +227,10 @@ def test_a_send_blocked_by_a_subscriber_that_never_reads_gives_up_at_the_deadlin
 def test_a_replay_thread_that_dies_is_a_failure_not_a_finish(tmp_path, monkeypatch):
     """A crash in the replay thread (an allocation failure, a bug) ends the stream with a report
     and marks the source failed, which the daemon turns into a non-zero exit."""
+    from streamdet.capture.markers import Finished, Skipped
+    from streamdet.capture.replay import ReplaySource
+    from streamdet.capture.ringbuffer import RingBuffer
     from streamdet.config import SourceConfig
-    from streamdet.ringbuffer import RingBuffer
-    from streamdet.sources import Finished, Skipped
-    from streamdet.sources.replay import ReplaySource
 
     folder = _many_short_files(tmp_path / "files", n=3, seconds=1.0)
     source = ReplaySource(SourceConfig(kind="replay", name="r", path=str(folder), pace="max"), 22050, RingBuffer(22050 * 30))

@@ -1,5 +1,5 @@
 from streamdet.config import DetectorConfig
-from streamdet.events import EventTracker
+from streamdet.detect.events import EventTracker
 
 
 def run(scores, hop=0.5, length=1.0, **config):

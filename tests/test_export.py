@@ -5,11 +5,14 @@ import json
 import re
 import subprocess
 
+import pytest
 from helpers import REPO, collect, start_daemon, streamdet_command
 
-from streamdet.export import RAVEN_COLUMNS, Detection, audacity_labels, raven_table
+from streamdet.subscribers.export import RAVEN_COLUMNS, Detection, audacity_labels, raven_table
 
 from audiogen import clip, write
+
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
 
 CALLS = {"dawn.wav": [(2.0, 1.5), (8.0, 1.0)], "sub/noon.flac": [(3.0, 2.0)], "quiet.wav": []}
 NUMBER = r"-?\d+\.\d+"

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from streamdet.audio import AudioError, FileDecoder, StreamingResampler, load_resampled, probe
-from streamdet.features import FeatureParams, StreamingWindows, offline_windows, window_starts
+from streamdet.capture.audio import AudioError, FileDecoder, StreamingResampler, load_resampled, probe
+from streamdet.detect.features import FeatureParams, StreamingWindows, offline_windows, window_starts
 
 from audiogen import clip, write
 
@@ -58,7 +58,7 @@ def test_background_normalisation_ignores_gain_colour_and_stationary_noise():
     assert (db_tilt - db_plain).abs().mean() > 5 * (tilt - plain).abs().mean()
     # Stationary noise 10 dB louder than the recording's own: windows without the call (0-2.5 s) stay
     # where they were against their floor, while in plain dB they rise with the noise.
-    from streamdet.features import mel_band_edges
+    from streamdet.detect.features import mel_band_edges
 
     centres = mel_band_edges(params)[:, 1]
     bands = torch.from_numpy((centres > 2500) & (centres < 5500))
@@ -147,7 +147,7 @@ def test_unusable_files_say_why(tmp_path, name, content, expected):
 def test_a_fifo_is_reported_and_a_name_that_is_not_utf8_still_plays(tmp_path):
     import os
 
-    from streamdet.audio import list_audio_candidates
+    from streamdet.capture.audio import list_audio_candidates
 
     os.mkfifo(tmp_path / "pipe.wav")
     odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.wav")  # Latin-1 bytes, as old recorders name files
@@ -191,7 +191,7 @@ def test_a_segment_shorter_than_a_window_is_scored_with_its_frames_repeated():
 def test_background_floors_are_the_stated_percentile_of_each_bands_recent_frames():
     """The floor of a window is the k-th smallest of its band's frames over [end - bg_frames, end):
     checked against a plain sort, for windows with a full context and near the segment's start."""
-    from streamdet.features import background_floors
+    from streamdet.detect.features import background_floors
 
     params = FeatureParams(kind="bgnorm", bg_seconds=2.0)
     frames = torch.from_numpy(np.random.default_rng(0).normal(-40, 10, size=(700, params.n_mels)).astype(np.float32))

@@ -12,11 +12,10 @@ import zmq
 from rich.console import Console
 from test_mqtt import Watcher, broker  # noqa: F401 - the real broker fixture
 
-from streamdet import messages
-from streamdet.config import MqttConfig
-from streamdet.export import export, from_bus, read_jsonl
-from streamdet.listen import listen
-from streamdet.mqtt import run_bridge
+from streamdet.bus import messages
+from streamdet.subscribers.export import export, from_bus, read_jsonl
+from streamdet.subscribers.listen import listen
+from streamdet.subscribers.mqtt import MqttConfig, run_bridge
 
 
 def good_status(state: str, daemon: str = "d") -> dict:

@@ -11,11 +11,13 @@ import torch
 from helpers import start_daemon
 from test_artifact import make_detector, make_meta
 
-from streamdet import artifact
-from streamdet.bus import Subscriber
-from streamdet.watchdog import MIN_CALL_BUDGET_S, Watchdog
+from streamdet.bus.sockets import Subscriber
+from streamdet.detect import artifact
+from streamdet.service.watchdog import MIN_CALL_BUDGET_S, Watchdog
 
 from audiogen import clip, write
+
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
 
 EXIT_MODEL_FAILED = 4
 
@@ -165,7 +167,7 @@ def test_a_real_model_is_timed_and_its_errors_are_one_line(tmp_path):
     reasons = []
     model.watchdog = Watchdog(reasons.append, stop_deadline_s=60)
     try:
-        from streamdet.watchdog import ModelFailure
+        from streamdet.service.watchdog import ModelFailure
 
         with pytest.raises(ModelFailure, match="band_errors\\(\\) failed"):
             model.errors(torch.zeros(2, 3, 4))  # the wrong shape

@@ -5,10 +5,13 @@ import subprocess
 import sys
 import urllib.request
 
+import pytest
 from helpers import REPO, collect, start_daemon, streamdet_command
 from prometheus_client.parser import text_string_to_metric_families
 
 from audiogen import clip, write
+
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
 
 
 def free_port() -> int:
@@ -67,8 +70,8 @@ def test_a_thousand_slow_clients_neither_multiply_threads_nor_stop_publishing(ti
     import os
     import time
 
-    from streamdet.bus import Subscriber
-    from streamdet.metrics import CLIENT_TIMEOUT_S, MAX_CLIENTS
+    from streamdet.bus.sockets import Subscriber
+    from streamdet.service.metrics import CLIENT_TIMEOUT_S, MAX_CLIENTS
 
     write(tmp_path / "a.wav", clip(6.0, 22050, [(2.0, 1.0)], seed=5), 22050)
     port = free_port()

@@ -15,6 +15,8 @@ from helpers import REPO, start_daemon, streamdet_command
 from audiogen import clip, write
 from pulse import PulseServer
 
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
+
 needs_audio = os.environ.get("STREAMDET_REQUIRE_AUDIO") == "1"  # set by .ci/run: there, a missing server is a failure
 
 
@@ -33,7 +35,7 @@ class Collector:
     """Subscribes in a thread and keeps every message with its arrival time."""
 
     def __init__(self, endpoint: str):
-        from streamdet.bus import Subscriber
+        from streamdet.bus.sockets import Subscriber
 
         self.messages = []
         self._sub = Subscriber(endpoint)

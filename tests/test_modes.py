@@ -7,9 +7,9 @@ import pytest
 import torch
 from helpers import TINY_TRAIN_YAML, make_bad_dataset, two_site_manifest
 
-from streamdet import artifact
-from streamdet.audio import load_resampled
-from streamdet.features import FeatureParams, StreamingWindows, offline_windows
+from streamdet.capture.audio import load_resampled
+from streamdet.detect import artifact
+from streamdet.detect.features import FeatureParams, StreamingWindows, offline_windows
 from train.cache import FeatureCache
 from train.checkpoint import Checkpoint, CheckpointError
 from train.cli import main as train_main
@@ -19,6 +19,8 @@ from train.evaluate import evaluate
 from train.fit import fit
 
 from audiogen import clip, write
+
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,8 @@ def held_out(tmp_path_factory):
     return root
 
 
-def config_for(root, mode, **changes):
-    text = TINY_TRAIN_YAML.format(epochs=15).replace("mode: nobird", f"mode: {mode}")
+def config_for(root, mode, epochs=15, **changes):
+    text = TINY_TRAIN_YAML.format(epochs=epochs).replace("mode: nobird", f"mode: {mode}")
     text += f"cache_dir: {root / 'cache'}\n"
     for key, value in changes.items():
         text = "\n".join(line for line in text.splitlines() if not line.startswith(f"{key}:")) + f"\n{key}: {value}\n"
@@ -64,10 +66,14 @@ def test_every_mode_trains_and_is_measured_on_held_out_clips(dataset, held_out, 
     result = evaluate(model, items, cache, tmp_path / "eval")
     auc = result["blocks"]["all"]["model"]["auc"]
     assert model.meta["model"]["kind"] == {"mlp": "mlp_vae", "conv": "conv_vae"}[kind]
-    # The seed's literal method (bird) is measured, not required to work: its figures are in the README.
     if mode != "bird":
         assert auc >= 0.8, (mode, kind, auc)  # chance is 0.5
-    assert 0.0 <= auc <= 1.0
+    else:
+        # One VAE of bird audio does not separate these clips (tones in noise: noise alone is easy to
+        # reconstruct too; docs/reconstruct-recipes.md has its real figures), so its floor is that it
+        # learnt its class: held-out bird windows reconstructed better than after one epoch.
+        _, first = fit(config_for(dataset, mode, epochs=1, model=f"{{kind: {kind}, hidden: 64, channels: 4, latent: 8}}"), tmp_path / "one-epoch.pt")
+        assert metrics["models"]["bird"]["best_val_error"] < 0.9 * first["models"]["bird"]["best_val_error"], (metrics["models"], first["models"])
     assert (tmp_path / "eval" / "roc.png").read_bytes()[:8] == (tmp_path / "eval" / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     roc = (tmp_path / "eval" / "roc.csv").read_text().splitlines()
     assert roc[0] == "curve,fpr,tpr,auc" and roc[1].startswith("model,0.000000,0.000000,") and f"{auc:.6f}" in roc[1]
@@ -341,8 +347,8 @@ def test_evaluate_without_matplotlib_writes_the_curves_and_says_how_to_get_plots
 def test_vaes_trained_for_the_decision_rank_held_out_clips_and_keep_the_daemons_contract(dataset, held_out, tmp_path, levers):
     """training.objective decision: both VAEs and the head learn together; the artifact still says
     loss = mean of band_errors, loads in the daemon, and rebuilds eagerly with the same losses."""
-    from streamdet.features import LogMel
-    from streamdet.model import rebuild_eager
+    from streamdet.detect.features import LogMel
+    from streamdet.detect.model import rebuild_eager
 
     training = "{epochs: 12, batch_size: 32, learning_rate: 0.002, beta: 0.1, val_fraction: 0.25, seed: 0, device: cpu, objective: decision, elbo_weight: 0.1, " + levers[1:-1] + "}"
     config = config_for(dataset, "contrast", model="{kind: conv, channels: 4, latent: 8}", training=training.replace(", }", "}"), augment="{level_db: 3, lowpass: 0.3}")

@@ -14,10 +14,11 @@ from datetime import date
 import pytest
 from helpers import REPO, start_daemon, streamdet_command
 
-from streamdet.config import MqttConfig
-from streamdet.mqtt import Bridge
+from streamdet.subscribers.mqtt import Bridge, MqttConfig
 
 from audiogen import clip, write
+
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
 needs_broker = os.environ.get("STREAMDET_REQUIRE_AUDIO") == "1"  # CI: the real parts must be there

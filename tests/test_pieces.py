@@ -14,17 +14,18 @@ import pytest
 import torch
 from helpers import REPO
 
-from streamdet import bus, messages
+from streamdet.bus import messages
+from streamdet.bus import sockets as bus
+from streamdet.capture.markers import Finished, Gap, SegmentEnd, SegmentStart, Skipped
+from streamdet.capture.ringbuffer import RingBuffer
 from streamdet.config import Config, DetectorConfig, SourceConfig
-from streamdet.detector import BandExplainer, Detector
-from streamdet.features import FeatureParams, LogMel, mel_band_edges, offline_windows
-from streamdet.pipeline import Channel
-from streamdet.reader import Done, End, Missing, Report, Start, StreamReader, Windows
-from streamdet.ringbuffer import RingBuffer
-from streamdet.scoring import Scorer
-from streamdet.sources import Finished, Gap, SegmentEnd, SegmentStart, Skipped
-from streamdet.streamview import StreamView
-from streamdet.systemd import Notifier
+from streamdet.detect.detector import BandExplainer, Detector
+from streamdet.detect.features import FeatureParams, LogMel, mel_band_edges, offline_windows
+from streamdet.detect.scoring import Scorer
+from streamdet.service.pipeline import Channel
+from streamdet.service.reader import Done, End, Missing, Report, Start, StreamReader, Windows
+from streamdet.service.systemd import Notifier
+from streamdet.subscribers.streamview import StreamView
 
 PARAMS = FeatureParams(sample_rate=8000, n_fft=200, hop_length=100, n_mels=16, f_min=100.0, f_max=3900.0, window_frames=9, hop_frames=5)
 RATE = PARAMS.sample_rate
@@ -208,6 +209,46 @@ def run_channel(source: FakeSource, model: FakeModel, batch: int = 8) -> tuple[C
     raise AssertionError("the channel never finished")
 
 
+def test_a_channel_builds_its_scorer_once_and_its_stats_are_what_status_and_metrics_read():
+    source = FakeSource()
+    source.play("a.wav", tone_in_noise(2.0, [(0.5, 1.0)]))
+    source.markers.append(Finished(source.ring.write_pos))
+    model = FakeModel()
+    built = []
+    model.scorer = lambda: built.append(1) or FakeModel.scorer(model)
+    channel, _ = run_channel(source, model)
+    assert len(built) == 1  # one scorer (and one explainer) per model, not one per step of the start
+    stats = channel.stats()
+    status = channel.status()
+    assert (status["windows"], status["events"], status["gaps"], status["files_played"]) == (stats.windows, stats.events, stats.gaps, stats.files_played)
+    assert abs(status["rtf"] - stats.rtf) <= 0.05 * stats.rtf + 0.01  # one formula; a moment later
+    assert stats.finished and not stats.up
+
+
+def test_metrics_are_collected_from_a_snapshot_alone():
+    """The collector reads one DaemonStats per scrape: no daemon, channel, reader or ring needed."""
+    from streamdet.service.daemon import DaemonStats
+    from streamdet.service.metrics import DaemonCollector
+    from streamdet.service.pipeline import SourceStats
+
+    source = SourceStats(windows=7, events=2, gaps=1, dropped_samples=5, files_played=3, files_skipped=1, audio_s=30.0, wall_s=10.0,
+                         up=True, finished=False, latency_buckets=[("0.1", 7), ("+Inf", 7)], latency_sum=0.3)
+    snapshot = DaemonStats(4, 6, {"done": 1, "rejected": 2, "last": None}, {"path": "m.pt", "sha256": "ab"}, {"north": source})
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in DaemonCollector(lambda: snapshot).collect() for s in family.samples}
+    assert got[("streamdet_windows_total", (("source", "north"),))] == 7 and got[("streamdet_realtime_factor", (("source", "north"),))] == 3.0
+    assert got[("streamdet_source_up", (("source", "north"),))] == 1.0 and got[("streamdet_reloads_total", (("outcome", "rejected"),))] == 2
+    assert got[("streamdet_dropped_messages_total", ())] == 4 and got[("streamdet_subscriber_overflows_total", ())] == 6
+
+
+def test_a_view_of_some_sources_counts_every_message_and_shows_only_those():
+    view = StreamView(sources=("a",))
+    loss = {"v": 1, "type": "loss", "run_id": "r", "seq": 0, "anomaly": False, "score": 0.1}
+    assert view.update("loss.b", {**loss, "source": "b"}) is False
+    assert view.update("loss.a", {**loss, "source": "a"}) is True
+    assert view.update("status", {"v": 1, "type": "status", "daemon": "d", "state": "running", "status_interval_s": 1.0, "sources": {}}) is True
+    assert (view.received, view.messages, set(view.sources)) == (3, 2, {"a"})
+
+
 def test_channel_publishes_every_window_in_order_with_schema_fields_only():
     source = FakeSource()
     source.play("a.wav", tone_in_noise(4.0, [(1.0, 2.0)]))
@@ -233,25 +274,20 @@ def test_channel_publishes_every_window_in_order_with_schema_fields_only():
     assert status["files_played"] == 2 and status["events"] == 1 and status["finished"]
 
 
-def readme_schema_rows() -> dict[str, set[str]]:
-    """type -> the backticked names in its row of the README's schema table."""
-    text = (REPO / "README.md").read_text()
-    table = text[text.index("### Message schema, version 1") :]
-    rows, started = {}, False
-    for line in table.splitlines():
-        if started and not line.startswith("|"):
-            break  # the end of the table
-        started = started or line.startswith("| topic")
-        if not line.startswith("| `"):
-            continue
-        _topic, kinds, _when, fields = (cell.strip() for cell in line.strip().strip("|").split(" | "))
-        for kind in re.findall(r"`(\w+)`", kinds):
-            rows[kind] = set(re.findall(r"`(\w+)`", fields))
-    return rows
+def documented_schema() -> dict[str, set[str]]:
+    """type -> the backticked names in the list of its section of docs/schema.md."""
+    text = (REPO / "docs" / "schema.md").read_text()
+    sections = {}
+    for block in re.split(r"^## ", text, flags=re.M)[1:]:
+        title, _, body = block.partition("\n")
+        listed = "\n".join(line for line in body.splitlines() if line.lstrip().startswith("- "))
+        for kind in re.findall(r"`(\w+)`", title):
+            sections[kind] = set(re.findall(r"`(\w+)`", listed))
+    return sections
 
 
-def test_readme_schema_table_and_the_code_name_the_same_fields():
-    rows = readme_schema_rows()
+def test_the_schema_page_and_the_code_name_the_same_fields():
+    rows = documented_schema()
     assert set(rows) == set(messages.FIELDS)
     for kind, fields in messages.FIELDS.items():
         assert set(fields) <= rows[kind], (kind, set(fields) - rows[kind])
@@ -304,7 +340,7 @@ def test_notifier_speaks_to_an_abstract_socket_and_pings_the_watchdog_when_due()
 
 
 def test_microphone_callback_downmixes_channels_into_the_ring():
-    from streamdet.sources.mic import OVERFLOW_SLOTS, MicSource
+    from streamdet.capture.mic import OVERFLOW_SLOTS, MicSource
 
     mic = MicSource.__new__(MicSource)  # the callback alone: no PortAudio here
     mic.channels, mic.rate, mic.ring = 2, RATE, RingBuffer(1000)
@@ -319,13 +355,14 @@ def test_microphone_callback_downmixes_channels_into_the_ring():
 
 
 def test_reload_refuses_a_model_at_another_sample_rate_and_keeps_the_running_one(tmp_path):
-    from streamdet.daemon import Daemon
+    from streamdet.service.daemon import Daemon
+    from streamdet.service.reload import reload_daemon
 
     config = Config(sources=[SourceConfig(kind="replay", name="s", path=str(tmp_path))])
     other = FakeModel(FeatureParams(**{**PARAMS.to_dict(), "sample_rate": 16000, "f_max": 7000.0}))
     model = FakeModel()
     daemon = Daemon(config, model, FakePublisher(), name="d", reload=lambda: (config, other))
-    daemon._reload()
+    reload_daemon(daemon)
     assert daemon.reloads["rejected"] == 1 and daemon.model is model
     assert "16000 Hz" in daemon.reloads["last"]["reason"] and "restart" in daemon.reloads["last"]["reason"]
 
@@ -333,7 +370,7 @@ def test_reload_refuses_a_model_at_another_sample_rate_and_keeps_the_running_one
 def test_a_live_publisher_never_waits_for_a_full_subscriber_and_counts_its_overflows():
     import zmq
 
-    from streamdet.bus import Publisher
+    from streamdet.bus.sockets import Publisher
 
     context = zmq.Context()
     publisher = Publisher("inproc://live", send_hwm=20, wait_when_full=False, context=context)
@@ -366,7 +403,7 @@ def test_a_live_publisher_never_waits_for_a_full_subscriber_and_counts_its_overf
 
 
 def test_status_carries_the_publishers_dropped_messages(tmp_path):
-    from streamdet.daemon import Daemon
+    from streamdet.service.daemon import Daemon
 
     publisher = FakePublisher()
     publisher.dropped, publisher.overflows, publisher.poll_subscriptions = 7, 3, lambda: 1
@@ -378,7 +415,7 @@ def test_status_carries_the_publishers_dropped_messages(tmp_path):
 
 
 def test_a_file_deleted_after_listing_is_reported_as_gone(tmp_path):
-    from streamdet.audio import AudioError, probe
+    from streamdet.capture.audio import AudioError, probe
 
     path = tmp_path / "gone.wav"
     with pytest.raises(AudioError, match="no longer there"):
@@ -388,7 +425,7 @@ def test_a_file_deleted_after_listing_is_reported_as_gone(tmp_path):
 def test_a_looping_replay_of_a_missing_folder_says_so_once_and_backs_off(tmp_path, monkeypatch):
     import time
 
-    from streamdet.sources import replay
+    from streamdet.capture import replay
 
     monkeypatch.setattr(replay, "RESCAN_SECONDS", 0.05)
     folder = tmp_path / "not-yet"

@@ -2,9 +2,9 @@
 import numpy as np
 import soundfile as sf
 
+from streamdet.capture.ringbuffer import RingBuffer
 from streamdet.config import RecordingConfig
-from streamdet.recorder import ClipRecorder
-from streamdet.ringbuffer import RingBuffer
+from streamdet.service.recorder import ClipRecorder
 
 RATE = 22050
 

@@ -3,7 +3,7 @@ import time
 
 import numpy as np
 
-from streamdet.ringbuffer import RingBuffer
+from streamdet.capture.ringbuffer import RingBuffer
 
 
 def test_reads_return_exactly_what_was_written_across_the_wrap():

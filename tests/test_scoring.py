@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from streamdet.features import FeatureParams, mel_band_edges
-from streamdet.scoring import Scorer, band_energy_db
+from streamdet.detect.features import FeatureParams, mel_band_edges
+from streamdet.detect.scoring import Scorer, band_energy_db
 
 P = FeatureParams()
 ENERGY = {"weight": 0.5, "context_windows": 3, "band_hz": [2000.0, 8000.0], "loss_centre": 1.0, "loss_spread": 2.0, "energy_spread": 4.0}

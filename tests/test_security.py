@@ -2,9 +2,12 @@
 import subprocess
 import time
 
+import pytest
 from helpers import REPO, collect, start_daemon, streamdet_command
 
 from audiogen import clip, write
+
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
 
 
 def keys(folder, name):
@@ -14,8 +17,8 @@ def keys(folder, name):
 
 
 def test_a_curve_bus_serves_allowed_subscribers_and_refuses_others(tiny_model, tmp_path, endpoint):
-    from streamdet.bus import Subscriber
-    from streamdet.security import Curve
+    from streamdet.bus.security import Curve
+    from streamdet.bus.sockets import Subscriber
 
     server_public, server_secret = keys(tmp_path / "server", "station")
     allowed = tmp_path / "allowed"
@@ -56,9 +59,9 @@ def test_curve_settings_that_cannot_work_exit_2_before_starting(tiny_model, tmp_
 def test_a_curve_proxy_admits_allowed_stations_and_subscribers_only(tiny_model, tmp_path):
     import signal
 
-    from streamdet.bus import Subscriber
+    from streamdet.bus.security import Curve
+    from streamdet.bus.sockets import Subscriber
     from streamdet.demo import free_tcp_endpoint
-    from streamdet.security import Curve
 
     hub_public, hub_secret = keys(tmp_path / "hub", "hub")
     allowed = tmp_path / "allowed"
@@ -124,8 +127,8 @@ def test_a_curve_proxy_stops_on_sigterm_whichever_thread_the_kernel_hands_it_to(
 
 def _hears(endpoint, secret, server_public, timeout_s=3.0) -> bool:
     """Whether a fresh CURVE subscriber with `secret` receives anything within `timeout_s`."""
-    from streamdet.bus import Subscriber
-    from streamdet.security import Curve
+    from streamdet.bus.security import Curve
+    from streamdet.bus.sockets import Subscriber
 
     sub = Subscriber(endpoint, curve=Curve(str(secret), server_key=str(server_public)))
     try:

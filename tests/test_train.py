@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import REPO
 
-from streamdet import artifact
+from streamdet.detect import artifact
 from train.calibrate import spread, threshold_for
 from train.config import DataConfig
 from train.datasets import DatasetError, Item, read_bad, read_dataset, read_manifest
@@ -15,6 +15,8 @@ from train.metrics import roc_auc
 from train.splits import k_folds, split_by_group
 
 from audiogen import clip, write
+
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
 
 
 @pytest.fixture
@@ -184,7 +186,7 @@ def test_pauc_is_mcclish_standardised_as_dcase_reports_it():
 
 
 def test_the_feature_cache_cuts_a_torn_tail_instead_of_misreading_later_files(tmp_path):
-    from streamdet.features import FeatureParams
+    from streamdet.detect.features import FeatureParams
     from train.cache import FeatureCache
 
     for i in range(3):
@@ -242,7 +244,7 @@ def test_unlabelled_folders_give_distinct_item_ids_for_same_named_files(tmp_path
 def test_training_windows_are_the_windows_the_daemon_scores(tmp_path, kind):
     """What a VAE learns from the cache is what evaluation and the daemon compute (streaming
     equals offline is tested in test_features): the same frames, floors, and short-clip repeats."""
-    from streamdet.features import FeatureParams
+    from streamdet.detect.features import FeatureParams
     from train.cache import FeatureCache
     from train.clips import windows_of
     from train.windows import WindowSet
@@ -263,7 +265,7 @@ def test_training_windows_are_the_windows_the_daemon_scores(tmp_path, kind):
 def test_call_selection_keeps_the_windows_of_the_call_and_ambience_the_rest(tmp_path):
     """A bird clip's training windows are its likely calls (call_db above its median window);
     its ambience (quiet_db) is the rest, never the call."""
-    from streamdet.features import FeatureParams
+    from streamdet.detect.features import FeatureParams
     from train.cache import FeatureCache
     from train.windows import WindowSet
 

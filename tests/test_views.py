@@ -10,8 +10,10 @@ import pytest
 from helpers import REPO
 from rich.console import Console
 
-from streamdet.listen import render
-from streamdet.streamview import StreamView
+from streamdet.subscribers.listen import render
+from streamdet.subscribers.streamview import StreamView
+
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
 
 TMUX = shutil.which("tmux")
 needs_tmux = os.environ.get("STREAMDET_REQUIRE_AUDIO") == "1"  # CI: the real parts must be there

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamdet.audio import AudioError, load_resampled
-from streamdet.features import PCEN, FeatureParams, LogMel, offline_frames
+from streamdet.capture.audio import AudioError, load_resampled
+from streamdet.detect.features import PCEN, FeatureParams, LogMel, offline_frames
 
 CACHE_VERSION = 1  # bump when decoding or the front end changes what a frame holds
 

@@ -1,23 +1,23 @@
 """From held-out window losses to the threshold and scale stored in the artifact.
 
 Everything works on bird-ness, s = loss when high loss means bird and s = -loss otherwise, so
-a window is called bird when s >= t; the stored threshold is back in loss units."""
+a window is called bird when its decision reaches t. The stored threshold and scale are in decision
+units: s itself, or with the energy term the combined decision (docs/artifact.md)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from rich.progress import Progress
 
-from streamdet.model import Detector
-from streamdet.modes import MODES
-from streamdet.scoring import ENERGY_BAND_HZ, SILENT_DECISION, Scorer
-
-from .cache import FeatureCache
-from .clips import alarm_runs, clip_aggregate, silence_of, windows_of
-from .config import TrainConfig
-from .datasets import Item
-from .metrics import precision_recall_f1, roc_auc
-from .progress import tracked
+from streamdet.detect.model import ScoringNet
+from streamdet.detect.modes import MODES
+from streamdet.detect.scoring import ENERGY_BAND_HZ, SILENT_DECISION, Scorer
+from train.cache import FeatureCache
+from train.clips import alarm_runs, clip_aggregate, silence_of, windows_of
+from train.config import TrainConfig
+from train.datasets import Item
+from train.metrics import precision_recall_f1, roc_auc
+from train.progress import tracked
 
 
 def gamma_quantile(samples: np.ndarray, q: float) -> float:
@@ -62,7 +62,7 @@ def spread(values: np.ndarray) -> float:
     return float(max((q75 - q25) / 1.349, 1e-6))
 
 
-def scoring_base(config: TrainConfig, detector: Detector, train_items: list[Item], cache: FeatureCache, progress: Progress | None = None) -> dict:
+def scoring_base(config: TrainConfig, detector: ScoringNet, train_items: list[Item], cache: FeatureCache, progress: Progress | None = None) -> dict:
     """Polarity and, when asked for, the energy term with its centre and spreads, measured on the
     training windows of the normal class so that its two parts weigh as `energy.weight` says."""
     polarity = MODES[config.mode].polarity
@@ -90,7 +90,7 @@ def scoring_base(config: TrainConfig, detector: Detector, train_items: list[Item
     return base
 
 
-def window_decisions(detector: Detector, items: list[Item], cache: FeatureCache, params, scoring: dict, progress: Progress | None = None, what: str = "scoring held-out clips") -> dict[Item, np.ndarray]:
+def window_decisions(detector: ScoringNet, items: list[Item], cache: FeatureCache, params, scoring: dict, progress: Progress | None = None, what: str = "scoring held-out clips") -> dict[Item, np.ndarray]:
     """Decision values (higher: more bird-like) of every window of every clip, each clip a segment."""
     scorer = Scorer(scoring, params)
     out = {}

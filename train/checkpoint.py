@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from streamdet.errors import one_line
-
-from .config import TrainConfig
+from train.config import TrainConfig
 
 log = logging.getLogger("train.checkpoint")
 
@@ -60,7 +59,7 @@ class Checkpoint:
             log.info("resuming from %s (%s)", path, ", ".join(self.state["done"]) or "first model")
 
     def save(self) -> None:
-        from .distributed import is_main
+        from train.distributed import is_main
 
         if self.path and is_main():
             self.state["torch_rng"] = torch.get_rng_state()
@@ -74,7 +73,3 @@ class Checkpoint:
         if self.resumed and self.state.get("torch_rng") is not None:
             torch.set_rng_state(self.state["torch_rng"])
         self.resumed = False
-
-    def epochs_done(self) -> int | None:
-        current = self.state.get("current")
-        return current["run"]["epoch"] if current else None

@@ -9,22 +9,20 @@ from pathlib import Path
 
 from rich.console import Console
 
-from streamdet.artifact import ArtifactError
-from streamdet.modes import MODES
+from streamdet.detect.artifact import ArtifactError
+from streamdet.detect.modes import MODES
 from streamdet.typedconfig import ConfigError
-
-from .cache import default_cache_dir
-from .checkpoint import CheckpointError
-from .datasets import DatasetError
+from train.cache import default_cache_dir
+from train.checkpoint import CheckpointError
+from train.datasets import DatasetError
 
 
 def threads_arg(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on the CPU, measured 6-10x faster than torch's default on 2 cores)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train", description="Train and export streamdet models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_training(sub) -> None:
+    """fit, crossval and study."""
     fit = sub.add_parser("fit", help="train a model on labelled clips and export the artifact")
     fit.add_argument("--config", type=Path, required=True)
     fit.add_argument("--out", type=Path, help="artifact path (default: the config's output)")
@@ -61,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     threads_arg(st)
     st.set_defaults(handler=cmd_study, mode=None)
 
+
+def add_scoring(sub) -> None:
+    """evaluate and predict: an artifact on labelled or unlabelled clips."""
     ev = sub.add_parser("evaluate", help="score labelled clips: ROC AUC, pAUC, P/R/F1 per dataset, beside the energy reference")
     ev.add_argument("--model", type=Path, help="artifact (default: the bundled model)")
     ev.add_argument("--data", type=Path, required=True, help="folder the labels' file names are relative to")
@@ -83,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--workers", type=int, default=1, help="score in this many processes, one torch thread each (default 1)")
     threads_arg(pr)
     pr.set_defaults(handler=cmd_predict)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train", description="Train and export streamdet models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_training(sub)
+    add_scoring(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
     set_threads(args.threads, getattr(args, "device", None))
@@ -111,12 +119,11 @@ def set_threads(threads: int | None, device: str | None) -> None:
 def cmd_evaluate(args) -> int:
     from rich.table import Table
 
-    from streamdet.artifact import load
-
-    from .cache import FeatureCache
-    from .datasets import read_labels
-    from .evaluate import evaluate
-    from .progress import progress_bar
+    from streamdet.detect.artifact import load
+    from train.cache import FeatureCache
+    from train.datasets import read_labels
+    from train.evaluate import evaluate
+    from train.progress import progress_bar
 
     model = load(args.model, args.device)
     items = read_labels(args.labels, args.data, args.split, args.skip_bad_rows)
@@ -144,12 +151,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from streamdet.artifact import load
-
-    from .cache import FeatureCache
-    from .datasets import unlabelled
-    from .evaluate import predict
-    from .progress import progress_bar
+    from streamdet.detect.artifact import load
+    from train.cache import FeatureCache
+    from train.datasets import unlabelled
+    from train.evaluate import predict
+    from train.progress import progress_bar
 
     model = load(args.model, args.device)
     items = shard(unlabelled(args.data), args.shard)
@@ -179,8 +185,7 @@ def shard(items: list, spec: str | None) -> list:
 
 def load_config_with_overrides(args):
     from streamdet.typedconfig import apply_overrides, check, in_file
-
-    from .config import load_train_config
+    from train.config import load_train_config
 
     config = load_train_config(args.config)
     if getattr(args, "epochs", None) is not None:
@@ -195,8 +200,8 @@ def load_config_with_overrides(args):
 
 
 def cmd_fit(args) -> int:
-    from . import distributed
-    from .fit import fit
+    from train import distributed
+    from train.fit import fit
 
     config = load_config_with_overrides(args)
     config.training.device = distributed.init_from_env(config.training.device)
@@ -220,7 +225,7 @@ def cmd_fit(args) -> int:
 def cmd_crossval(args) -> int:
     from rich.table import Table
 
-    from .crossval import crossval, leave_out
+    from train.crossval import crossval, leave_out
 
     config = load_config_with_overrides(args)
     if args.leave_out is not None:
@@ -241,7 +246,7 @@ def cmd_crossval(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from .study import study
+    from train.study import study
 
     config = load_config_with_overrides(args)
     study(config, args.eval_data, args.eval_labels, args.eval_split, args.out, args.folds, args.jobs)

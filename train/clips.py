@@ -6,8 +6,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from streamdet.features import FeatureParams, silent_windows, window_starts, windows_from_frames
-from streamdet.scoring import band_energy_db
+from streamdet.detect.features import FeatureParams, silent_windows, window_starts, windows_from_frames
+from streamdet.detect.scoring import band_energy_db
 
 
 def windows_of(frames: np.ndarray, params: FeatureParams) -> torch.Tensor:

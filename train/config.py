@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamdet.features import FeatureParams
-from streamdet.modes import MODES
+from streamdet.detect.features import FeatureParams
+from streamdet.detect.modes import MODES
 from streamdet.typedconfig import PATH, build, check, in_file, load_yaml, rebase_paths
 
 # The BAD 2018 datasets as distributed: `root` holds the metadata CSV and the `wav/` folder.
@@ -55,7 +55,7 @@ class ModelConfig:
     hidden: int = field(default=256, metadata={"min": 8, "max": 65536})  # mlp: width of the first layer
     channels: int = field(default=8, metadata={"min": 1, "max": 512})  # conv: channels of the first stage (then x2, x4)
     latent: int = field(default=16, metadata={"min": 1, "max": 4096})
-    log_errors: bool = False  # contrast per band as a log ratio of the VAEs' errors (streamdet.model.Detector)
+    log_errors: bool = False  # contrast per band as a log ratio of the VAEs' errors (streamdet.detect.model.ReconstructNet)
     peak_frames: int = field(default=0, metadata={"min": 0, "max": 1000})  # 0: errors averaged over the window; k: where k frames peak
     top_bands: int = field(default=0, metadata={"min": 0, "max": 512})  # 0: the loss is the mean over all bands; k: over the k highest
 
@@ -78,7 +78,7 @@ class TrainingConfig:
     # its training data's variance): it learns its own class and, explicitly, not the other.  0: off.
     outlier_weight: float = field(default=0.0, metadata={"min": 0.0, "max": 100.0})
     outlier_margin: float = field(default=1.0, metadata={"above": 0.0, "max": 100.0})
-    # reconstruct: each VAE learns only its own class (the seed's method).  decision (contrast mode,
+    # reconstruct: each VAE learns only its own class (anomaly detection as first described).  decision (contrast mode,
     # conv VAEs): both VAEs and a small head on their encoders are trained together with a logistic
     # loss on windows labelled by their clip, each VAE's ELBO kept as a regulariser (train/decide.py).
     objective: str = field(default="reconstruct", metadata={"choices": ("reconstruct", "decision")})
@@ -120,7 +120,7 @@ class AugmentConfig:
 
 @dataclass
 class EnergyConfig:
-    """Add to each window's decision its 2-8 kHz energy above the trailing median (streamdet.scoring)."""
+    """Add to each window's decision its 2-8 kHz energy above the trailing median (streamdet.detect.scoring)."""
 
     weight: float = field(default=0.5, metadata={"min": 0.0})  # 0 turns it off
     context_windows: int = field(default=20, metadata={"min": 1})  # the trailing median's span (20 = 10 s)

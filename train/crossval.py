@@ -13,15 +13,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .cache import FeatureCache, default_cache_dir
-from .calibrate import calibrate, window_decisions
-from .clips import alarm_runs, clip_aggregate, reference_clip_score
-from .config import TrainConfig
-from .datasets import Item, read_dataset
-from .learn import calibration_decisions, train_on
-from .metrics import partial_auc, roc_auc
-from .progress import progress_bar
-from .splits import k_folds
+from train.cache import FeatureCache, default_cache_dir
+from train.calibrate import calibrate, window_decisions
+from train.clips import alarm_runs, clip_aggregate, reference_clip_score
+from train.config import TrainConfig
+from train.datasets import Item, read_dataset
+from train.learn import calibration_decisions, train_on
+from train.metrics import partial_auc, roc_auc
+from train.progress import progress_bar
+from train.splits import k_folds
 
 
 class Scored(NamedTuple):

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PRESETS, DataConfig
+from train.config import PRESETS, DataConfig
 
 log = logging.getLogger("train.datasets")
 
@@ -79,7 +79,7 @@ def read_labels(labels: Path, audio_dir: Path | None = None, split: str | None =
 
 def unlabelled(folder: Path) -> list[Item]:
     """Every audio file below `folder` (e.g. Chernobyl), for prediction; labels are -1."""
-    from streamdet.audio import AUDIO_SUFFIXES, list_audio_candidates
+    from streamdet.capture.audio import AUDIO_SUFFIXES, list_audio_candidates
 
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a directory")

@@ -14,11 +14,10 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from streamdet.features import LogMel, mel_band_edges
-from streamdet.model import DecisionDetector, make_vae
-
-from .config import TrainConfig
-from .windows import WindowSet
+from streamdet.detect.features import LogMel, mel_band_edges
+from streamdet.detect.model import DecisionNet, make_vae
+from train.config import TrainConfig
+from train.windows import WindowSet
 
 
 class Augmenter:
@@ -45,14 +44,14 @@ class Augmenter:
         return x
 
 
-def new_detector(config: TrainConfig, means: list[torch.Tensor], stds: list[torch.Tensor], vaes: list[torch.nn.Module] | None = None) -> DecisionDetector:
+def new_detector(config: TrainConfig, means: list[torch.Tensor], stds: list[torch.Tensor], vaes: list[torch.nn.Module] | None = None) -> DecisionNet:
     m, p = config.model, config.features
     vaes = vaes or [make_vae("conv", p.window_frames, p.n_mels, m.hidden, m.latent, m.channels, norm=True) for _ in range(2)]
-    return DecisionDetector(LogMel(p), vaes, torch.stack(means), torch.stack(stds), p.window_frames)
+    return DecisionNet(LogMel(p), vaes, torch.stack(means), torch.stack(stds), p.window_frames)
 
 
 def fit_decision(config: TrainConfig, sets: dict[str, tuple[WindowSet, WindowSet]], stats: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device, progress: Progress | None,
-                 vaes: list[torch.nn.Module] | None = None) -> tuple[DecisionDetector, dict]:
+                 vaes: list[torch.nn.Module] | None = None) -> tuple[DecisionNet, dict]:
     """The detector trained for the decision on sets['background'] and sets['bird'] (train, held
     out), each VAE normalised by its class's `stats` (mean, std), from fresh VAEs or from `vaes`
     (background, bird) already trained on their own class."""
@@ -168,7 +167,7 @@ class _Cycle:
         return np.concatenate(out)
 
 
-def _held_out_bce(detector: DecisionDetector, bg: WindowSet, bird: WindowSet, device: torch.device, bags: bool = False, chunk: int = 1024) -> float:
+def _held_out_bce(detector: DecisionNet, bg: WindowSet, bird: WindowSet, device: torch.device, bags: bool = False, chunk: int = 1024) -> float:
     """The logistic loss over held-out windows, or with `bags` over held-out clips (each scored by
     its windows' smooth maximum, as it was trained), each class weighing half."""
     detector.eval()

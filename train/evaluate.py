@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from streamdet.artifact import Model
-
-from .cache import FeatureCache
-from .clips import clip_aggregate, reference_clip_score, silence_of, windows_of
-from .datasets import Item
-from .metrics import roc_curve, summary
-from .plot import PlotUnavailable, roc_plot, score_histograms, write_roc_csv
+from streamdet.detect.artifact import Model
+from train.cache import FeatureCache
+from train.clips import clip_aggregate, reference_clip_score, silence_of, windows_of
+from train.datasets import Item
+from train.metrics import roc_curve, summary
+from train.plot import PlotUnavailable, roc_plot, score_histograms, write_roc_csv
 
 
 def model_clip_decisions(model: Model, items: list[Item], cache: FeatureCache, progress=None) -> dict[Item, float]:
@@ -91,7 +90,7 @@ def _score_part(job) -> dict[str, float]:
     """A worker process: one torch thread, its own model, its part of the clips (by path)."""
     import torch
 
-    from streamdet.artifact import load
+    from streamdet.detect.artifact import load
 
     model_path, device, cache_dir, paths = job
     torch.set_num_threads(1)

@@ -10,25 +10,26 @@ from pathlib import Path
 
 import torch
 
-from streamdet import artifact
-from streamdet.model import architecture
-
-from . import distributed
-from .cache import FeatureCache, default_cache_dir
-from .calibrate import calibrate, scoring_base
-from .checkpoint import Checkpoint
-from .config import TrainConfig
-from .datasets import read_dataset
-from .learn import calibration_decisions, train_detector
-from .progress import progress_bar
-from .provenance import code_version, data_summary
-from .splits import split_by_group
+from streamdet.detect import artifact
+from streamdet.detect.model import architecture
+from train import distributed
+from train.cache import FeatureCache, default_cache_dir
+from train.calibrate import calibrate, scoring_base
+from train.checkpoint import Checkpoint
+from train.config import TrainConfig
+from train.datasets import read_dataset
+from train.learn import calibration_decisions, train_detector
+from train.progress import progress_bar
+from train.provenance import code_version, data_summary
+from train.splits import split_by_group
 
 log = logging.getLogger("train.fit")
 
 
 
-def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, cache_dir: Path | None = None) -> tuple[Path, dict]:
+def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, cache_dir: Path | None = None) -> tuple[Path | None, dict]:
+    """Train, calibrate and write the artifact: its path and metrics; (None, {}) on a torchrun rank other
+    than 0, which trains its share and leaves calibrating and writing to rank 0."""
     torch.manual_seed(config.training.seed)
     params = config.features
     output = Path(output or config.output)

@@ -1,4 +1,4 @@
-"""A mode's Detector from clips: the windows each VAE learns (with augmentation), trained; and the
+"""A mode's scoring network from clips: the windows each VAE learns (with augmentation), trained; and the
 out-of-fold decisions calibration folds are set on."""
 from __future__ import annotations
 
@@ -8,24 +8,23 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from streamdet import artifact
-from streamdet.features import LogMel
-from streamdet.model import Detector
-from streamdet.modes import MODES
-
-from .cache import FeatureCache
-from .calibrate import scoring_base, window_decisions
-from .checkpoint import Checkpoint
-from .config import TrainConfig
-from .datasets import Item
-from .decide import fit_decision
-from .loop import fit_vae
-from .splits import k_folds, split_by_group
-from .windows import WindowSet, mix_windows
+from streamdet.detect import artifact
+from streamdet.detect.features import LogMel
+from streamdet.detect.model import ReconstructNet, ScoringNet
+from streamdet.detect.modes import MODES
+from train.cache import FeatureCache
+from train.calibrate import scoring_base, window_decisions
+from train.checkpoint import Checkpoint
+from train.config import TrainConfig
+from train.datasets import Item
+from train.decide import fit_decision
+from train.loop import fit_vae
+from train.splits import k_folds, split_by_group
+from train.windows import WindowSet, mix_windows
 
 
 def train_detector(config: TrainConfig, train_items: list[Item], val_items: list[Item], cache: FeatureCache, progress: Progress, checkpoint: Checkpoint) -> tuple[torch.nn.Module, dict]:
-    """The Detector for `config.mode`, trained on `train_items`, stopped early on `val_items`."""
+    """The scoring network for `config.mode`, trained on `train_items`, stopped early on `val_items`."""
     params, device = config.features, artifact.resolve_device(config.training.device)
     roles = MODES[config.mode].roles
 
@@ -75,10 +74,10 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
         means.append(mean)
         stds.append(std)
     signs = [1.0, -1.0] if config.mode == "contrast" else [1.0]
-    return Detector(LogMel(params), vaes, signs, torch.stack(means), torch.stack(stds), params.window_frames, config.model.log_errors, config.model.peak_frames, config.model.top_bands).eval(), info
+    return ReconstructNet(LogMel(params), vaes, signs, torch.stack(means), torch.stack(stds), params.window_frames, config.model.log_errors, config.model.peak_frames, config.model.top_bands).eval(), info
 
 
-def train_on(config: TrainConfig, items: list[Item], cache: FeatureCache, progress: Progress | None) -> tuple[Detector, dict, list[Item], list[Item]]:
+def train_on(config: TrainConfig, items: list[Item], cache: FeatureCache, progress: Progress | None) -> tuple[ScoringNet, dict, list[Item], list[Item]]:
     """A detector trained on `items` as `fit` trains it (not checkpointed): (detector, its scoring
     base, the items it learnt from, its held-out part)."""
     fit_items, val_items = split_by_group(items, config.training.val_fraction, config.training.seed)
@@ -86,7 +85,7 @@ def train_on(config: TrainConfig, items: list[Item], cache: FeatureCache, progre
     return detector, scoring_base(config, detector, fit_items, cache, progress), fit_items, val_items
 
 
-def calibration_decisions(config: TrainConfig, detector: Detector, base: dict, items: list[Item], val_items: list[Item], cache: FeatureCache, progress: Progress | None) -> dict[Item, np.ndarray]:
+def calibration_decisions(config: TrainConfig, detector: ScoringNet, base: dict, items: list[Item], val_items: list[Item], cache: FeatureCache, progress: Progress | None) -> dict[Item, np.ndarray]:
     """What the threshold is set on: the held-out part's decisions, or with calibration.folds the
     out-of-fold decisions over all of `items`."""
     if config.calibration.folds > 1:

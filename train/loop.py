@@ -7,17 +7,37 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from streamdet.model import make_vae, vae_loss
-
-from . import distributed
-from .checkpoint import Checkpoint
-from .config import TrainConfig
-from .windows import WindowSet
+from streamdet.detect.model import make_vae, vae_loss
+from train import distributed
+from train.checkpoint import Checkpoint
+from train.config import TrainConfig
+from train.windows import WindowSet
 
 
 def new_vae(config: TrainConfig) -> torch.nn.Module:
     m, p = config.model, config.features
     return make_vae(m.kind, p.window_frames, p.n_mels, m.hidden, m.latent, m.channels, norm=config.training.objective == "decision")
+
+
+def _epoch(vae, model, optimiser, train: WindowSet, outliers: WindowSet | None, prepare, generator: torch.Generator, t, device: torch.device) -> torch.Tensor:
+    """One pass over this rank's share of `train`; the summed loss, on the device."""
+    vae.train()
+    order = torch.randperm(len(train), generator=generator).numpy()
+    total = torch.zeros((), device=device)  # summed on the device: no host sync per step
+    exposed = outliers is not None and len(outliers) > 0 and t.outlier_weight > 0
+    other = torch.randint(len(outliers), (len(order),), generator=generator).numpy() if exposed else None
+    for a in range(0, len(order), t.batch_size):
+        x = prepare(train.batch(distributed.shard(order[a : a + t.batch_size])))
+        loss = vae_loss(x, *model(x), beta=t.beta)
+        if exposed:
+            o = prepare(outliers.batch(distributed.shard(other[a : a + t.batch_size])))
+            recon, _, _ = model(o)
+            loss = loss + t.outlier_weight * torch.relu(t.outlier_margin - (recon - o).pow(2).mean(dim=1)).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        total += loss.detach() * len(x)
+    return total
 
 
 def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: TrainConfig, device: torch.device, progress: Progress, checkpoint: Checkpoint, outliers: WindowSet | None = None) -> tuple[torch.nn.Module, dict]:
@@ -56,22 +76,7 @@ def fit_vae(name: str, train: WindowSet, val: WindowSet, mean, std, config: Trai
         return ((x - mean) / std).reshape(len(x), -1)
 
     while run["epoch"] < t.epochs and run["stale"] < t.patience:
-        vae.train()
-        order = torch.randperm(len(train), generator=generator).numpy()
-        total = torch.zeros((), device=device)  # summed on the device: no host sync per step
-        exposed = outliers is not None and len(outliers) > 0 and t.outlier_weight > 0
-        other = torch.randint(len(outliers), (len(order),), generator=generator).numpy() if exposed else None
-        for a in range(0, len(order), t.batch_size):
-            x = prepare(train.batch(distributed.shard(order[a : a + t.batch_size])))
-            loss = vae_loss(x, *model(x), beta=t.beta)
-            if exposed:
-                o = prepare(outliers.batch(distributed.shard(other[a : a + t.batch_size])))
-                recon, _, _ = model(o)
-                loss = loss + t.outlier_weight * torch.relu(t.outlier_margin - (recon - o).pow(2).mean(dim=1)).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.detach() * len(x)
+        total = _epoch(vae, model, optimiser, train, outliers, prepare, generator, t, device)
         total = distributed.all_mean(total).item() * distributed.size()
         val_error = _reconstruction_error(vae, val if len(val) else train, prepare, t.batch_size)
         run["epoch"] += 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamdet.scoring import SILENT_DECISION
+from streamdet.detect.scoring import SILENT_DECISION
 
 INSTALL = "pip install 'streamdet[plot]' (in this checkout: .venv/bin/pip install -e '.[plot]')"
 

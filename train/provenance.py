@@ -7,8 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import streamdet
-
-from .datasets import Item
+from train.datasets import Item
 
 log = logging.getLogger("train.fit")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from .datasets import Item
+from train.datasets import Item
 
 
 def grouped_strata(items: list[Item], seed: int) -> list[list[list[Item]]]:

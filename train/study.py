@@ -1,10 +1,10 @@
-"""`python -m train study`: the README's table, reproduced in one command.
+"""`python -m train study`: the table of docs/decision-training.md, reproduced in one command.
 
 Every row is a recipe, cross-validated the same way: 4 folds grouped by recording, each fold's
 model trained and calibrated on its own training part (calibration.folds 0: on its held-out tenth),
 its clips' out-of-fold scores pooled per block and over all blocks.  The rows are the recipe of the
-config, the VAEs trained alone to reconstruct their class (the seed's method, the previous bundled
-recipe), and one lever of the config's recipe changed per row (LEVERS).
+config, the VAEs trained alone to reconstruct their class (the anomaly-detection method, the previous
+bundled recipe), and one lever of the config's recipe changed per row (LEVERS).
 
 A daemon decides with one threshold, so the choosing figure is the ROC AUC pooled over all blocks,
 among the rows whose every block holding both classes reaches FLOOR_AUC and which keep the daemon's
@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from streamdet.typedconfig import apply_overrides
-
-from .config import TrainConfig
+from train.config import TrainConfig
 
 FLOOR_AUC = 0.6  # every two-class block must rank clearly better than chance
 # Pooled AUCs this close are one seed's spread apart: among them the recipe whose no-bird clips are
@@ -76,11 +75,11 @@ def _run(job) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     if what == "crossval":
-        from .crossval import crossval
+        from train.crossval import crossval
 
         result = crossval(config, folds=folds, seed=0)
     elif what == "leave_out":
-        from .crossval import leave_out
+        from train.crossval import leave_out
 
         result = leave_out(config)
     else:
@@ -95,13 +94,12 @@ def _slug(name: str) -> str:
 
 
 def _eval(config: TrainConfig, name: str, eval_spec, out: Path) -> dict:
-    from streamdet.artifact import load
-
-    from .cache import FeatureCache, default_cache_dir
-    from .datasets import read_labels
-    from .evaluate import evaluate
-    from .fit import fit
-    from .progress import progress_bar
+    from streamdet.detect.artifact import load
+    from train.cache import FeatureCache, default_cache_dir
+    from train.datasets import read_labels
+    from train.evaluate import evaluate
+    from train.fit import fit
+    from train.progress import progress_bar
 
     data, labels, split = eval_spec
     path, metrics = fit(config, out / f"{_slug(name)}.pt")

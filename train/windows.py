@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from streamdet.features import FeatureParams, background_floors, window_index, window_starts
-from streamdet.scoring import band_energy_db
-
-from .cache import FeatureCache
-from .datasets import Item
+from streamdet.detect.features import FeatureParams, background_floors, window_index, window_starts
+from streamdet.detect.scoring import band_energy_db
+from train.cache import FeatureCache
+from train.datasets import Item
 
 
 class WindowSet:

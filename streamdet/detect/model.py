@@ -1,0 +1,290 @@
+"""The VAEs, and the networks the artifact scripts around them: ReconstructNet (VAEs trained alone,
+compared by their reconstruction errors) and DecisionNet (VAEs trained together for the decision).
+
+The contract of a scripted network (what the daemon relies on, whatever trained it):
+  features(samples [T]) -> log-mel dB frames [n, M]   (the front end travels with the model)
+  errors(windows [B, W, M]) -> (loss [B], band errors [B, M]), from one pass: the daemon's call
+  forward(windows) -> loss [B];  band_errors(windows) -> [B, M]
+The loss is reduced from the band errors here alone (artifacts made before `errors()` existed are
+scored with their forward and band_errors, two passes).
+The loss is a signed sum of per-VAE reconstruction errors: one VAE with sign +1 for the
+single-class modes, or a background VAE (+1) and a bird VAE (-1) for the contrast mode.  With
+`log_errors` each band's error enters as its logarithm, so the contrast is a per-band log ratio
+(which VAE explains the band better, by what factor) rather than a difference that grows with
+how loud and busy a window is.  With `peak_frames` k > 0 the window's errors are not averaged
+over all its frames but taken where the contrast peaks: over the k consecutive frames whose mean
+is highest (a 100-ms call fills 5 of a window's 49 frames; the mean over all of them dilutes it).
+With `top_bands` k > 0 the loss is the mean over the k bands where the contrast is highest, not
+over all of them: a call fills a few bands, and the mean over 64 dilutes it
+(docs/reconstruct-recipes.md).
+"""
+from __future__ import annotations
+
+from typing import List, Tuple, Union
+
+import torch
+from torch import nn
+
+from streamdet.detect.features import LogMel
+
+
+class _Sampling(nn.Module):
+    """What every VAE here shares: a sampled latent for training, the posterior mean for scoring.
+    A subclass provides encode(x) -> (mu, logvar) and decode(z) over flat windows."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: (reconstruction, mu, logvar) with a sampled latent."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decode(z), mu, logvar
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Scoring pass: decode the posterior mean, so a window always gets the same loss."""
+        mu, _ = self.encode(x)
+        return self.decode(mu)
+
+
+class VAE(_Sampling):
+    def __init__(self, n_inputs: int, hidden: int = 256, latent: int = 16):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(n_inputs, hidden), nn.GELU(), nn.Linear(hidden, hidden // 2), nn.GELU())
+        self.to_mu = nn.Linear(hidden // 2, latent)
+        self.to_logvar = nn.Linear(hidden // 2, latent)
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, hidden // 2), nn.GELU(), nn.Linear(hidden // 2, hidden), nn.GELU(), nn.Linear(hidden, n_inputs)
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.to_mu(h), self.to_logvar(h).clamp(-12.0, 12.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+
+class ConvVAE(_Sampling):
+    """A VAE with 2-D convolutions over (time, mel): local time-frequency shapes (a call's sweep, a
+    harmonic stack) are learnt once wherever they sit, instead of per position as in the MLP.
+
+    Same interface as VAE (flat windows in, flat reconstructions out), so the ReconstructNet, training and
+    scoring do not care which it is.  Three stride-2 stages take a window padded to a multiple of 8
+    frames down to 1/8 of its size, and three transposed ones back; the padding is cropped off."""
+
+    def __init__(self, window_frames: int, n_mels: int, channels: int = 16, latent: int = 16, norm: bool = False):
+        super().__init__()
+        if n_mels % 8:
+            raise ValueError(f"a convolutional VAE needs n_mels divisible by 8, found {n_mels}")
+        self.window_frames, self.n_mels, self.channels = window_frames, n_mels, channels
+        self.padded = (window_frames + 7) // 8 * 8
+        c = channels
+
+        def stage(a: int, b: int) -> list:
+            # Batch-norm (the decision-trained VAEs): windows of both classes, of every recorder, on one scale.
+            return [nn.Conv2d(a, b, 3, stride=2, padding=1)] + ([nn.BatchNorm2d(b)] if norm else []) + [nn.GELU()]
+
+        self.encoder = nn.Sequential(*stage(1, c), *stage(c, 2 * c), *stage(2 * c, 4 * c))
+        self.flat = 4 * c * (self.padded // 8) * (n_mels // 8)
+        self.to_mu = nn.Linear(self.flat, latent)
+        self.to_logvar = nn.Linear(self.flat, latent)
+        self.from_latent = nn.Sequential(nn.Linear(latent, self.flat), nn.GELU())
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(4 * c, 2 * c, 4, stride=2, padding=1), nn.GELU(),
+            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1), nn.GELU(),
+            nn.ConvTranspose2d(c, 1, 4, stride=2, padding=1),
+        )
+
+    def encode_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's last feature map [B, 4c, padded/8, n_mels/8] of flat windows."""
+        image = x.reshape(x.shape[0], 1, self.window_frames, self.n_mels)
+        image = nn.functional.pad(image, (0, 0, 0, self.padded - self.window_frames))
+        return self.encoder(image)
+
+    def latent_of(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = h.reshape(h.shape[0], self.flat)
+        return self.to_mu(h), self.to_logvar(h).clamp(-12.0, 12.0)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.latent_of(self.encode_map(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.from_latent(z).reshape(z.shape[0], 4 * self.channels, self.padded // 8, self.n_mels // 8)
+        return self.decoder(h)[:, 0, : self.window_frames, :].reshape(z.shape[0], self.window_frames * self.n_mels)
+
+
+MODEL_KINDS = ("mlp", "conv")
+
+
+def make_vae(kind: str, window_frames: int, n_mels: int, hidden: int, latent: int, channels: int, norm: bool = False) -> nn.Module:
+    """A fresh VAE of `kind` for windows of window_frames x n_mels."""
+    if kind == "conv":
+        return ConvVAE(window_frames, n_mels, channels, latent, norm)
+    if kind == "mlp":
+        return VAE(window_frames * n_mels, hidden, latent)
+    raise ValueError(f"model.kind: expected one of {', '.join(MODEL_KINDS)}, found {kind!r}")
+
+
+def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float) -> torch.Tensor:
+    """The negative ELBO per input value (Gaussian reconstruction term, KL weighted by beta), averaged."""
+    reconstruction = (recon - x).pow(2).mean(dim=1)
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1) / x.shape[1]
+    return (reconstruction + beta * kl).mean()
+
+
+def loss_from_bands(bands: torch.Tensor, top_bands: int) -> torch.Tensor:
+    """A window's loss from its per-band errors [B, M]: the mean over the `top_bands` highest
+    (all of them when 0)."""
+    if top_bands <= 0 or top_bands >= bands.shape[1]:
+        return bands.mean(dim=1)
+    return bands.topk(top_bands, dim=1).values.mean(dim=1)
+
+
+class ReconstructNet(nn.Module):
+    def __init__(self, frontend: LogMel, vaes: List[nn.Module], signs: List[float], mean: torch.Tensor, std: torch.Tensor, window_frames: int, log_errors: bool = False, peak_frames: int = 0, top_bands: int = 0):
+        """`mean` and `std` are [n_vaes, n_mels]: each VAE sees windows normalised by its own training data."""
+        super().__init__()
+        if len(vaes) != len(signs) or mean.shape[0] != len(vaes) or std.shape != mean.shape:
+            raise ValueError("one sign, one mean and one std row per VAE")
+        self.frontend = frontend
+        self.vaes = nn.ModuleList(vaes)
+        self.register_buffer("signs", torch.tensor(signs, dtype=torch.float32))
+        self.register_buffer("mean", mean.reshape(len(vaes), 1, 1, -1).float())
+        self.register_buffer("std", std.reshape(len(vaes), 1, 1, -1).float().clamp_min(1e-3))
+        self.window_frames = window_frames
+        self.n_mels = int(mean.shape[1])
+        self.log_errors = log_errors
+        self.peak_frames = min(peak_frames, window_frames)
+        self.top_bands = top_bands
+        self.log_floor = 1e-3  # errors are in units of the training data's variance; below this is noise
+
+    @torch.jit.export
+    def features(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.frontend(samples)
+
+    @torch.jit.export
+    def band_errors(self, windows: torch.Tensor) -> torch.Tensor:
+        b = windows.shape[0]
+        frames = 1 if self.peak_frames == 0 else self.window_frames
+        total = torch.zeros(b, frames, self.n_mels, device=windows.device, dtype=windows.dtype)
+        for i, vae in enumerate(self.vaes):
+            x = ((windows - self.mean[i]) / self.std[i]).reshape(b, -1)
+            err = (vae.reconstruct(x) - x).pow(2).reshape(b, self.window_frames, self.n_mels)
+            if self.peak_frames == 0:
+                err = err.mean(dim=1, keepdim=True)
+            if self.log_errors:
+                err = torch.log(err + self.log_floor)
+            total = total + self.signs[i] * err
+        if self.peak_frames == 0:
+            return total[:, 0]
+        # Moving averages over peak_frames frames; the window's bands are those of the best stretch.
+        smooth = nn.functional.avg_pool1d(total.transpose(1, 2), self.peak_frames, stride=1).transpose(1, 2)
+        best = smooth.mean(dim=2).argmax(dim=1)
+        return smooth[torch.arange(b, device=windows.device), best]
+
+    @torch.jit.export
+    def errors(self, windows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(loss per window, error per window and band) from one pass: the daemon's call."""
+        bands = self.band_errors(windows)
+        return loss_from_bands(bands, self.top_bands), bands
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.errors(windows)[0]
+
+
+class DecisionNet(nn.Module):
+    """Two convolutional VAEs, of background (sign +1) and of bird audio (sign -1), trained together
+    for the decision (train/decide.py): each still learns to reconstruct its own class (its ELBO is
+    a regulariser), and a window's loss is a logit, higher for birds, made of
+      - the reconstruction contrast, per band: softplus(w_b) * (error_background,b - error_bird,b),
+        the errors averaged over the window's frames, and
+      - a small head on what both encoders saw, max- and mean-pooled over time and frequency (a call
+        anywhere in the window counts the same), spread evenly over the bands.
+    So band_errors [B, M] are each band's share of the logit, and the loss is their mean: the
+    daemon takes it as it takes any ReconstructNet's (top_bands 0), and which band peaks still says where
+    the VAEs disagree.  Same contract as ReconstructNet."""
+
+    def __init__(self, frontend: LogMel, vaes: List[ConvVAE], mean: torch.Tensor, std: torch.Tensor, window_frames: int, head_hidden: int = 32):
+        super().__init__()
+        if len(vaes) != 2 or mean.shape[0] != 2 or std.shape != mean.shape:
+            raise ValueError("a background and a bird VAE, with one mean and one std row each")
+        self.frontend = frontend
+        self.vaes = nn.ModuleList(vaes)
+        self.register_buffer("signs", torch.tensor([1.0, -1.0]))
+        self.register_buffer("mean", mean.reshape(2, 1, 1, -1).float())
+        self.register_buffer("std", std.reshape(2, 1, 1, -1).float().clamp_min(1e-3))
+        self.window_frames = window_frames
+        self.n_mels = int(mean.shape[1])
+        self.log_errors, self.peak_frames, self.top_bands = False, 0, 0
+        self.band_weight = nn.Parameter(torch.zeros(self.n_mels))
+        self.bias = nn.Parameter(torch.zeros(1))
+        pooled = sum(2 * 4 * v.channels for v in vaes)
+        self.head = nn.Sequential(nn.Linear(pooled, head_hidden), nn.GELU(), nn.Linear(head_hidden, 1))
+
+    @torch.jit.export
+    def features(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.frontend(samples)
+
+    def _parts(self, windows: torch.Tensor, elbo_mask: List[torch.Tensor], beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(band shares of the logit [B, M], the VAEs' summed negative ELBO over the windows each
+        is to learn, sampled; 0 when no mask selects any)."""
+        b = windows.shape[0]
+        contrast = torch.zeros(b, self.n_mels, device=windows.device, dtype=windows.dtype)
+        pooled: List[torch.Tensor] = []
+        elbo = torch.zeros((), device=windows.device, dtype=windows.dtype)
+        for i, vae in enumerate(self.vaes):
+            x = ((windows - self.mean[i]) / self.std[i]).reshape(b, -1)
+            h = vae.encode_map(x)
+            mu, logvar = vae.latent_of(h)
+            err = (vae.decode(mu) - x).pow(2).reshape(b, self.window_frames, self.n_mels).mean(dim=1)
+            contrast = contrast + self.signs[i] * err
+            pooled.append(torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1))
+            if len(elbo_mask) > i and bool(elbo_mask[i].any()):
+                m = elbo_mask[i]
+                z = mu[m] + torch.randn_like(mu[m]) * torch.exp(0.5 * logvar[m])
+                elbo = elbo + vae_loss(x[m], vae.decode(z), mu[m], logvar[m], beta)
+        logit = self.bias + self.head(torch.cat(pooled, dim=1))
+        return nn.functional.softplus(self.band_weight) * contrast + logit / self.n_mels, elbo
+
+    def training_pass(self, windows: torch.Tensor, labels: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit per window, the ELBO regulariser: background VAE on label 0, bird VAE on label 1)."""
+        bands, elbo = self._parts(windows, [labels < 0.5, labels >= 0.5], beta)
+        return bands.mean(dim=1), elbo
+
+    @torch.jit.export
+    def band_errors(self, windows: torch.Tensor) -> torch.Tensor:
+        return self._parts(windows, [], 0.0)[0]
+
+    @torch.jit.export
+    def errors(self, windows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        bands = self.band_errors(windows)
+        return bands.mean(dim=1), bands
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.errors(windows)[0]
+
+
+ARCH_KINDS = {"mlp": "mlp_vae", "conv": "conv_vae"}
+ScoringNet = Union[ReconstructNet, DecisionNet]  # what an artifact scripts
+
+
+def architecture(detector: ScoringNet, kind: str, hidden: int, latent: int, channels: int) -> dict:
+    """The description stored in an artifact's metadata, enough to rebuild the module eagerly."""
+    arch = {"kind": ARCH_KINDS[kind], "latent": latent, "signs": detector.signs.tolist(), "log_errors": detector.log_errors, "peak_frames": detector.peak_frames, "top_bands": detector.top_bands}
+    arch.update({"channels": channels} if kind == "conv" else {"hidden": hidden})
+    if isinstance(detector, DecisionNet):
+        arch.update({"objective": "decision", "norm": True, "head_hidden": detector.head[0].out_features})
+    return arch
+
+
+def rebuild_eager(scripted: torch.nn.Module, arch: dict, frontend: LogMel, window_frames: int, n_mels: int) -> nn.Module:
+    """An eager ReconstructNet with a scripted one's weights (for benchmarks and debugging)."""
+    kind = "conv" if arch["kind"] == "conv_vae" else "mlp"
+    vaes = [make_vae(kind, window_frames, n_mels, arch.get("hidden", 0), arch["latent"], arch.get("channels", 0), arch.get("norm", False)) for _ in arch["signs"]]
+    state = scripted.state_dict()
+    k = len(arch["signs"])
+    if arch.get("objective") == "decision":
+        detector = DecisionNet(frontend, vaes, state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch["head_hidden"])
+        detector.load_state_dict(state)
+        return detector.eval()
+    detector = ReconstructNet(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch.get("log_errors", False), arch.get("peak_frames", 0), arch.get("top_bands", 0))
+    detector.load_state_dict(state)
+    return detector.eval()

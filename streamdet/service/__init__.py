@@ -1,0 +1,1 @@
+"""The service: the daemon and its per-source pipeline (reader, clips, recorder), signals, systemd, metrics, watchdog and logging."""

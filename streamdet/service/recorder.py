@@ -1,0 +1,153 @@
+"""Clips of detected events, with pre-roll and post-roll taken from the ring buffer, kept within
+an age and a size limit.  Runs in the processing thread; a failing disk is reported, not fatal."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import soundfile as sf
+
+from streamdet.capture.ringbuffer import RingBuffer
+from streamdet.config import RecordingConfig
+from streamdet.errors import one_line
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    path: Path
+    start: int  # ring positions
+    end: int
+    sidecar: dict
+
+
+class ClipRecorder:
+    def __init__(self, config: RecordingConfig, source: str, ring: RingBuffer, rate: int):
+        self.source, self.ring, self.rate = source, ring, rate
+        self.configure(config)
+        self.leftovers = self._remove_leftovers()
+        self.jobs: list[_Job] = []
+        self.written = 0
+        self.failed = 0
+        self.deleted = 0
+        self.errors: list[str] = []  # taken by the channel for its status reports
+        self.writing: Path | None = None
+
+    def configure(self, config: RecordingConfig) -> None:
+        """New settings (SIGHUP); clips already planned keep their path."""
+        self.config = config
+        self.directory = Path(config.directory) / self.source
+        self._index = None  # the folder may have changed: scanned again when next needed
+
+    def _clips(self) -> list[list]:
+        """[mtime, path, bytes] of every clip in the folder, oldest first: scanned once, then kept
+        up to date as clips are written and deleted, so retention never re-reads the folder."""
+        if self._index is None:
+            clips = []
+            for clip in self.directory.glob("*.flac") if self.directory.is_dir() else []:
+                try:
+                    st = clip.stat()
+                except OSError:
+                    continue
+                clips.append([st.st_mtime, clip, st.st_size + _size(clip.with_suffix(".json"))])
+            self._index = sorted(clips, key=lambda c: c[0])
+            self._total = sum(c[2] for c in self._index)
+        return self._index
+
+    def _remove_leftovers(self) -> int:
+        """`.part` files a crash left behind: never clips, but they took space; remove them."""
+        removed = 0
+        for part in self.directory.glob("*.flac.part") if self.directory.is_dir() else []:
+            part.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            log.warning("%s: removed %d unfinished clip file(s) left by an earlier run in %s", self.source, removed, self.directory)
+        return removed
+
+    def schedule(self, event: dict, onset_pos: int, offset_pos: int, segment_start: int, segment_end: int | None, sidecar: dict) -> Path:
+        """Plan the clip of an event that has ended; it is written once its post-roll has arrived.
+        The clip never reaches outside the event's segment (another file, or across a gap)."""
+        start = max(onset_pos - int(self.config.pre_roll_s * self.rate), segment_start)
+        end = offset_pos + int(self.config.post_roll_s * self.rate)
+        if segment_end is not None:
+            end = min(end, segment_end)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        path = self.directory / f"{self.source}_{stamp}_{sidecar['run_id']}_e{event['event_id']}.flac"
+        self.jobs.append(_Job(path, start, end, sidecar))
+        return path
+
+    def oldest_needed(self) -> int | None:
+        """The earliest ring position a planned clip still needs, if any."""
+        return min((j.start for j in self.jobs), default=None)
+
+    def poll(self, final: bool = False) -> None:
+        """Write every clip whose audio is all in (or whatever is left, when the stream ends)."""
+        ready = [j for j in self.jobs if final or self.ring.write_pos >= j.end]
+        for job in ready:
+            self.jobs.remove(job)
+            self._write(job)
+
+    def _write(self, job: _Job) -> None:
+        first, audio = self.ring.peek(job.start, job.end)
+        sidecar = {
+            **job.sidecar,
+            "clip_start": round(job.sidecar["stream_time_of_pos0"] + first / self.rate, 4),
+            "clip_end": round(job.sidecar["stream_time_of_pos0"] + (first + len(audio)) / self.rate, 4),
+            "pre_roll_s": self.config.pre_roll_s, "post_roll_s": self.config.post_roll_s,
+            "sample_rate": self.rate, "truncated": first > job.start or first + len(audio) < job.end,
+            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        sidecar.pop("stream_time_of_pos0")
+        self.writing = job.path
+        self._clips()  # scanned (once) before this clip exists, which is then added to the index
+        tmp = job.path.with_name(job.path.name + ".part")
+        try:
+            job.path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(str(tmp), audio, self.rate, format="FLAC", subtype="PCM_24")
+            tmp.replace(job.path)
+            job.path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
+            self.written += 1
+            clips = self._clips()
+            size = _size(job.path) + _size(job.path.with_suffix(".json"))
+            clips.append([time.time(), job.path, size])
+            self._total += size
+            self._retain()
+        except (OSError, RuntimeError) as exc:  # a full disk among them (libsndfile's errors are RuntimeErrors): report it, keep detecting
+            self.failed += 1
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # its folder may be what failed (a file where the folder should be)
+                pass
+            reason = f"could not write {job.path}: {getattr(exc, 'strerror', None) or one_line(exc, 160)}"
+            self.errors.append(reason)
+            log.error("%s: clip recording failed: %s", self.source, reason)
+        finally:
+            self.writing = None
+
+    def _retain(self) -> None:
+        """Delete the oldest clips beyond max_age_days or max_total_mb; never the one just written."""
+        clips, now, limit = self._clips(), time.time(), self.config.max_total_mb * 1e6
+        while clips and clips[0][1] != self.writing:
+            mtime, clip, size = clips[0]
+            if now - mtime <= self.config.max_age_days * 86400 and self._total <= limit:
+                break
+            clips.pop(0)
+            self._total -= size
+            clip.unlink(missing_ok=True)
+            clip.with_suffix(".json").unlink(missing_ok=True)
+            self.deleted += 1
+
+    def describe(self) -> dict:
+        return {"directory": str(self.directory), "written": self.written, "failed": self.failed, "deleted": self.deleted, "pending": len(self.jobs)}
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
