@@ -162,3 +162,58 @@ def test_the_example_config_names_every_key_the_daemon_and_the_bridge_read():
     sections = {**{f.name: f.default_factory() for f in fields(Config) if f.name != "sources"}, "sources": SourceConfig(), "mqtt": MqttConfig()}
     missing = [f"{name}.{f.name}" for name, obj in sections.items() if is_dataclass(obj) for f in fields(obj) if not re.search(rf"^[ #-]*{f.name}:", text, re.M)]
     assert not missing, f"not in configs/daemon.yaml: {missing}"
+
+
+def _relative_paths(cls, data_for_lists: dict) -> dict:
+    """A mapping for `cls` in which every path field, nested ones too, is a relative name."""
+    import typing
+    from dataclasses import fields, is_dataclass
+
+    out = {}
+    for f in fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        item = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
+        if f.metadata.get("path"):
+            out[f.name] = f"rel/{f.name}"
+        elif is_dataclass(hint):
+            out[f.name] = _relative_paths(hint, data_for_lists)
+        elif item is not None and is_dataclass(item):
+            out[f.name] = [{**data_for_lists.get(f.name, {}), **_relative_paths(item, data_for_lists)}]
+    return out
+
+
+def _path_fields(obj, where=""):
+    from dataclasses import fields, is_dataclass
+
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("path"):
+            yield f"{where}{f.name}", value
+        elif is_dataclass(value):
+            yield from _path_fields(value, f"{where}{f.name}.")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if is_dataclass(item):
+                    yield from _path_fields(item, f"{where}{f.name}[{i}].")
+
+
+def test_every_path_field_of_every_config_is_relative_to_its_file(tmp_path, monkeypatch):
+    """One walk over the dataclasses: a path field added later is covered without being listed."""
+    import yaml
+
+    from streamdet.config import Config
+    from streamdet.subscribers.mqtt import MqttConfig, load_mqtt_config
+    from train.config import TrainConfig, load_train_config
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    monkeypatch.chdir(tmp_path)
+    daemon = {**_relative_paths(Config, {}), "mqtt": _relative_paths(MqttConfig, {})}
+    (etc / "daemon.yaml").write_text(yaml.safe_dump(daemon))
+    (etc / "train.yaml").write_text(yaml.safe_dump(_relative_paths(TrainConfig, {"data": {"kind": "bad"}})))
+    loaded = {"daemon": load_config(etc / "daemon.yaml"), "mqtt": load_mqtt_config(etc / "daemon.yaml"), "train": load_train_config(etc / "train.yaml")}
+    found = {name: dict(_path_fields(config)) for name, config in loaded.items()}
+    assert all(found.values()) and len(found["daemon"]) >= 6 and len(found["train"]) >= 5, found
+    for name, paths in found.items():
+        for key, value in paths.items():
+            assert value == str(etc / "rel" / key.rsplit(".", 1)[-1]), (name, key, value)

@@ -50,7 +50,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class NetConfig:
     kind: str = field(default="mlp", metadata={"choices": ("mlp", "conv")})  # conv: 2-D convolutions over (time, mel)
     hidden: int = field(default=256, metadata={"min": 8, "max": 65536})  # mlp: width of the first layer
     channels: int = field(default=8, metadata={"min": 1, "max": 512})  # conv: channels of the first stage (then x2, x4)
@@ -158,7 +158,7 @@ class TrainConfig:
     # contrast: both, score = background loss - bird loss.
     mode: str = field(default="contrast", metadata={"choices": tuple(MODES)})
     features: FeatureParams = field(default_factory=FeatureParams)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: NetConfig = field(default_factory=NetConfig)  # the network; streamdet.config.ModelConfig is which artifact a daemon loads
     training: TrainingConfig = field(default_factory=TrainingConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
