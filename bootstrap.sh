@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins mosquitto tmux)  # PortAudio; for the tests a virtual microphone, an MQTT broker and a terminal
+APT_PACKAGES=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins mosquitto tmux chromium chromium-driver)  # PortAudio; for the tests a virtual microphone, an MQTT broker, a terminal and a browser
 PYTHON=${PYTHON:-python3}
 
 missing=()

@@ -23,7 +23,8 @@ from streamdet.detect.model import rebuild_eager
 from streamdet.service.daemon import Daemon
 
 
-def run_bench(data: Path | None, model_path: Path | None, device: str, passes: int, console: Console | None = None, peers: dict[str, str] | None = None) -> dict:
+def run_bench(data: Path | None, model_path: Path | None, device: str, passes: int, console: Console | None = None, peers: dict[str, str] | None = None,
+              spectrogram: bool = False) -> dict:
     """`peers`: name -> a shell command with `{data}` for the folder, timed on the same data in
     this run, process start included, beside this project's `predict` timed the same way."""
     console = console or Console()
@@ -32,12 +33,12 @@ def run_bench(data: Path | None, model_path: Path | None, device: str, passes: i
     p = model.features
     files = [f for f in list_audio_candidates(data)]
     console.print(f"bench: {len(files)} files from {data}; model {model.path} on {model.device}; torch threads {torch.get_num_threads()}")
-    results: dict = {"data": str(data), "device": str(model.device), "threads": torch.get_num_threads()}
+    results: dict = {"data": str(data), "device": str(model.device), "threads": torch.get_num_threads(), "spectrogram": spectrogram}
 
     # End to end: the daemon itself, replaying at max pace to a real subscriber on loopback.
     e2e = []
     for _ in range(passes):
-        e2e.append(_end_to_end(data, model_path, device))
+        e2e.append(_end_to_end(data, model_path, device, spectrogram))
     results["end_to_end_x_first"] = e2e[0]["x"]
     later = sorted(r["x"] for r in e2e[1:]) or [e2e[0]["x"]]
     results["end_to_end_x"] = later[len(later) // 2]  # the median pass after the first
@@ -120,12 +121,12 @@ def _stages(files: list[Path], model, results: dict) -> tuple[torch.Tensor, floa
     return all_windows, audio_s
 
 
-def _end_to_end(data: Path, model_path: Path | None, device: str) -> dict:
+def _end_to_end(data: Path, model_path: Path | None, device: str, spectrogram: bool = False) -> dict:
     endpoint = free_tcp_endpoint()
     config = Config(
         sources=[SourceConfig(kind="replay", name="bench", path=str(data), pace="max")],
         model=ModelConfig(path=None if model_path is None else str(model_path), device=device, batch_windows=64, threads=torch.get_num_threads()),
-        bus=BusConfig(endpoint=endpoint, wait_subscribers=1, wait_timeout_s=10, status_interval_s=60),
+        bus=BusConfig(endpoint=endpoint, wait_subscribers=1, wait_timeout_s=10, status_interval_s=60, spectrogram=spectrogram),
     )
     daemon = Daemon.from_config(config, name="bench")
     model, publisher = daemon.model, daemon.publisher

@@ -54,6 +54,7 @@ def add_run(sub) -> None:
     run.add_argument("--endpoint", help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:5556)")
     run.add_argument("--connect", metavar="ENDPOINT", help="publish into a `streamdet proxy` frontend instead of binding an endpoint")
     run.add_argument("--wait-subscribers", type=int, metavar="N", help="hold the stream until N subscriptions have arrived")
+    run.add_argument("--spectrogram", action="store_true", default=None, help="also publish what the model sees on spec.<source> (for `streamdet web`)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set detector.on_score=0.6")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     run.add_argument("--heap-snapshots", type=Path, metavar="DIR", help="diagnostics: write a tracemalloc snapshot and memory counters to DIR every --heap-interval seconds (slows the daemon)")
@@ -100,6 +101,15 @@ def add_subscribers(sub) -> None:
     add_curve_client_args(listen)
     listen.set_defaults(handler=cmd_listen)
 
+    page = sub.add_parser("web", help="serve a live page of one or more daemons: scores, spectrogram, events with their clips (needs the web extra)")
+    page.add_argument("--endpoint", action="append", default=[], help="a daemon or proxy backend to subscribe to (repeatable; default tcp://127.0.0.1:5556)")
+    page.add_argument("--source", action="append", default=[], help="only this source (repeatable)")
+    page.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="where to serve the page (default 127.0.0.1:8080; beyond loopback it needs --token-file)")
+    page.add_argument("--clips", type=Path, metavar="DIR", help="the daemon's clips folder (recording.directory), read-only: events play their clips")
+    page.add_argument("--token-file", type=Path, metavar="FILE", help="a file holding the token every request must carry (open the page as /?token=...)")
+    add_curve_client_args(page)
+    page.set_defaults(handler=cmd_web)
+
 
 def add_tools(sub) -> None:
     """proxy, soak, keys, demo and bench."""
@@ -135,6 +145,7 @@ def add_tools(sub) -> None:
     bench.add_argument("--data", type=Path, help="directory of audio to replay (default: the bundled clips)")
     bench.add_argument("--model", type=Path, help="model artifact (default: the bundled model)")
     bench.add_argument("--device", default="auto")
+    bench.add_argument("--spectrogram", action="store_true", help="end to end with the spec topic on (its cost)")
     bench.add_argument("--passes", type=int, default=5, help="end-to-end replays; the first is reported as cold, the median of the rest as steady state")
     bench.add_argument("--threads", type=int, default=1, help="torch intra-op threads, as model.threads (default 1)")
     bench.add_argument("--json", type=Path, help="also write the figures as JSON here")
@@ -183,6 +194,8 @@ def build_config(args):
             config.bus.endpoint, config.bus.connect = args.connect, True
         if args.wait_subscribers is not None:
             config.bus.wait_subscribers = args.wait_subscribers
+        if args.spectrogram:
+            config.bus.spectrogram = True
         if args.log_level is not None:
             config.log.level = args.log_level
         if getattr(args, "metrics", None) is not None:
@@ -341,6 +354,41 @@ def cmd_listen(args) -> int:
     return 0
 
 
+def cmd_web(args) -> int:
+    from streamdet.addresses import AddressError, host_port
+
+    try:
+        from streamdet.subscribers.web.server import is_loopback, serve
+    except ImportError:
+        raise UserError("streamdet web needs aiohttp, which is not installed: pip install 'streamdet[web]' (in this checkout: .venv/bin/pip install -e '.[web]')") from None
+    try:
+        host, port = host_port(args.listen)
+    except AddressError as exc:
+        raise UserError(f"--listen: {exc}") from None
+    token = None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--token-file {args.token_file}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+        if len(token) < 16:
+            raise UserError(f"--token-file {args.token_file}: expected a token of at least 16 characters (for example: openssl rand -hex 16)")
+    elif not is_loopback(host):
+        raise UserError(f"--listen {args.listen}: refusing to serve beyond loopback without --token-file (anyone who can reach {host} would see the station)")
+    if args.clips is not None and args.clips.exists() and not args.clips.is_dir():
+        raise UserError(f"--clips {args.clips}: not a folder")  # a missing one is fine: the daemon makes it at its first clip
+    endpoints = args.endpoint or ["tcp://127.0.0.1:5556"]
+    curve = None
+    for endpoint in endpoints:
+        curve = subscriber_curve(args, endpoint)
+    setup_logging("info")
+    try:
+        serve(endpoints, host, port, args.clips, token, tuple(args.source), curve)
+    except OSError as exc:
+        raise UserError(f"--listen {args.listen}: cannot serve there ({exc.strerror or exc})") from None
+    return 0
+
+
 def cmd_export(args) -> int:
     from streamdet.subscribers.export import ExportError, export, from_bus, read_jsonl
 
@@ -426,7 +474,7 @@ def cmd_bench(args) -> int:
                 if not (sep and name.strip() and command.strip()):
                     raise UserError(f"--vs {item[:60]!r}: expected NAME=COMMAND, such as birdnet='birdnet-analyze {{data}} -o out'")
                 peers[name.strip()] = command
-            results = run_bench(args.data, args.model, args.device, max(1, args.passes), peers=peers)
+            results = run_bench(args.data, args.model, args.device, max(1, args.passes), peers=peers, spectrogram=args.spectrogram)
     except (ArtifactError, RuntimeError, ValueError) as exc:
         raise UserError(one_line(exc)) from None
     if args.json:

@@ -87,6 +87,7 @@ class BusConfig:
     wait_timeout_s: float = field(default=0.0, metadata={"min": 0.0, "max": 1e7})  # 0: wait forever
     status_interval_s: float = field(default=5.0, metadata={"above": 0.0, "max": 86400.0})
     send_hwm: int = field(default=1000, metadata={"min": 1, "max": 10_000_000})
+    spectrogram: bool = False  # publish each window's new model-input frames on spec.<source> (for `streamdet web`)
     # CURVE (README, "Security"): this daemon's secret certificate; with it, a bound bus admits only
     # the clients whose public certificates are in curve_clients, and a connecting one (connect: true)
     # needs the proxy's public certificate in curve_server_key.

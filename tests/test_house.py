@@ -75,6 +75,7 @@ PURE = {
     "streamdet.bus.messages": ("zmq", "yaml", "torch"),
     "streamdet.subscribers.streamview": ("zmq", "yaml", "torch"),
     "streamdet.capture.ringbuffer": ("zmq", "yaml", "torch"),
+    "streamdet.subscribers.web.state": ("zmq", "yaml", "torch", "aiohttp"),
 }
 
 

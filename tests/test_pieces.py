@@ -199,9 +199,9 @@ def test_detector_scores_a_non_finite_loss_zero_and_counts_it():
 
 
 # -- channel and messages ----------------------------------------------------------------------
-def run_channel(source: FakeSource, model: FakeModel, batch: int = 8) -> tuple[Channel, list]:
+def run_channel(source: FakeSource, model: FakeModel, batch: int = 8, spectrogram: bool = False) -> tuple[Channel, list]:
     publisher = FakePublisher()
-    channel = Channel(source, source.ring, model, DetectorConfig(min_event_s=0.1, merge_gap_s=0.2), publisher, batch, "run1")
+    channel = Channel(source, source.ring, model, DetectorConfig(min_event_s=0.1, merge_gap_s=0.2), publisher, batch, "run1", spectrogram=spectrogram)
     for _ in range(10000):
         channel.pump()
         if channel.finished:
@@ -223,6 +223,34 @@ def test_a_channel_builds_its_scorer_once_and_its_stats_are_what_status_and_metr
     assert (status["windows"], status["events"], status["gaps"], status["files_played"]) == (stats.windows, stats.events, stats.gaps, stats.files_played)
     assert abs(status["rtf"] - stats.rtf) <= 0.05 * stats.rtf + 0.01  # one formula; a moment later
     assert stats.finished and not stats.up
+
+
+def test_the_spectrogram_topic_carries_each_frame_of_a_segment_once_and_costs_nothing_when_off():
+    import base64
+
+    def play(spectrogram):
+        source = FakeSource()
+        source.play("a.wav", tone_in_noise(3.0, [(1.0, 1.0)]))
+        source.play("b.wav", tone_in_noise(1.3, seed=3))
+        source.markers.append(Finished(source.ring.write_pos))
+        return run_channel(source, FakeModel(), spectrogram=spectrogram)[1]
+
+    assert not [b for _, b in play(False) if b["type"] == "spec"]
+    sent = play(True)
+    specs = [(t, b) for t, b in sent if b["type"] == "spec"]
+    losses = [b for _, b in sent if b["type"] == "loss"]
+    assert len(specs) == len(losses) and all(t == "spec.s" for t, _ in specs)
+    for topic, body in specs:
+        assert messages.read([topic.encode(), bus.encode(body)])[1]["n_mels"] == PARAMS.n_mels
+        assert len(base64.b64decode(body["frames"])) == body["n_frames"] * body["n_mels"]
+    by_file = {}
+    for (_, body), loss in zip(specs, losses):
+        by_file.setdefault(loss["file"], []).append(body)
+    for name, seconds in (("a.wav", 3.0), ("b.wav", 1.3)):  # every frame of each file once, in order, none twice
+        frames = sum(b["n_frames"] for b in by_file[name])
+        assert frames == 1 + (int(seconds * PARAMS.sample_rate) - PARAMS.n_fft) // PARAMS.hop_length, (name, frames)
+        starts = [b["t"] for b in by_file[name]]
+        assert starts == sorted(starts)
 
 
 def test_metrics_are_collected_from_a_snapshot_alone():

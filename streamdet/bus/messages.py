@@ -19,6 +19,7 @@ FIELDS = {
     "source_down": ("source", "t", "seq_next", "reason"),
     "source_up": ("source", "t", "seq_next"),
     "status": ("daemon", "state", "uptime_s", "status_interval_s", "model", "detector", "reloads", "dropped_messages", "subscriber_overflows", "sources"),
+    "spec": ("source", "seq", "t", "frame_s", "n_frames", "n_mels", "band_hz", "lo", "hi", "frames"),
 }
 # The fields of each source in a status message; a source adds its own `describe()`.
 SOURCE_STATUS_FIELDS = (
@@ -28,7 +29,7 @@ SOURCE_STATUS_FIELDS = (
 
 
 def topic(kind: str, source: str | None = None) -> str:
-    """`loss.<source>`, `event.<source>`, `gap.<source>`, `source.<source>`, or `status`."""
+    """`loss.<source>`, `event.<source>`, `gap.<source>`, `source.<source>`, `spec.<source>`, or `status`."""
     if kind == "status":
         return "status"
     return f"{'source' if kind.startswith('source_') else kind}.{source}"
@@ -60,6 +61,20 @@ def event(run_id: str, source: str, transition: dict, file: str | None = None, f
     if file is not None:
         body["file"], body["file_onset"] = file, _r(file_onset)
     return body
+
+
+def spec(run_id: str, source: str, seq: int, t: float, frame_s: float, frames, band_hz: tuple[float, float]) -> dict:
+    """The model-input frames [n, n_mels] a window added to the picture, as 8-bit levels between
+    this message's own `lo` and `hi` (base64, frame after frame, low band first)."""
+    import base64
+
+    import numpy as np
+
+    frames = np.asarray(frames, dtype=np.float32)
+    lo, hi = float(frames.min()), float(frames.max())
+    levels = np.round((frames - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
+    return envelope("spec", run_id, source=source, seq=seq, t=_r(t), frame_s=_r(frame_s, 6), n_frames=int(frames.shape[0]), n_mels=int(frames.shape[1]),
+                    band_hz=[_r(band_hz[0], 1), _r(band_hz[1], 1)], lo=_r(lo, 3), hi=_r(hi, 3), frames=base64.b64encode(levels.tobytes()).decode("ascii"))
 
 
 def gap(run_id: str, source: str, seq_next: int, t: float, samples: int | None, rate: int, reason: str) -> dict:
@@ -103,6 +118,7 @@ TYPES = {
     "source_down": {"source": str, "t": NUMBER, "seq_next": int, "reason": str},
     "source_up": {"source": str, "t": NUMBER, "seq_next": int},
     "status": {"daemon": str, "state": str, "uptime_s": NUMBER, "status_interval_s": NUMBER, "model": dict, "detector": dict, "reloads": dict, "dropped_messages": int, "subscriber_overflows": int, "sources": dict},
+    "spec": {"source": str, "seq": int, "t": NUMBER, "frame_s": NUMBER, "n_frames": int, "n_mels": int, "band_hz": _LIST_OF_2, "lo": NUMBER, "hi": NUMBER, "frames": str},
 }
 REQUIRED = {
     "loss": ("source", "seq", "t_start", "t_end", "loss", "score", "anomaly"),
@@ -111,6 +127,7 @@ REQUIRED = {
     "source_down": ("source", "seq_next"),
     "source_up": ("source", "seq_next"),
     "status": ("daemon", "state", "sources"),
+    "spec": ("source", "seq", "t", "frame_s", "n_frames", "n_mels", "lo", "hi", "frames"),
 }
 REQUIRED_AT_END = ("offset", "duration")  # an event's end carries its span
 # Inside a status: each source's entry, and the model's and detector's fields that subscribers show.

@@ -84,7 +84,7 @@ class Daemon:
         self.channels = []
         for source_config in config.sources:
             source, ring = make_source(source_config, model.features.sample_rate)
-            self.channels.append(Channel(source, ring, model, config.detector, publisher, config.model.batch_windows, self.run_id, config.recording))
+            self.channels.append(Channel(source, ring, model, config.detector, publisher, config.model.batch_windows, self.run_id, config.recording, config.bus.spectrogram))
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self.started_at = time.monotonic()

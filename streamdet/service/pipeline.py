@@ -51,9 +51,21 @@ class SourceStats(NamedTuple):
         return self.audio_s / max(self.wall_s, 1e-9)
 
 
+def new_frames(window: torch.Tensor, start_frame: int, published_upto: int) -> tuple[int, np.ndarray] | None:
+    """(first frame, frames) of a window [W, M] starting at `start_frame` that the segment's earlier
+    windows did not show (all of a segment's first), or None."""
+    first = max(start_frame, published_upto)
+    if first >= start_frame + len(window):
+        return None
+    return first, window[first - start_frame:].cpu().numpy()
+
+
 class Channel:
-    def __init__(self, source: Source, ring: RingBuffer, model: Model, detector: DetectorConfig, publisher: Publisher, batch_windows: int, run_id: str, recording: RecordingConfig | None = None):
+    def __init__(self, source: Source, ring: RingBuffer, model: Model, detector: DetectorConfig, publisher: Publisher, batch_windows: int, run_id: str,
+                 recording: RecordingConfig | None = None, spectrogram: bool = False):
         self.source, self.ring, self.publisher, self.run_id = source, ring, publisher, run_id
+        self.spectrogram = spectrogram  # publish each window's new model-input frames on spec.<source>
+        self._spec_upto = 0  # the segment's frames already published
         self.name, self.batch_windows = source.name, batch_windows
         self.reader = StreamReader(source, ring)
         self.clips = Clips(self.name, ring, self.reader.rate)
@@ -118,6 +130,7 @@ class Channel:
                 at += len(op.starts)
             elif isinstance(op, Start):
                 self.detector.new_segment()
+                self._spec_upto = 0
             elif isinstance(op, End):
                 self._publish_events(self.detector.close(), op.segment, op.end_pos)
                 self.files_played += op.segment.file is not None
@@ -148,12 +161,23 @@ class Channel:
             t_start = op.t0 + into
             t_end = min(t_start + p.window_seconds, op.read_time)  # a segment shorter than a window ends where it ends
             energy = None if scored.energies is None else scored.energies[i]
+            if self.spectrogram:
+                self._publish_frames(op, i, start_frame, t_start)
             self._send(messages.loss(self.run_id, self.name, self.seq, t_start, t_end, loss, score, bool(scored.silent[i]), energy, seg.file, file_time(seg, into)))
             self.seq += 1
             if arrived is not None:
                 self.latencies.append(latency := time.monotonic() - arrived)
                 self.latency_histogram.observe(latency)
             self._publish_events(self.detector.step(t_start, t_end, score, scored.band_errors[i]), seg)
+
+    def _publish_frames(self, op: Windows, i: int, start_frame: int, t_start: float) -> None:
+        p = self.model.features
+        new = new_frames(op.windows[i], start_frame, self._spec_upto)
+        if new is not None:
+            first, frames = new
+            t = t_start + (first - start_frame) * p.hop_length / p.sample_rate
+            self._send(messages.spec(self.run_id, self.name, self.seq, t, p.hop_length / p.sample_rate, frames, (p.f_min, p.f_max)))
+            self._spec_upto = start_frame + len(op.windows[i])
 
     def _publish_events(self, transitions: list[dict], seg: SegmentStart, segment_end: int | None = None) -> None:
         for t in transitions:

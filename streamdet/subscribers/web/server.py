@@ -1,0 +1,234 @@
+"""The web server: bus messages in (one subscriber thread per endpoint), Server-Sent Events out to
+each browser through a bounded queue, the page's static files, and clips from inside the clips
+folder. aiohttp does the HTTP; nothing here is hand-written protocol."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from streamdet.subscribers.web.clips import ClipsFolder, spectrogram
+from streamdet.subscribers.web.state import WebState
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+PAGES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"), "/style.css": ("style.css", "text/css")}
+CLIENT_QUEUE = 400  # messages waiting for one browser; a browser that lets it fill is dropped
+THIN_FROM = CLIENT_QUEUE // 2  # past this, a browser gets no more scores and frames until it catches up
+HEARTBEAT_S = 10.0
+BATCH_S = 0.05  # the bus thread hands messages to the server this often
+COOKIE = "streamdet_token"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Browser:
+    """One connected page: its queue, and whether it was dropped for being slow."""
+
+    def __init__(self):
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=CLIENT_QUEUE)
+        self.too_slow = False
+        self.thinned = 0
+
+    def offer(self, name: str, data: dict) -> bool:
+        """Queue one event; False when the browser has fallen too far behind and must go."""
+        if self.too_slow:
+            return False
+        if name == "msg" and data.get("type") in ("loss", "spec") and self.queue.qsize() >= THIN_FROM:
+            self.thinned += 1
+            return True
+        try:
+            self.queue.put_nowait((name, data))
+            return True
+        except asyncio.QueueFull:
+            self.too_slow = True
+            return False
+
+
+class Hub:
+    """The state, the browsers, and the counters the page shows about the server itself."""
+
+    def __init__(self, state: WebState, clips: ClipsFolder | None, sources: tuple[str, ...] = ()):
+        self.state, self.clips, self.sources = state, clips, sources
+        self.browsers: set[Browser] = set()
+        self.dropped_browsers = 0
+        self.started = time.time()
+
+    def publish(self, bodies: list[dict]) -> None:
+        for body in bodies:
+            if self.sources and body.get("source") not in (None, *self.sources):
+                continue
+            if self.clips is not None and body.get("type") == "event":
+                body = {**body, "clip_url": self.clips.url_of(body.get("clip"))}
+            if not self.state.update(body):
+                continue
+            out = [("msg", body)]
+            if body.get("type") == "event" and body.get("state") == "end":
+                out.append(("hours", self.state.hours.snapshot()))
+            for browser in list(self.browsers):
+                if not all(browser.offer(name, data) for name, data in out):
+                    self.dropped_browsers += 1
+                    self.browsers.discard(browser)
+                    log.warning("a browser fell %d messages behind; dropped it (it reconnects by itself)", CLIENT_QUEUE)
+
+    def server_status(self) -> dict:
+        return {"browsers": len(self.browsers), "dropped_browsers": self.dropped_browsers, "unreadable": self.state.unreadable,
+                "messages": self.state.messages, "uptime_s": round(time.time() - self.started, 1)}
+
+
+def bus_thread(endpoint: str, curve, hub: Hub, loop: asyncio.AbstractEventLoop, stop: threading.Event, unreadable: list) -> threading.Thread:
+    """Receive from `endpoint` until `stop`; hand checked messages to the server in small batches."""
+    from streamdet.bus.sockets import Subscriber
+
+    def run():
+        subscriber = Subscriber(endpoint, curve=curve)
+        try:
+            batch, flush_at = [], time.monotonic() + BATCH_S
+            while not stop.is_set():
+                got = subscriber.receive(timeout_s=BATCH_S)
+                if got is not None:
+                    batch.append(got[1])
+                if subscriber.unreadable != unreadable[0]:
+                    unreadable[0] = subscriber.unreadable
+                if batch and (time.monotonic() >= flush_at or len(batch) >= 500):
+                    loop.call_soon_threadsafe(hub.publish, batch)
+                    batch, flush_at = [], time.monotonic() + BATCH_S
+                elif not batch:
+                    flush_at = time.monotonic() + BATCH_S
+        finally:
+            subscriber.close()
+
+    thread = threading.Thread(target=run, name=f"bus {endpoint}", daemon=True)
+    thread.start()
+    return thread
+
+
+def token_guard(token: str | None):
+    """With a token: every request must carry it (cookie, `Authorization: Bearer`, or `?token=`
+    once, which sets the cookie); without one (loopback), nothing to check."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler):
+        if token is None:
+            return await handler(request)
+        given = request.cookies.get(COOKIE) or request.query.get("token") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            return web.Response(status=401, text="streamdet web: this page needs its token: open it as /?token=... (the --token-file's content)\n")
+        response = await handler(request)
+        if request.query.get("token") and isinstance(response, web.Response):
+            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+        return response
+
+    return guard
+
+
+def make_app(hub: Hub, token: str | None = None) -> web.Application:
+    app = web.Application(middlewares=[token_guard(token)], client_max_size=1024)
+
+    async def page(request: web.Request) -> web.Response:
+        name, kind = PAGES[request.path]
+        return web.Response(body=(STATIC / name).read_bytes(), content_type=kind, headers={"Cache-Control": "no-cache"})
+
+    async def state(request: web.Request) -> web.Response:
+        return web.json_response({**hub.state.snapshot(), "server": hub.server_status(), "clips": hub.clips is not None})
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        browser = Browser()
+        hub.browsers.add(browser)
+        try:
+            await _send(response, "snapshot", {**hub.state.snapshot(), "server": hub.server_status(), "clips": hub.clips is not None})
+            while True:
+                try:
+                    name, data = await asyncio.wait_for(browser.queue.get(), HEARTBEAT_S)
+                except asyncio.TimeoutError:
+                    name, data = "server", hub.server_status()
+                if browser.too_slow and browser.queue.empty():
+                    await _send(response, "dropped", {"reason": f"this page fell {CLIENT_QUEUE} messages behind; reconnecting"})
+                    break
+                await _send(response, name, data)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            hub.browsers.discard(browser)
+        return response
+
+    async def clip(request: web.Request) -> web.StreamResponse:
+        path = hub.clips.file(f"{request.match_info['source']}/{request.match_info['name']}") if hub.clips else None
+        if path is None:
+            raise web.HTTPNotFound(text="no such clip\n")
+        return web.FileResponse(path, headers={"Content-Type": "audio/flac" if path.suffix == ".flac" else "application/json"})
+
+    async def clip_spectrogram(request: web.Request) -> web.Response:
+        path = hub.clips.file(f"{request.match_info['source']}/{request.match_info['name']}") if hub.clips else None
+        if path is None or path.suffix != ".flac":
+            raise web.HTTPNotFound(text="no such clip\n")
+        try:
+            return web.json_response(await asyncio.get_running_loop().run_in_executor(None, spectrogram, path))
+        except (RuntimeError, OSError, ValueError) as exc:  # a clip still being written, or damaged
+            raise web.HTTPNotFound(text=f"clip unreadable: {str(exc)[:80]}\n") from None
+
+    for path in PAGES:
+        app.router.add_get(path, page)
+    app.router.add_get("/api/state", state)
+    app.router.add_get("/api/stream", stream)
+    app.router.add_get("/clips/{source}/{name}", clip)
+    app.router.add_get("/api/clip-spectrogram/{source}/{name}", clip_spectrogram)
+    return app
+
+
+async def _send(response: web.StreamResponse, name: str, data: dict) -> None:
+    await response.write(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
+
+
+def serve(endpoints: list[str], host: str, port: int, clips: Path | None, token: str | None, sources: tuple[str, ...] = (), curve=None,
+          ready=None) -> None:
+    """Run until SIGINT or SIGTERM."""
+    hub = Hub(WebState(), ClipsFolder(clips) if clips else None, sources)
+    if hub.clips is not None:
+        log.info("read %d detection(s) from the clips' sidecars in %s", hub.clips.count_hours(hub.state.hours), clips)
+    stop = threading.Event()
+    unreadable = [0]
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        threads = [bus_thread(e, curve, hub, loop, stop, unreadable) for e in endpoints]
+        runner = web.AppRunner(make_app(hub, token), handle_signals=False, shutdown_timeout=1.0, access_log=None)  # a station's journal is for the station
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        log.info("serving http://%s:%d/ for %s", host if ":" not in host else f"[{host}]", port, ", ".join(endpoints))
+        if ready:
+            ready()
+        done = asyncio.Event()
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, done.set)
+        while not done.is_set():
+            hub.state.unreadable = unreadable[0]
+            try:
+                await asyncio.wait_for(done.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+        stop.set()
+        await runner.cleanup()
+        for thread in threads:
+            thread.join(2.0)
+
+    asyncio.run(main())

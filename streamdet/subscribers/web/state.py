@@ -1,0 +1,94 @@
+"""What the page shows, folded from bus messages and bounded: each source's recent scores and
+spectrogram frames, the last events, detections per hour, and each daemon's latest status.
+No web library here, so it is tested on its own."""
+from __future__ import annotations
+
+import time
+from collections import deque
+from datetime import datetime, timedelta
+
+SCORES_KEPT = 1200  # per source: 10 minutes of windows at two a second
+FRAMES_KEPT = 240  # per source: spectrogram messages (about two minutes of audio)
+EVENTS_KEPT = 100
+DAYS_KEPT = 8  # today and the 7 days before
+FORWARDED = ("loss", "spec", "event", "gap", "source_down", "source_up", "status")
+
+
+class HourCounts:
+    """Detections per local hour of the last DAYS_KEPT days; each detection counted once (by key)."""
+
+    def __init__(self, now=time.time):
+        self.now = now
+        self.counts: dict[str, list[int]] = {}
+        self.seen: dict[str, set[str]] = {}  # day -> the detections counted on it (forgotten with the day)
+
+    def add(self, key: str, wall: float) -> bool:
+        stamp = datetime.fromtimestamp(wall).astimezone()
+        day = stamp.date().isoformat()
+        if day < self._first_day() or any(key in keys for keys in self.seen.values()):
+            return False
+        self.seen.setdefault(day, set()).add(key)
+        self.counts.setdefault(day, [0] * 24)[stamp.hour] += 1
+        for old in [d for d in self.counts if d < self._first_day()]:
+            del self.counts[old]
+            self.seen.pop(old, None)
+        return True
+
+    def _first_day(self) -> str:
+        return (datetime.fromtimestamp(self.now()).astimezone().date() - timedelta(days=DAYS_KEPT - 1)).isoformat()
+
+    def snapshot(self) -> dict:
+        today = datetime.fromtimestamp(self.now()).astimezone().date()
+        days = [(today - timedelta(days=i)).isoformat() for i in range(DAYS_KEPT)]
+        return {"today": days[0], "hours": self.counts.get(days[0], [0] * 24), "days": {d: sum(self.counts.get(d, [])) for d in days}}
+
+
+class SourceState:
+    def __init__(self):
+        self.scores: deque = deque(maxlen=SCORES_KEPT)
+        self.frames: deque = deque(maxlen=FRAMES_KEPT)
+        self.state = "up"
+
+
+class WebState:
+    def __init__(self, now=time.time):
+        self.now = now
+        self.sources: dict[str, SourceState] = {}
+        self.events: deque = deque(maxlen=EVENTS_KEPT)
+        self.daemons: dict[str, dict] = {}
+        self.hours = HourCounts(now)
+        self.messages = 0
+        self.unreadable = 0  # messages the subscriber could not read (set by the server)
+
+    def update(self, body: dict) -> bool:
+        """Fold one checked message in; True when browsers should get it."""
+        kind = body.get("type")
+        if kind not in FORWARDED:
+            return False
+        self.messages += 1
+        if kind == "status":
+            self.daemons[str(body["daemon"])] = {**body, "seen": self.now()}
+            return True
+        source = self.sources.setdefault(str(body["source"])[:64], SourceState())
+        if kind == "loss":
+            source.scores.append({k: body.get(k) for k in ("ts", "run_id", "seq", "t_start", "t_end", "score", "anomaly", "silent")})
+        elif kind == "spec":
+            source.frames.append(body)
+        elif kind in ("source_down", "source_up"):
+            source.state = "down" if kind == "source_down" else "up"
+        elif kind == "event" and body.get("state") == "end":
+            self.events.appendleft(body)
+            self.hours.add(f"{body.get('run_id')}/{body['source']}/{body['event_id']}", float(body.get("ts") or self.now()))
+        return True
+
+    def snapshot(self) -> dict:
+        """Everything a page needs when it (re)connects."""
+        return {
+            "sources": {name: {"scores": list(s.scores), "frames": list(s.frames), "state": s.state} for name, s in self.sources.items()},
+            "events": list(self.events),
+            "daemons": list(self.daemons.values()),
+            "hours": self.hours.snapshot(),
+            "now": self.now(),
+            "unreadable": self.unreadable,
+        }
+

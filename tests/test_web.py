@@ -1,0 +1,284 @@
+"""`streamdet web`: its bounded state, its clips folder, hostile bus messages and HTTP requests,
+its token, and the page itself in a real browser (headless Chromium) beside a real daemon."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from helpers import REPO, start_daemon, streamdet_command
+from test_hostile_bus import HOSTILE, Publisher, script
+
+from streamdet.subscribers.web.clips import ClipsFolder, spectrogram
+from streamdet.subscribers.web.server import CLIENT_QUEUE, THIN_FROM, Browser, Hub
+from streamdet.subscribers.web.state import EVENTS_KEPT, SCORES_KEPT, HourCounts, WebState
+
+from audiogen import clip, write
+
+DEMO = REPO / "streamdet" / "assets" / "demo"
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_browser = os.environ.get("STREAMDET_REQUIRE_BROWSER") == "1"  # set by .ci/run: there, no browser is a failure
+
+
+def loss(i: int, source: str = "s", run: str = "r1") -> dict:
+    return {"v": 1, "type": "loss", "ts": 1.0 + i, "run_id": run, "source": source, "seq": i, "t_start": i * 0.5, "t_end": i * 0.5 + 1, "loss": 0.0, "score": 0.1, "anomaly": False}
+
+
+def end(i: int, ts: float = 1_800_000_000.0) -> dict:
+    return {"v": 1, "type": "event", "ts": ts, "run_id": "r1", "source": "s", "state": "end", "event_id": i, "onset": 1.0, "offset": 2.0, "duration": 1.0, "peak_score": 0.9}
+
+
+# -- in-process -----------------------------------------------------------------------------------
+def test_the_state_a_page_gets_is_bounded_however_long_it_runs():
+    state = WebState(now=lambda: 1_800_000_000.0)
+    for i in range(5 * SCORES_KEPT):
+        state.update(loss(i))
+    for i in range(3 * EVENTS_KEPT):
+        state.update(end(i))
+    assert state.update({"v": 1, "type": "something_new", "run_id": "r"}) is False  # a type from a later version: kept out
+    snap = state.snapshot()
+    assert len(snap["sources"]["s"]["scores"]) == SCORES_KEPT and snap["sources"]["s"]["scores"][-1]["seq"] == 5 * SCORES_KEPT - 1
+    assert len(snap["events"]) == EVENTS_KEPT and snap["events"][0]["event_id"] == 3 * EVENTS_KEPT - 1  # newest first
+    assert sum(snap["hours"]["hours"]) == 3 * EVENTS_KEPT and len(json.dumps(snap)) < 2_000_000
+
+
+def test_detections_per_hour_count_each_detection_once_and_forget_old_days():
+    now = 1_800_000_000.0
+    hours = HourCounts(now=lambda: now)
+    assert hours.add("r/s/1", now) and not hours.add("r/s/1", now)  # the sidecar and the event message of one detection
+    assert hours.add("r/s/2", now - 3 * 86400) and not hours.add("r/s/3", now - 30 * 86400)
+    snap = hours.snapshot()
+    assert sum(snap["hours"]) == 1 and sum(snap["days"].values()) == 2 and len(snap["days"]) == 8
+    now += 10 * 86400  # ten days on: what it remembered of those days is gone, counts and keys alike
+    assert hours.add("r/s/4", now) and set(hours.counts) == set(hours.seen) == {hours.snapshot()["today"]}
+
+
+def test_clips_are_served_only_from_inside_the_clips_folder(tmp_path):
+    root = tmp_path / "clips"
+    (root / "s").mkdir(parents=True)
+    write(root / "s" / "a.flac", clip(1.0, 22050, [(0.2, 0.5)], seed=1), 22050)
+    (root / "s" / "a.json").write_text(json.dumps({"run_id": "r", "source": "s", "event_id": 1, "onset_wall": 1_800_000_000.0}))
+    secret = tmp_path / "secret.flac"
+    secret.write_bytes(b"not yours")
+    (root / "s" / "escape.flac").symlink_to(secret)
+    (root / "s" / "loop.flac").symlink_to(root / "s" / "loop.flac")
+    (root / "s" / "notes.txt").write_text("x")
+    folder = ClipsFolder(root)
+    assert folder.file("s/a.flac") == (root / "s" / "a.flac").resolve()
+    hostile = ["../secret.flac", "s/../../secret.flac", str(secret), "/s/a.flac", "s/escape.flac", "s/loop.flac", "s/notes.txt", "s/missing.flac",
+               "s/./a.flac", "s\x00/a.flac", "", "s", "a.flac", "x/s/a.flac", "s/a.flac/", "..\\secret.flac"]
+    assert [h for h in hostile if folder.file(h) is not None] == []
+    assert folder.url_of(str(root / "s" / "a.flac")) == "s/a.flac" and folder.url_of("/elsewhere/s/escape.flac") is None and folder.url_of(None) is None
+    hours = HourCounts(now=lambda: 1_800_000_000.0)
+    assert folder.count_hours(hours) == 1
+    picture = spectrogram(root / "s" / "a.flac")
+    assert picture["n_mels"] == 64 and picture["n_frames"] > 10 and len(picture["frames"]) > 100
+
+
+def test_a_slow_browser_gets_fewer_scores_then_is_dropped_and_the_others_go_on():
+    async def run():
+        hub = Hub(WebState(), None)
+        slow, fast = Browser(), Browser()
+        hub.browsers |= {slow, fast}
+        for i in range(THIN_FROM + 50):
+            hub.publish([loss(i)])
+            while not fast.queue.empty():
+                fast.queue.get_nowait()
+        assert slow.queue.qsize() == THIN_FROM and slow.thinned == 50 and slow in hub.browsers  # scores thinned, not yet dropped
+        for i in range(CLIENT_QUEUE):
+            hub.publish([end(i)])
+            while not fast.queue.empty():
+                fast.queue.get_nowait()
+        assert slow.too_slow and slow not in hub.browsers and fast in hub.browsers and hub.dropped_browsers == 1
+
+    asyncio.run(run())
+
+
+# -- the server as a process ----------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_web(*args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(streamdet_command("web", "--listen", f"127.0.0.1:{port}", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(base + "/style.css", timeout=2)
+            return process, base
+        except urllib.error.HTTPError:
+            return process, base  # it answers (a token is needed)
+        except OSError:
+            assert process.poll() is None, process.communicate()[1][-2000:]
+            time.sleep(0.2)
+    raise AssertionError("streamdet web did not start serving")
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(15)
+
+
+@pytest.mark.slow
+def test_the_web_server_skips_and_counts_every_hostile_bus_message(endpoint):
+    web, base = start_web("--endpoint", endpoint)
+    publisher = Publisher(endpoint)
+    try:
+        publisher.wait_for(1)
+        publisher.send_all(script())
+        deadline, state = time.monotonic() + 20, {}
+        while time.monotonic() < deadline:
+            state = json.loads(get(base + "/api/state")[1])
+            if state["unreadable"] == len(HOSTILE) and len(state["events"]) == 1:
+                break
+            time.sleep(0.3)
+        assert state["unreadable"] == len(HOSTILE) and len(state["events"]) == 1
+        assert len(state["sources"]["s"]["scores"]) == len(HOSTILE) and web.poll() is None
+    finally:
+        publisher.close()
+        stop(web)
+
+
+@pytest.mark.slow
+def test_hostile_requests_get_nothing_outside_the_clips_folder_and_a_token_guards_the_rest(tmp_path):
+    clips = tmp_path / "clips"
+    (clips / "s").mkdir(parents=True)
+    write(clips / "s" / "a.flac", clip(1.0, 22050, seed=2), 22050)
+    (tmp_path / "secret.flac").write_bytes(b"private")
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123\n")
+    web, base = start_web("--endpoint", "tcp://127.0.0.1:9", "--clips", str(clips), "--token-file", str(token))
+    try:
+        assert get(base + "/")[0] == 401 and get(base + "/clips/s/a.flac")[0] == 401 and get(base + "/?token=wrong")[0] == 401
+        status, _, headers = get(base + "/?token=0123456789abcdef0123")
+        assert status == 200 and "streamdet_token=" in headers.get("Set-Cookie", "") and "HttpOnly" in headers["Set-Cookie"]
+        auth = {"Cookie": "streamdet_token=0123456789abcdef0123"}
+        assert get(base + "/clips/s/a.flac", auth)[1][:4] == b"fLaC"
+        for path in ("/clips/s/..%2F..%2Fsecret.flac", "/clips/..%2Fsecret.flac/x", "/clips/%2E%2E/secret.flac", "/clips/s/a.json", "/clips/s/%00.flac",
+                     "/api/clip-spectrogram/s/..%2F..%2Fsecret.flac", "/clips/" + "a" * 5000 + "/b.flac", "/../secret.flac", "/static/../../secret.flac"):
+            status, body, _ = get(base + path, auth)
+            assert status in (400, 404, 414, 431) and b"private" not in body, (path, status)
+        assert get(base + "/api/state", {"Authorization": "Bearer 0123456789abcdef0123"})[0] == 200
+        assert web.poll() is None
+    finally:
+        stop(web)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,expected", [
+    (("--listen", "0.0.0.0:8080"), "refusing to serve beyond loopback without --token-file"),
+    (("--listen", "127.0.0.1:99999"), "--listen: expected HOST:PORT"),
+    (("--token-file", "/nonexistent/token"), "--token-file /nonexistent/token: cannot read it"),
+    (("--clips", "/etc/hostname"), "--clips /etc/hostname: not a folder"),
+])
+def test_a_web_server_that_cannot_be_safe_or_right_refuses_to_start_in_one_line(args, expected):
+    result = subprocess.run(streamdet_command("web", *args), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2 and expected in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+# -- the page in a real browser -------------------------------------------------------------------
+def chromium(width: int, height: int):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
+        options.add_argument(flag)
+    options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_window_size(width, height)
+    return driver
+
+
+def wait_page(driver, condition: str, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = driver.execute_script(f"const p = window.streamdet; return p && ({condition});")
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"the page never showed {what}: {driver.execute_script('return window.streamdet')}")
+
+
+LIT = """(() => { const c = document.getElementById('spectrogram'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let lit = 0; for (let i = 0; i < d.length; i += 4) lit += d[i] + d[i + 1] + d[i + 2] > 60; return lit / (d.length / 4) > 0.2; })()"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER) and not needs_browser, reason="needs Debian's chromium and chromium-driver")
+def test_the_page_in_a_real_browser_shows_scores_spectrogram_and_clips_and_recovers_from_a_daemon_restart(tmp_path, endpoint):
+    clips = tmp_path / "clips"
+    daemon_args = ("--replay", str(DEMO), "--pace", "2x", "--loop", "--spectrogram", "--endpoint", endpoint, "--name", "demo",
+                   "--set", "recording.enabled=true", "--set", f"recording.directory={clips}", "--log-level", "warning")
+    clips.mkdir()
+    daemon = start_daemon(*daemon_args)
+    web, base = start_web("--endpoint", endpoint, "--clips", str(clips))
+    driver = None
+    try:
+        driver = chromium(1280, 800)
+        driver.get(base + "/")
+        wait_page(driver, "p.connected && p.points > 10 && p.framesDrawn > 200", 60, "scores and spectrogram frames")
+        wait_page(driver, LIT, 10, "the spectrogram drawn (not black)")
+        wait_page(driver, "document.querySelector('button.play')", 90, "an event with its clip")
+        driver.find_element("css selector", "button.play").click()
+        assert wait_page(driver, "p.clipDuration", 20, "the clip playing (a duration)") > 1.0
+        wait_page(driver, "p.clipSpectrogram > 10", 20, "the clip's spectrogram")
+
+        driver.set_window_size(390, 844)  # a phone: the same page, reloaded at its size
+        driver.get(base + "/")
+        wait_page(driver, "p.points > 10 && p.framesDrawn > 200", 60, "scores and frames on a phone")
+        wait_page(driver, LIT, 10, "the spectrogram drawn on a phone")
+        wait_page(driver, "document.querySelector('button.play')", 90, "an event on a phone")
+
+        # Two minutes on the phone: the spectrogram never stalls for 10 s, across a daemon restart.
+        started, last, restarted = time.monotonic(), driver.execute_script("return window.streamdet.framesDrawn"), False
+        while time.monotonic() - started < 120:
+            time.sleep(10)
+            if not restarted and time.monotonic() - started > 40:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(30)
+                points = driver.execute_script("return window.streamdet.points")
+                daemon = start_daemon(*daemon_args)
+                restarted = True
+                wait_page(driver, f"p.points > {points} && p.connected", 30, "scores from the restarted daemon")
+            now = driver.execute_script("return window.streamdet.framesDrawn")
+            assert now > last, f"the spectrogram stalled at {now} frames after {time.monotonic() - started:.0f} s"
+            last = now
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == [], errors
+    finally:
+        if driver is not None:
+            driver.quit()
+        stop(web)
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+
+
+@pytest.mark.slow
+def test_without_the_web_extra_it_is_one_line_naming_the_install(tmp_path):
+    fake = tmp_path / "fake" / "aiohttp"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no aiohttp')\n")
+    result = subprocess.run(streamdet_command("web"), capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(tmp_path / "fake")}, timeout=60)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "pip install 'streamdet[web]'" in result.stderr
