@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -56,7 +57,8 @@ def test_detections_per_hour_count_each_detection_once_and_forget_old_days():
     assert hours.add("r/s/1", now) and not hours.add("r/s/1", now)  # the sidecar and the event message of one detection
     assert hours.add("r/s/2", now - 3 * 86400) and not hours.add("r/s/3", now - 30 * 86400)
     snap = hours.snapshot()
-    assert sum(snap["hours"]) == 1 and sum(snap["days"].values()) == 2 and len(snap["days"]) == 8
+    assert sum(snap["hours"]) == 1 and sum(snap["days"].values()) == 2 and len(snap["days"]) == len(snap["grid"]) == 8
+    assert sum(map(sum, snap["grid"].values())) == 2
     now += 10 * 86400  # ten days on: what it remembered of those days is gone, counts and keys alike
     assert hours.add("r/s/4", now) and set(hours.counts) == set(hours.seen) == {hours.snapshot()["today"]}
 
@@ -76,7 +78,8 @@ def test_clips_are_served_only_from_inside_the_clips_folder(tmp_path):
     hostile = ["../secret.flac", "s/../../secret.flac", str(secret), "/s/a.flac", "s/escape.flac", "s/loop.flac", "s/notes.txt", "s/missing.flac",
                "s/./a.flac", "s\x00/a.flac", "", "s", "a.flac", "x/s/a.flac", "s/a.flac/", "..\\secret.flac"]
     assert [h for h in hostile if folder.file(h) is not None] == []
-    assert folder.url_of(str(root / "s" / "a.flac")) == "s/a.flac" and folder.url_of("/elsewhere/s/escape.flac") is None and folder.url_of(None) is None
+    assert folder.url_of(str(root / "s" / "a.flac")) == "s/a.flac" and folder.url_of("/elsewhere/s/b.flac") == "s/b.flac"  # not written yet: asked for later
+    assert [c for c in ("/x/../s.flac", "/x/s/a.json", "", None, 5, "s\x00/a.flac") if folder.url_of(c) is not None] == []
     hours = HourCounts(now=lambda: 1_800_000_000.0)
     assert folder.count_hours(hours) == 1
     picture = spectrogram(root / "s" / "a.flac")
@@ -109,9 +112,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_web(*args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(streamdet_command("web", "--listen", f"127.0.0.1:{port}", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+def start_web(*args: str, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    port = port or free_port()
+    log = tempfile.TemporaryFile("w+")  # not a pipe: nobody reads it while the server runs
+    process = subprocess.Popen(streamdet_command("web", "--listen", f"127.0.0.1:{port}", *args), stdout=subprocess.DEVNULL, stderr=log, text=True, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -121,7 +125,9 @@ def start_web(*args: str) -> tuple[subprocess.Popen, str]:
         except urllib.error.HTTPError:
             return process, base  # it answers (a token is needed)
         except OSError:
-            assert process.poll() is None, process.communicate()[1][-2000:]
+            if process.poll() is not None:
+                log.seek(0)
+                raise AssertionError(log.read()[-2000:])
             time.sleep(0.2)
     raise AssertionError("streamdet web did not start serving")
 
@@ -251,21 +257,31 @@ def test_the_page_in_a_real_browser_shows_scores_spectrogram_and_clips_and_recov
         wait_page(driver, LIT, 10, "the spectrogram drawn on a phone")
         wait_page(driver, "document.querySelector('button.play')", 90, "an event on a phone")
 
-        # Two minutes on the phone: the spectrogram never stalls for 10 s, across a daemon restart.
-        started, last, restarted = time.monotonic(), driver.execute_script("return window.streamdet.framesDrawn"), False
+        # Two minutes on the phone: the spectrogram never stalls for 10 s, across a daemon restart
+        # and a web server restart, both of which the page gets over by itself.
+        started, last, restarts = time.monotonic(), driver.execute_script("return window.streamdet.framesDrawn"), []
         while time.monotonic() - started < 120:
             time.sleep(10)
-            if not restarted and time.monotonic() - started > 40:
+            if not restarts and time.monotonic() - started > 30:
                 daemon.send_signal(signal.SIGTERM)
                 daemon.wait(30)
                 points = driver.execute_script("return window.streamdet.points")
                 daemon = start_daemon(*daemon_args)
-                restarted = True
+                restarts.append("daemon")
                 wait_page(driver, f"p.points > {points} && p.connected", 30, "scores from the restarted daemon")
+            elif restarts == ["daemon"] and time.monotonic() - started > 70:
+                stop(web)
+                snapshots = driver.execute_script("return window.streamdet.snapshots")
+                wait_page(driver, "!p.connected", 15, "that the web server went away")
+                web, _ = start_web("--endpoint", endpoint, "--clips", str(clips), port=int(base.rsplit(":", 1)[1]))
+                restarts.append("web")
+                wait_page(driver, f"p.connected && p.snapshots > {snapshots}", 30, "the page reconnected to the restarted web server")
             now = driver.execute_script("return window.streamdet.framesDrawn")
             assert now > last, f"the spectrogram stalled at {now} frames after {time.monotonic() - started:.0f} s"
             last = now
-        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert restarts == ["daemon", "web"]
+        # The only errors allowed are the stream's own while its server was away.
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "api/stream" not in e["message"]]
         assert errors == [], errors
     finally:
         if driver is not None:

@@ -23,9 +23,8 @@ class ClipsFolder:
 
     def file(self, relative: str) -> Path | None:
         """The regular file `relative` names inside the folder, or None (anything else)."""
-        parts = relative.split("/") if isinstance(relative, str) else []
-        if len(parts) != 2 or any(part in ("", ".", "..") or "\x00" in part or "\\" in part for part in parts) or Path(parts[1]).suffix not in SUFFIXES:
-            return None  # exactly <source>/<name>, as the daemon writes them
+        if not well_formed(relative):
+            return None
         try:
             path = (self.root / relative).resolve(strict=True)
         except (OSError, RuntimeError):  # missing, or a symlink loop
@@ -34,12 +33,14 @@ class ClipsFolder:
             return None
         return path
 
-    def url_of(self, clip: str | None) -> str | None:
-        """`<source>/<name>.flac` for a clip the daemon wrote under this folder, else None."""
+    @staticmethod
+    def url_of(clip: str | None) -> str | None:
+        """`<source>/<name>.flac` of a clip the daemon announces (it is written once its post-roll
+        is in, so it may not be there yet; `file` decides when it is asked for), else None."""
         if not isinstance(clip, str) or not clip:
             return None
         relative = "/".join(Path(clip).parts[-2:])
-        return relative if self.file(relative) else None
+        return relative if well_formed(relative) and relative.endswith(".flac") else None
 
     def count_hours(self, hours: HourCounts) -> int:
         """Every sidecar's detection into `hours`; how many were read."""
@@ -56,6 +57,12 @@ class ClipsFolder:
             if isinstance(wall, (int, float)):
                 read += hours.add(key, float(wall))
         return read
+
+
+def well_formed(relative) -> bool:
+    """Exactly `<source>/<name>` with a clip's or sidecar's suffix: no `..`, no root, no NUL."""
+    parts = relative.split("/") if isinstance(relative, str) else []
+    return len(parts) == 2 and not any(part in ("", ".", "..") or "\x00" in part or "\\" in part for part in parts) and Path(parts[1]).suffix in SUFFIXES
 
 
 def _iso_seconds(text) -> float | None:

@@ -154,11 +154,12 @@ def make_app(hub: Hub, token: str | None = None) -> web.Application:
         hub.browsers.add(browser)
         try:
             await _send(response, "snapshot", {**hub.state.snapshot(), "server": hub.server_status(), "clips": hub.clips is not None})
+            next_status = time.monotonic() + HEARTBEAT_S
             while True:
                 try:
-                    name, data = await asyncio.wait_for(browser.queue.get(), HEARTBEAT_S)
-                except asyncio.TimeoutError:
-                    name, data = "server", hub.server_status()
+                    name, data = await asyncio.wait_for(browser.queue.get(), max(0.0, next_status - time.monotonic()))
+                except asyncio.TimeoutError:  # the server's own counters, busy or not (and a heartbeat)
+                    name, data, next_status = "server", hub.server_status(), time.monotonic() + HEARTBEAT_S
                 if browser.too_slow and browser.queue.empty():
                     await _send(response, "dropped", {"reason": f"this page fell {CLIENT_QUEUE} messages behind; reconnecting"})
                     break

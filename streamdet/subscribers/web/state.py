@@ -40,7 +40,8 @@ class HourCounts:
     def snapshot(self) -> dict:
         today = datetime.fromtimestamp(self.now()).astimezone().date()
         days = [(today - timedelta(days=i)).isoformat() for i in range(DAYS_KEPT)]
-        return {"today": days[0], "hours": self.counts.get(days[0], [0] * 24), "days": {d: sum(self.counts.get(d, [])) for d in days}}
+        return {"today": days[0], "hours": self.counts.get(days[0], [0] * 24), "days": {d: sum(self.counts.get(d, [])) for d in days},
+                "grid": {d: self.counts.get(d, [0] * 24) for d in days}}
 
 
 class SourceState:

@@ -219,8 +219,27 @@ function drawHours() {
   g.fillStyle = "#8b98a5"; g.font = "10px sans-serif";
   for (const i of [0, 6, 12, 18]) g.fillText(String(i), (i * w) / 24 + 2, h - 1);
   $("hours-note").textContent = `today ${hours.hours.reduce((a, b) => a + b, 0)}, most in one hour ${top}`;
-  const rows = Object.entries(hours.days).map(([day, n]) => `<tr><td>${day}</td><td>${n}</td></tr>`);
-  $("days").tBodies[0].innerHTML = rows.join("");
+  drawWeek();
+}
+
+function drawWeek() {          // one row a day (today on top), one cell an hour, brighter for more
+  const canvas = $("week");
+  fit(canvas);
+  const g = canvas.getContext("2d"), w = canvas.width, h = canvas.height, days = Object.keys(hours.grid);
+  const label = 78, rowH = h / days.length, cellW = (w - label - 40) / 24;
+  const top = Math.max(1, ...days.flatMap((d) => hours.grid[d]));
+  g.clearRect(0, 0, w, h);
+  g.font = `${Math.min(12, rowH * 0.7)}px sans-serif`;
+  days.forEach((day, r) => {
+    g.fillStyle = "#8b98a5";
+    g.fillText(day.slice(5), 2, r * rowH + rowH * 0.75);
+    hours.grid[day].forEach((n, i) => {
+      g.fillStyle = n ? `rgba(240, 180, 41, ${0.2 + 0.8 * (n / top)})` : "#1d262e";
+      g.fillRect(label + i * cellW, r * rowH + 1, cellW - 1, rowH - 2);
+    });
+    g.fillStyle = "#e6edf3";
+    g.fillText(String(hours.days[day]), w - 36, r * rowH + rowH * 0.75);
+  });
 }
 
 function drawStatus() {
