@@ -20,7 +20,7 @@ from test_hostile_bus import HOSTILE, Publisher, script
 
 from streamdet.subscribers.web.clips import ClipsFolder, spectrogram
 from streamdet.subscribers.web.server import CLIENT_QUEUE, THIN_FROM, Browser, Hub
-from streamdet.subscribers.web.state import EVENTS_KEPT, SCORES_KEPT, HourCounts, WebState
+from streamdet.subscribers.web.state import EVENTS_KEPT, MAX_DAEMONS, MAX_SOURCES, SCORES_KEPT, HourCounts, WebState
 
 from audiogen import clip, write
 
@@ -45,6 +45,10 @@ def test_the_state_a_page_gets_is_bounded_however_long_it_runs():
     for i in range(3 * EVENTS_KEPT):
         state.update(end(i))
     assert state.update({"v": 1, "type": "something_new", "run_id": "r"}) is False  # a type from a later version: kept out
+    for i in range(1000):  # a publisher inventing names: a bounded number kept, the rest counted
+        state.update(loss(0, source=f"x{i}"))
+        state.update({"v": 1, "type": "status", "run_id": "r", "daemon": f"d{i}", "state": "running", "sources": {}})
+    assert len(state.sources) == MAX_SOURCES and len(state.daemons) == MAX_DAEMONS and state.overflow == 2000 - MAX_SOURCES - MAX_DAEMONS + 1
     snap = state.snapshot()
     assert len(snap["sources"]["s"]["scores"]) == SCORES_KEPT and snap["sources"]["s"]["scores"][-1]["seq"] == 5 * SCORES_KEPT - 1
     assert len(snap["events"]) == EVENTS_KEPT and snap["events"][0]["event_id"] == 3 * EVENTS_KEPT - 1  # newest first

@@ -87,7 +87,7 @@ class Hub:
                     log.warning("a browser fell %d messages behind; dropped it (it reconnects by itself)", CLIENT_QUEUE)
 
     def server_status(self) -> dict:
-        return {"browsers": len(self.browsers), "dropped_browsers": self.dropped_browsers, "unreadable": self.state.unreadable,
+        return {"browsers": len(self.browsers), "dropped_browsers": self.dropped_browsers, "unreadable": self.state.unreadable, "over_limits": self.state.overflow,
                 "messages": self.state.messages, "uptime_s": round(time.time() - self.started, 1)}
 
 

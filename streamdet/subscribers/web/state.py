@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 SCORES_KEPT = 1200  # per source: 10 minutes of windows at two a second
 FRAMES_KEPT = 240  # per source: spectrogram messages (about two minutes of audio)
 EVENTS_KEPT = 100
+MAX_SOURCES = MAX_DAEMONS = 64  # a bus naming more (a hostile or broken publisher) gets the rest counted, not kept
 DAYS_KEPT = 8  # today and the 7 days before
 FORWARDED = ("loss", "spec", "event", "gap", "source_down", "source_up", "status")
 
@@ -60,6 +61,7 @@ class WebState:
         self.hours = HourCounts(now)
         self.messages = 0
         self.unreadable = 0  # messages the subscriber could not read (set by the server)
+        self.overflow = 0  # messages of sources or daemons beyond MAX_SOURCES / MAX_DAEMONS
 
     def update(self, body: dict) -> bool:
         """Fold one checked message in; True when browsers should get it."""
@@ -68,9 +70,17 @@ class WebState:
             return False
         self.messages += 1
         if kind == "status":
-            self.daemons[str(body["daemon"])] = {**body, "seen": self.now()}
+            name = str(body["daemon"])[:64]
+            if name not in self.daemons and len(self.daemons) >= MAX_DAEMONS:
+                self.overflow += 1
+                return False
+            self.daemons[name] = {**body, "seen": self.now()}
             return True
-        source = self.sources.setdefault(str(body["source"])[:64], SourceState())
+        name = str(body["source"])[:64]
+        if name not in self.sources and len(self.sources) >= MAX_SOURCES:
+            self.overflow += 1
+            return False
+        source = self.sources.setdefault(name, SourceState())
         if kind == "loss":
             source.scores.append({k: body.get(k) for k in ("ts", "run_id", "seq", "t_start", "t_end", "score", "anomaly", "silent")})
         elif kind == "spec":
