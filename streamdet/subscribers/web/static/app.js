@@ -190,8 +190,8 @@ function addEvent(m) {
   while (body.rows.length > KEEP_EVENTS) body.deleteRow(body.rows.length - 1);
 }
 
-async function playClip(url) {
-  const player = $("player");
+async function playClip(clip) {
+  const url = clip.split("/").map(encodeURIComponent).join("/"), player = $("player");
   $("clip").hidden = false;
   player.src = "clips/" + url;
   player.onloadedmetadata = () => { page.clipsPlayed++; page.clipDuration = player.duration; };
