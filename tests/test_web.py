@@ -170,6 +170,32 @@ def test_the_web_server_skips_and_counts_every_hostile_bus_message(endpoint):
 
 
 @pytest.mark.slow
+def test_hostile_messages_from_two_daemons_are_all_counted(endpoint):
+    """One subscriber thread per endpoint: the page's count is the sum of both, not the last one's."""
+    from streamdet.demo import free_tcp_endpoint
+
+    other = free_tcp_endpoint()
+    web, base = start_web("--endpoint", endpoint, "--endpoint", other)
+    publishers = [Publisher(endpoint), Publisher(other)]
+    try:
+        for publisher in publishers:
+            publisher.wait_for(1)
+        for publisher in publishers:
+            publisher.send_all(HOSTILE[:10])
+        deadline, state = time.monotonic() + 20, {}
+        while time.monotonic() < deadline:
+            state = json.loads(get(base + "/api/state")[1])
+            if state["unreadable"] == 20:
+                break
+            time.sleep(0.3)
+        assert state["unreadable"] == 20 and web.poll() is None
+    finally:
+        for publisher in publishers:
+            publisher.close()
+        stop(web)
+
+
+@pytest.mark.slow
 def test_hostile_requests_get_nothing_outside_the_clips_folder_and_a_token_guards_the_rest(tmp_path):
     clips = tmp_path / "clips"
     (clips / "s").mkdir(parents=True)

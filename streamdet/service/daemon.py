@@ -195,7 +195,7 @@ class Daemon:
         body = messages.status(
             self.run_id, self.name, state, time.monotonic() - self.started_at, self.config.bus.status_interval_s,
             model=d.model, detector=asdict(self.config.detector), reloads=d.reloads,
-            dropped_messages=d.dropped_messages, subscriber_overflows=d.subscriber_overflows, sources={c.name: c.status() for c in self.channels},
+            dropped_messages=d.dropped_messages, subscriber_overflows=d.subscriber_overflows, sources={c.name: c.status(d.sources[c.name]) for c in self.channels},
         )
         self.publisher.send("status", body)
 

@@ -1,5 +1,6 @@
-"""Prometheus metrics of a running daemon (`run --metrics HOST:PORT`), read from its channels at
-each scrape and served by prometheus_client, an optional extra."""
+"""Prometheus metrics of a running daemon (`run --metrics HOST:PORT`), read from one snapshot of
+its counters at each scrape (the one `status` publishes) and served by prometheus_client, an
+optional extra."""
 from __future__ import annotations
 
 import socket
@@ -50,8 +51,7 @@ class DaemonCollector:
         reloads.add_metric(["done"], d.reloads["done"])
         reloads.add_metric(["rejected"], d.reloads["rejected"])
         yield reloads
-        model = d.model
-        yield InfoMetricFamily("streamdet_model", "The model in use.", value={k: str(model.get(k)) for k in ("path", "sha256", "mode", "polarity", "device", "trained_at")})
+        yield InfoMetricFamily("streamdet_model", "The model in use.", value={k: str(d.model.get(k)) for k in ("path", "sha256", "mode", "polarity", "device", "trained_at")})
 
 
 def require() -> None:

@@ -175,8 +175,8 @@ class Channel:
         new = new_frames(op.windows[i], start_frame, self._spec_upto)
         if new is not None:
             first, frames = new
-            t = t_start + (first - start_frame) * p.hop_length / p.sample_rate
-            self._send(messages.spec(self.run_id, self.name, self.seq, t, p.hop_length / p.sample_rate, frames, (p.f_min, p.f_max)))
+            frame_s = p.hop_length / p.sample_rate
+            self._send(messages.spec(self.run_id, self.name, self.seq, t_start + (first - start_frame) * frame_s, frame_s, frames, (p.f_min, p.f_max)))
             self._spec_upto = start_frame + len(op.windows[i])
 
     def _publish_events(self, transitions: list[dict], seg: SegmentStart, segment_end: int | None = None) -> None:
@@ -198,9 +198,10 @@ class Channel:
                            not self.finished and getattr(self.source, "state", "up") != "down", self.finished,
                            self.latency_histogram.cumulative(), self.latency_histogram.sum)
 
-    def status(self) -> dict:
+    def status(self, s: SourceStats | None = None) -> dict:
+        """This source's entry in a status message, from `s` when the caller already read it."""
         lat = np.array(self.latencies) * 1000.0 if self.latencies else None
-        s = self.stats()
+        s = s or self.stats()
         return messages.source_status(
             self.source.kind, windows=s.windows, audio_s=s.audio_s, rtf=s.rtf,
             dropped_samples=s.dropped_samples, gaps=s.gaps, files_played=s.files_played, files_skipped=s.files_skipped,

@@ -93,6 +93,7 @@ def reload_daemon(daemon) -> None:
              f"; {', '.join(kept)} changed, which needs a restart: kept the running value(s)" if kept else "", clients)
     daemon.notifier.ready()
 
+
 def _reload_curve_clients(daemon, config: Config) -> str:
     """The allowed clients' folder read again on every reload: a removed key is revoked for new
     connections (ZeroMQ keeps an open connection until it closes)."""

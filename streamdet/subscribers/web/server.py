@@ -91,8 +91,9 @@ class Hub:
                 "messages": self.state.messages, "uptime_s": round(time.time() - self.started, 1)}
 
 
-def bus_thread(endpoint: str, curve, hub: Hub, loop: asyncio.AbstractEventLoop, stop: threading.Event, unreadable: list) -> threading.Thread:
-    """Receive from `endpoint` until `stop`; hand checked messages to the server in small batches."""
+def bus_thread(endpoint: str, curve, hub: Hub, loop: asyncio.AbstractEventLoop, stop: threading.Event, unreadable: dict) -> threading.Thread:
+    """Receive from `endpoint` until `stop`; hand checked messages to the server in small batches,
+    and keep `unreadable[endpoint]` at the count of messages it could not read."""
     from streamdet.bus.sockets import Subscriber
 
     def run():
@@ -103,8 +104,7 @@ def bus_thread(endpoint: str, curve, hub: Hub, loop: asyncio.AbstractEventLoop, 
                 got = subscriber.receive(timeout_s=BATCH_S)
                 if got is not None:
                     batch.append(got[1])
-                if subscriber.unreadable != unreadable[0]:
-                    unreadable[0] = subscriber.unreadable
+                unreadable[endpoint] = subscriber.unreadable
                 if batch and (time.monotonic() >= flush_at or len(batch) >= 500):
                     loop.call_soon_threadsafe(hub.publish, batch)
                     batch, flush_at = [], time.monotonic() + BATCH_S
@@ -205,7 +205,7 @@ def serve(endpoints: list[str], host: str, port: int, clips: Path | None, token:
     if hub.clips is not None:
         log.info("read %d detection(s) from the clips' sidecars in %s", hub.clips.count_hours(hub.state.hours), clips)
     stop = threading.Event()
-    unreadable = [0]
+    unreadable: dict[str, int] = {}  # per endpoint, each written by its own thread
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -222,7 +222,7 @@ def serve(endpoints: list[str], host: str, port: int, clips: Path | None, token:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, done.set)
         while not done.is_set():
-            hub.state.unreadable = unreadable[0]
+            hub.state.unreadable = sum(unreadable.values())
             try:
                 await asyncio.wait_for(done.wait(), 1.0)
             except asyncio.TimeoutError:

@@ -49,7 +49,6 @@ class SourceState:
     def __init__(self):
         self.scores: deque = deque(maxlen=SCORES_KEPT)
         self.frames: deque = deque(maxlen=FRAMES_KEPT)
-        self.state = "up"
 
 
 class WebState:
@@ -85,8 +84,6 @@ class WebState:
             source.scores.append({k: body.get(k) for k in ("ts", "run_id", "seq", "t_start", "t_end", "score", "anomaly", "silent")})
         elif kind == "spec":
             source.frames.append(body)
-        elif kind in ("source_down", "source_up"):
-            source.state = "down" if kind == "source_down" else "up"
         elif kind == "event" and body.get("state") == "end":
             self.events.appendleft(body)
             self.hours.add(f"{body.get('run_id')}/{body['source']}/{body['event_id']}", float(body.get("ts") or self.now()))
@@ -95,7 +92,7 @@ class WebState:
     def snapshot(self) -> dict:
         """Everything a page needs when it (re)connects."""
         return {
-            "sources": {name: {"scores": list(s.scores), "frames": list(s.frames), "state": s.state} for name, s in self.sources.items()},
+            "sources": {name: {"scores": list(s.scores), "frames": list(s.frames)} for name, s in self.sources.items()},
             "events": list(self.events),
             "daemons": list(self.daemons.values()),
             "hours": self.hours.snapshot(),
