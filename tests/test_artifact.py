@@ -6,7 +6,7 @@ import torch
 
 from streamdet.detect import artifact
 from streamdet.detect.features import FeatureParams, LogMel, offline_windows
-from streamdet.detect.model import ReconstructNet, architecture, make_vae, rebuild_eager
+from streamdet.detect.model import INFERENCE_FORM, DecisionNet, ReconstructNet, architecture, inference_form, make_vae, rebuild_eager, subpixel
 
 P = FeatureParams()
 
@@ -52,6 +52,60 @@ class MadeBeforeErrors(torch.nn.Module):
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         return self.band_errors(windows).topk(self.top_bands, dim=1).values.mean(dim=1)
+
+
+@pytest.mark.parametrize("channels_in,channels_out,bias", [(8, 1, True), (16, 8, True), (4, 3, False)])
+def test_a_subpixel_convolution_is_the_transposed_one(channels_in, channels_out, bias):
+    torch.manual_seed(1)
+    up = torch.nn.ConvTranspose2d(channels_in, channels_out, 4, stride=2, padding=1, bias=bias)
+    x = torch.randn(3, channels_in, 7, 9)
+    with torch.no_grad():
+        assert torch.allclose(subpixel(up)(x), up(x), atol=1e-5)
+    with pytest.raises(ValueError, match="4x4, stride-2, padding-1"):
+        subpixel(torch.nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1))
+
+
+def test_a_decision_net_is_saved_in_its_inference_form_and_scores_as_trained(tmp_path):
+    """Batch-norm folded, transposed convolutions as sub-pixel ones: the file says so, scores as
+    the trained network does, and rebuilds eagerly; the trained network itself is not changed."""
+    torch.manual_seed(0)
+    vaes = [make_vae("conv", P.window_frames, P.n_mels, 0, 4, 4, norm=True) for _ in range(2)]
+    net = DecisionNet(LogMel(P), vaes, torch.full((2, P.n_mels), -60.0), torch.full((2, P.n_mels), 12.0), P.window_frames, 8)
+    net.train()
+    with torch.no_grad():  # batch-norm statistics far from their defaults, so folding them matters
+        for _ in range(3):
+            net.errors(windows_of_noise() * 1.5 + 20)
+    net.eval()
+    fast = inference_form(net)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.ConvTranspose2d)) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # a copy was changed
+    meta = make_meta(net)
+    meta["model"] = architecture(net, "conv", 0, 4, 4)
+    path = artifact.save(net, meta, tmp_path / "d.pt")
+    model = artifact.load(path, "cpu", optimise=True)
+    assert model.meta["model"]["form"] == INFERENCE_FORM
+    w = windows_of_noise()
+    with torch.no_grad():
+        expected_losses, expected_bands = net.errors(w)
+        eager = rebuild_eager(artifact.load(path, "cpu").module, model.meta["model"], LogMel(P), P.window_frames, P.n_mels)
+        assert torch.allclose(eager.errors(w)[0], expected_losses, atol=1e-4)
+    losses, bands = model.errors(w)
+    assert np.allclose(losses, expected_losses.numpy(), atol=1e-4) and np.allclose(bands, expected_bands.numpy(), atol=1e-4)
+
+
+def test_a_saved_module_that_scores_unlike_the_trained_one_is_not_written(tmp_path, monkeypatch):
+    def broken(net):
+        net = real(net)
+        with torch.no_grad():
+            net.vaes[0].decoder[0].bias.add_(1.0)  # the first sub-pixel convolution
+        return net
+
+    real = artifact.inference_form
+    monkeypatch.setattr(artifact, "inference_form", broken)
+    net = make_detector((1.0, -1.0), "conv")
+    with pytest.raises(artifact.ArtifactError, match="scores windows differently from the trained one"):
+        artifact.save(net, make_meta(net), tmp_path / "m.pt")
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_artifact_made_before_errors_existed_is_scored_by_its_own_forward(tmp_path):
@@ -150,6 +204,8 @@ def rewrite_meta(src, dst, change):
         (lambda m: m["features"].update(sample_rate=22051), "features.sample_rate: expected one of 8000"),
         (lambda m: m["model"].update(top_bands=65), "model.top_bands: expected a whole number from 0 (all bands) to n_mels (64), found 65"),
         (lambda m: m["model"].update(top_bands="8"), "model.top_bands: expected a whole number from 0 (all bands) to n_mels (64), found 8"),
+        (lambda m: m["model"].update(form="../int4"), "model.form: expected 'fused_subpixel' or none"),
+        (lambda m: m["model"].update(form=["fused_subpixel"]), "model.form: expected 'fused_subpixel' or none"),
         (lambda m: json.dumps(m)[:-1] + ', "deep": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
     ],
 )

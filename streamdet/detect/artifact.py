@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from streamdet.detect.features import FeatureParams
+from streamdet.detect.model import INFERENCE_FORM, ConvVAE, inference_form
 from streamdet.detect.modes import MODES, POLARITIES
 from streamdet.detect.scoring import Scorer, energy_problems
 from streamdet.errors import one_line
@@ -50,16 +51,35 @@ def resolve_device(name: str) -> torch.device:
 
 
 def save(detector: torch.nn.Module, meta: dict, path: Path | str) -> Path:
-    """Script `detector`, embed `meta`, write one file, and prove it loads back."""
+    """Script `detector` in its inference form (convolutional VAEs: batch-norm folded, transposed
+    convolutions as sub-pixel ones), embed `meta`, write one file, and prove it loads back and
+    scores as the trained network does."""
     path = Path(path)
+    trained = detector.cpu().eval()
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
-    scripted = torch.jit.script(detector.cpu().eval())
+    if any(isinstance(v, ConvVAE) for v in getattr(trained, "vaes", [])):
+        detector = inference_form(trained)
+        meta["model"] = {**meta["model"], "form": INFERENCE_FORM}
+    scripted = torch.jit.script(detector)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.jit.save(scripted, str(tmp), _extra_files={META_NAME: json.dumps(meta, indent=1, sort_keys=True)})
-    load(tmp, "cpu")
+    _same_losses(load(tmp, "cpu"), trained, tmp)
     tmp.replace(path)
     return path
+
+
+def _same_losses(model: "Model", trained: torch.nn.Module, where: Path) -> None:
+    """The saved file must score dB-like windows as the trained network does (the inference form
+    differs by float rounding only)."""
+    p = model.features
+    probe = torch.randn(8, p.window_frames, p.n_mels, generator=torch.Generator().manual_seed(1)) * 12 + 15
+    with torch.no_grad():
+        expected = trained(probe)
+    found = torch.from_numpy(model.losses(probe))
+    if not torch.allclose(found, expected, rtol=1e-4, atol=1e-4):
+        where.unlink(missing_ok=True)
+        raise ArtifactError(f"model {where}: the saved module scores windows differently from the trained one (largest difference {(found - expected).abs().max().item():.3g})")
 
 
 class Model:
@@ -232,6 +252,9 @@ def metadata_problems(meta: dict):
     if not isinstance(signs, list) or not signs:
         yield f"model.signs: expected a list with one sign per VAE, found {signs!r}"
         return
+    form = meta["model"].get("form")
+    if form is not None and form != INFERENCE_FORM:
+        yield f"model.form: expected {INFERENCE_FORM!r} or none (the form the network was trained in), found {str(form)[:30]!r}"
     top = meta["model"].get("top_bands", 0)
     if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= params.n_mels:
         yield f"model.top_bands: expected a whole number from 0 (all bands) to n_mels ({params.n_mels}), found {str(top)[:30]}"

@@ -111,6 +111,72 @@ class ConvVAE(_Sampling):
         return self.decoder(h)[:, 0, : self.window_frames, :].reshape(z.shape[0], self.window_frames * self.n_mels)
 
 
+class DepthToSpace(nn.Module):
+    """nn.PixelShuffle(2) as a reshape and one permuted copy (the same numbers; torch's CPU
+    pixel_shuffle is slower)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c // 4, 2 * h, 2 * w)
+
+
+def subpixel(up: nn.ConvTranspose2d) -> nn.Sequential:
+    """The same map as a 4x4, stride-2, padding-1 transposed convolution, as a 3x3 convolution to
+    four times the channels and a pixel shuffle (sub-pixel convolution).  Each of the four output
+    phases (row and column parity) reads a 2x2 neighbourhood of the input through 4 of the 16 taps;
+    the transposed form computes all 16 per input pixel and scatters, which torch's CPU kernels do
+    slowly.  Equal up to float rounding."""
+    if up.kernel_size != (4, 4) or up.stride != (2, 2) or up.padding != (1, 1) or up.groups != 1 or up.dilation != (1, 1):
+        raise ValueError(f"subpixel: expected a 4x4, stride-2, padding-1 transposed convolution, found {up}")
+    w = up.weight.detach()  # [in, out, 4, 4]
+    taps = {0: {0: 3, 1: 1}, 1: {1: 2, 2: 0}}  # output phase -> {3x3 kernel row: transposed kernel row}
+    k = w.new_zeros(up.out_channels, 2, 2, up.in_channels, 3, 3)
+    for a, rows in taps.items():
+        for b, cols in taps.items():
+            for u, ky in rows.items():
+                for v, kx in cols.items():
+                    k[:, a, b, :, u, v] = w[:, :, ky, kx].t()
+    conv = nn.Conv2d(up.in_channels, 4 * up.out_channels, 3, padding=1, bias=up.bias is not None)
+    conv.weight.data = k.reshape(4 * up.out_channels, up.in_channels, 3, 3).contiguous()
+    if up.bias is not None:
+        conv.bias.data = up.bias.detach().repeat_interleave(4)
+    return nn.Sequential(conv, DepthToSpace())
+
+
+def _fused(layers: nn.Sequential) -> nn.Sequential:
+    """Convolution + batch-norm pairs folded into one convolution (inference only); transposed
+    convolutions as sub-pixel ones; everything else kept."""
+    out, items = [], list(layers)
+    for i, layer in enumerate(items):
+        if isinstance(layer, nn.BatchNorm2d):
+            continue
+        if isinstance(layer, nn.Conv2d) and i + 1 < len(items) and isinstance(items[i + 1], nn.BatchNorm2d):
+            layer = nn.utils.fusion.fuse_conv_bn_eval(layer, items[i + 1])
+        elif isinstance(layer, nn.ConvTranspose2d):
+            out.extend(subpixel(layer))
+            continue
+        out.append(layer)
+    return nn.Sequential(*out)
+
+
+INFERENCE_FORM = "fused_subpixel"
+
+
+def inference_form(net: nn.Module) -> nn.Module:
+    """A copy of a trained network for scoring only: each ConvVAE's batch-norms folded into its
+    convolutions and its transposed convolutions rewritten as sub-pixel ones.  Same outputs up to
+    float rounding (docs/measurements.md has the speed and the largest difference); MLP VAEs are
+    unchanged.  Its state_dict is that of the inference form: rebuild_eager knows it by the
+    architecture's `form`."""
+    import copy
+
+    net = copy.deepcopy(net).eval()
+    for vae in net.vaes:
+        if isinstance(vae, ConvVAE):
+            vae.encoder, vae.decoder = _fused(vae.encoder), _fused(vae.decoder)
+    return net
+
+
 MODEL_KINDS = ("mlp", "conv")
 
 
@@ -283,8 +349,9 @@ def rebuild_eager(scripted: torch.nn.Module, arch: dict, frontend: LogMel, windo
     k = len(arch["signs"])
     if arch.get("objective") == "decision":
         detector = DecisionNet(frontend, vaes, state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch["head_hidden"])
-        detector.load_state_dict(state)
-        return detector.eval()
-    detector = ReconstructNet(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch.get("log_errors", False), arch.get("peak_frames", 0), arch.get("top_bands", 0))
+    else:
+        detector = ReconstructNet(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch.get("log_errors", False), arch.get("peak_frames", 0), arch.get("top_bands", 0))
+    if arch.get("form") == INFERENCE_FORM:
+        detector = inference_form(detector)
     detector.load_state_dict(state)
     return detector.eval()
