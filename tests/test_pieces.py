@@ -22,7 +22,7 @@ from streamdet.config import Config, DetectorConfig, SourceConfig
 from streamdet.detect.detector import BandExplainer, Detector
 from streamdet.detect.features import FeatureParams, LogMel, mel_band_edges, offline_windows
 from streamdet.detect.scoring import Scorer
-from streamdet.service.pipeline import Channel
+from streamdet.service.pipeline import Channel, source_status
 from streamdet.service.reader import Done, End, Missing, Report, Start, StreamReader, Windows
 from streamdet.service.systemd import Notifier
 from streamdet.subscribers.streamview import StreamView
@@ -219,7 +219,7 @@ def test_a_channel_builds_its_scorer_once_and_its_stats_are_what_status_and_metr
     channel, _ = run_channel(source, model)
     assert len(built) == 1  # one scorer (and one explainer) per model, not one per step of the start
     stats = channel.stats()
-    status = channel.status()
+    status = source_status(channel)
     assert (status["windows"], status["events"], status["gaps"], status["files_played"]) == (stats.windows, stats.events, stats.gaps, stats.files_played)
     assert abs(status["rtf"] - stats.rtf) <= 0.05 * stats.rtf + 0.01  # one formula; a moment later
     assert stats.finished and not stats.up
@@ -297,9 +297,53 @@ def test_channel_publishes_every_window_in_order_with_schema_fields_only():
     ends = [b for _, b in sent if b["type"] == "event" and b["state"] == "end"]
     assert len(ends) == 1 and ends[0]["file"] == "a.wav" and 0.5 <= ends[0]["file_onset"] <= 1.1
     assert model.calls < len(losses) / 4  # windows batched into few model calls
-    status = channel.status()
+    status = source_status(channel)
     assert set(status) <= set(messages.SOURCE_STATUS_FIELDS) | set(source.describe())
     assert status["files_played"] == 2 and status["events"] == 1 and status["finished"]
+
+
+def test_a_channel_scoring_in_another_thread_publishes_exactly_what_one_thread_does():
+    """The daemon's overlap: each batch's model call in the scoring thread (here slower than the
+    framing) while this thread frames the next batch.  Same messages, same order: seq, times,
+    losses, events, the gap, the skipped file, the end."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    class SlowModel(FakeModel):
+        def errors(self, windows):
+            before = self.channel.reader.samples_read
+            self.threads.add(threading.get_ident())
+            time.sleep(0.02)
+            self.framed_meanwhile |= self.channel.reader.samples_read > before
+            return super().errors(windows)
+
+    def play(scoring):
+        source = FakeSource(capacity=30 * RATE)
+        source.play("a.wav", tone_in_noise(6.0, [(1.0, 2.0), (4.0, 1.0)]))
+        source.markers.append(Gap(source.ring.write_pos, 800, "source_down"))
+        source.markers.append(Skipped(source.ring.write_pos, "c.wav", "cannot decode"))
+        source.play("b.wav", tone_in_noise(5.0, [(2.0, 1.0)], seed=2))
+        source.markers.append(Finished(source.ring.write_pos))
+        model = SlowModel()
+        model.threads, model.framed_meanwhile = set(), False
+        publisher = FakePublisher()
+        channel = model.channel = Channel(source, source.ring, model, DetectorConfig(min_event_s=0.1, merge_gap_s=0.2), publisher, 4, "run1", scoring=scoring)
+        for _ in range(100000):
+            if not channel.pump() and channel.batches.future is not None:
+                channel.batches.future.result()
+            if channel.finished:
+                return [(t, {k: v for k, v in b.items() if k != "ts"}) for t, b in publisher.sent], model
+        raise AssertionError("the channel never finished")
+
+    with ThreadPoolExecutor(1) as pool:
+        overlapped, model = play(pool)
+    alone, model_alone = play(None)
+    assert model.threads and threading.get_ident() not in model.threads and model_alone.threads == {threading.get_ident()}
+    assert model.framed_meanwhile  # the next batch was framed while the model ran
+    assert overlapped == alone
+    kinds = [b["type"] for _, b in alone]
+    assert kinds.count("loss") > 20 and kinds.count("gap") == 1 and kinds.count("event") >= 2
 
 
 def documented_schema() -> dict[str, set[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from typing import Callable, Iterator
 
@@ -74,6 +75,9 @@ class Publisher:
         self.overflows = 0  # times a subscriber's queue was found full (live publisher)
         self.give_up_at = math.inf
         self.while_blocked: Callable[[], object] = lambda: None
+        # A socket is used by one thread at a time: the daemon's loop, or the watchdog's final
+        # status while a model call is stuck in another thread.
+        self.lock = threading.RLock()
         try:
             self.socket.connect(endpoint) if connect else self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -83,6 +87,10 @@ class Publisher:
 
     def poll_subscriptions(self) -> int:
         """Drain subscription notices; returns the number of live subscriptions."""
+        with self.lock:
+            return self._poll_subscriptions()
+
+    def _poll_subscriptions(self) -> int:
         while True:
             try:
                 notice = self.socket.recv(zmq.NOBLOCK)
@@ -103,6 +111,10 @@ class Publisher:
 
     def send(self, topic: str, payload: dict) -> bool:
         frames = [topic.encode(), encode(payload)]
+        with self.lock:
+            return self._send(frames)
+
+    def _send(self, frames: list) -> bool:
         if not self.wait_when_full:
             try:
                 self.socket.send_multipart(frames, zmq.NOBLOCK)
@@ -126,16 +138,17 @@ class Publisher:
                     self.dropped += 1
                     return False
                 self.while_blocked()
-                self.poll_subscriptions()
+                self._poll_subscriptions()
                 self.socket.poll(20, zmq.POLLOUT)
 
     def close(self, deadline_s: float = 1.0, wait: bool = False) -> bool:
         """Close, giving queued messages until `deadline_s` to reach their subscribers.  With
         `wait` (the daemon's exit: no other socket is open) wait for that here, and return False
         if the time ran out with messages possibly still queued (at most `send_hwm` each)."""
-        self.socket.setsockopt(zmq.LINGER, max(0, int(deadline_s * 1000)))
-        started = time.monotonic()
-        self.socket.close()
+        with self.lock:
+            self.socket.setsockopt(zmq.LINGER, max(0, int(deadline_s * 1000)))
+            started = time.monotonic()
+            self.socket.close()
         if not wait:
             return True
         from streamdet.bus.security import stop_authenticators

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict
 from typing import NamedTuple
 
@@ -18,7 +19,7 @@ from streamdet.capture.ringbuffer import RingBuffer
 from streamdet.config import Config, SourceConfig
 from streamdet.detect.artifact import Model
 from streamdet.errors import one_line
-from streamdet.service.pipeline import Channel, SourceStats
+from streamdet.service.pipeline import Channel, SourceStats, source_status
 from streamdet.service.reload import reload_daemon
 from streamdet.service.systemd import Notifier
 from streamdet.service.watchdog import ModelFailure, Watchdog
@@ -82,9 +83,11 @@ class Daemon:
         publisher.while_blocked = self.notifier.watchdog  # a slow subscriber is not a stalled daemon
         self.reload_fn = reload
         self.channels = []
+        # Model calls in one thread of their own, overlapped with framing and publishing in this one.
+        self.scoring = ThreadPoolExecutor(1, thread_name_prefix="model")
         for source_config in config.sources:
             source, ring = make_source(source_config, model.features.sample_rate)
-            self.channels.append(Channel(source, ring, model, config.detector, publisher, config.model.batch_windows, self.run_id, config.recording, config.bus.spectrogram))
+            self.channels.append(Channel(source, ring, model, config.detector, publisher, config.model.batch_windows, self.run_id, config.recording, config.bus.spectrogram, self.scoring))
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self.started_at = time.monotonic()
@@ -134,6 +137,7 @@ class Daemon:
             self.notifier.stopping()
             for channel in self.channels:
                 channel.source.stop()
+        self.scoring.shutdown(wait=False)
         for channel in self.channels:
             channel.finish_clips()
         self._publish_status(state)
@@ -163,8 +167,16 @@ class Daemon:
             if all(c.finished for c in self.channels):
                 return "finished"
             if not did:
-                time.sleep(IDLE_SLEEP_S)
+                self._idle()
         return "stopped"
+
+    def _idle(self) -> None:
+        """Nothing to do: wait for a model call to finish, or a moment for audio to arrive."""
+        in_flight = [c.batches.future for c in self.channels if c.batches.future is not None]
+        if in_flight:
+            wait(in_flight, IDLE_SLEEP_S, FIRST_COMPLETED)
+        else:
+            time.sleep(IDLE_SLEEP_S)
 
     def _wait_for_sources(self, timeout_s: float = 15.0) -> None:
         """A microphone counts as open once its first attempt is over (up, or reported down)."""
@@ -180,8 +192,11 @@ class Daemon:
         deadline = time.monotonic() + STOP_GRACE_S
         for channel in self.channels:
             channel.source.join(max(0.0, deadline - time.monotonic()))
-        while time.monotonic() < deadline and any([c.pump() for c in self.channels]):
-            pass
+        while time.monotonic() < deadline:
+            if not any([c.pump() for c in self.channels]):
+                if all(c.batches.future is None for c in self.channels):
+                    return
+                self._idle()
 
     def snapshot(self) -> DaemonStats:
         """The daemon's counters, read at once (also from the metrics thread)."""
@@ -195,7 +210,7 @@ class Daemon:
         body = messages.status(
             self.run_id, self.name, state, time.monotonic() - self.started_at, self.config.bus.status_interval_s,
             model=d.model, detector=asdict(self.config.detector), reloads=d.reloads,
-            dropped_messages=d.dropped_messages, subscriber_overflows=d.subscriber_overflows, sources={c.name: c.status(d.sources[c.name]) for c in self.channels},
+            dropped_messages=d.dropped_messages, subscriber_overflows=d.subscriber_overflows, sources={c.name: source_status(c, d.sources[c.name]) for c in self.channels},
         )
         self.publisher.send("status", body)
 

@@ -1,13 +1,18 @@
 """One source's path to the bus: reader -> detector -> publisher, with the counters for status.
 
-One thread runs every channel, so model calls never contend with each other; sources only fill
-their ring buffers.
+One thread runs every channel's framing and publishing; with a `scoring` executor (the daemon's:
+one thread for all channels, so model calls never contend with each other) a batch's model call
+runs there while this thread frames the next batch, which puts a second core to work at max pace
+(torch releases the GIL in its kernels).  A channel has at most one batch in flight and frames at
+most one batch ahead, and publishes every operation in stream order once its batch is scored.
+Sources only fill their ring buffers.
 """
 from __future__ import annotations
 
 import logging
 import time
 from collections import deque
+from concurrent.futures import Executor, Future
 from typing import NamedTuple
 
 import numpy as np
@@ -60,9 +65,44 @@ def new_frames(window: torch.Tensor, start_frame: int, published_upto: int) -> t
     return first, window[first - start_frame:].cpu().numpy()
 
 
+class Batches:
+    """A channel's operations on their way through the model, batch by batch and in order: a
+    batch's windows go to the model in one call (in the `scoring` executor when there is one, else
+    at once), and `publish(ops, (losses, band errors) or None)` gets the batch once scored.  At most
+    one batch is in flight."""
+
+    def __init__(self, detector: Detector, scoring: Executor | None, publish):
+        self.detector, self.scoring, self.publish = detector, scoring, publish
+        self.in_flight: tuple[list, Future] | None = None
+
+    @property
+    def future(self) -> Future | None:
+        """The model call in flight, for a loop with nothing else to do to wait on."""
+        return None if self.in_flight is None else self.in_flight[1]
+
+    def submit(self, ops: list, windows: list) -> None:
+        if not windows:
+            self.publish(ops, None)
+            return
+        batch = windows[0] if len(windows) == 1 else torch.cat(windows)
+        if self.scoring is None:
+            self.publish(ops, self.detector.errors(batch))
+        else:
+            self.in_flight = (ops, self.scoring.submit(self.detector.errors, batch))
+
+    def collect(self, wait: bool = False) -> bool:
+        """Publish the batch in flight once scored (`wait`: wait for it); a model failure raises here."""
+        if self.in_flight is None or not (wait or self.in_flight[1].done()):
+            return False
+        ops, future = self.in_flight
+        self.in_flight = None
+        self.publish(ops, future.result())
+        return True
+
+
 class Channel:
     def __init__(self, source: Source, ring: RingBuffer, model: Model, detector: DetectorConfig, publisher: Publisher, batch_windows: int, run_id: str,
-                 recording: RecordingConfig | None = None, spectrogram: bool = False):
+                 recording: RecordingConfig | None = None, spectrogram: bool = False, scoring: Executor | None = None):
         self.source, self.ring, self.publisher, self.run_id = source, ring, publisher, run_id
         self.spectrogram = spectrogram  # publish each window's new model-input frames on spec.<source>
         self._spec_upto = 0  # the segment's frames already published
@@ -70,6 +110,7 @@ class Channel:
         self.reader = StreamReader(source, ring)
         self.clips = Clips(self.name, ring, self.reader.rate)
         self.detector = Detector(model, detector)
+        self.batches = Batches(self.detector, scoring, self._publish_ops)
         self._use_model(model, detector, recording or RecordingConfig())
         self.seq = self.files_played = self.files_skipped = self.events = 0
         self.finished = self.report_pending = False
@@ -102,11 +143,15 @@ class Channel:
             self._report("recording", self.name, error)
 
     def pump(self) -> bool:
-        """Read what has arrived; score once a batch is full or nothing more is waiting (so a paced
-        source is scored at once); True if anything was done."""
-        did = self.reader.poll()
-        if self.reader.queued_windows >= self.flush_windows or (self.reader.ops and self.reader.caught_up):
-            self._flush()
+        """Publish a scored batch; read what has arrived (at most one batch ahead of the model);
+        send a batch to the model once it is full or nothing more is waiting (so a paced source is
+        scored at once); True if anything was done."""
+        did = self.batches.collect()
+        if self.reader.queued_windows < self.flush_windows:
+            did |= self.reader.poll()
+        if self.batches.in_flight is None and (self.reader.queued_windows >= self.flush_windows or (self.reader.ops and self.reader.caught_up)):
+            self._submit()
+            did = True
         for error in self.clips.poll():
             self._report("recording", self.name, error)
         return did
@@ -118,11 +163,18 @@ class Channel:
         self.report_pending = True
 
     def _flush(self) -> None:
-        """Score every queued window in one model call, then publish in stream order."""
+        """Score and publish everything queued now (a reload: the old model finishes its segment)."""
+        self.batches.collect(wait=True)
+        self._submit()
+        self.batches.collect(wait=True)
+
+    def _submit(self) -> None:
         ops = self.reader.take()
-        batches = [op.windows for op in ops if isinstance(op, Windows)]
-        if batches:
-            losses, band_errors = self.detector.errors(batches[0] if len(batches) == 1 else torch.cat(batches))
+        self.batches.submit(ops, [op.windows for op in ops if isinstance(op, Windows)])
+
+    def _publish_ops(self, ops: list, scored: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Publish a batch's operations in stream order, its windows with their (loss, band errors)."""
+        losses, band_errors = scored if scored is not None else (None, None)
         at = 0
         for op in ops:
             if isinstance(op, Windows):
@@ -198,14 +250,15 @@ class Channel:
                            not self.finished and getattr(self.source, "state", "up") != "down", self.finished,
                            self.latency_histogram.cumulative(), self.latency_histogram.sum)
 
-    def status(self, s: SourceStats | None = None) -> dict:
-        """This source's entry in a status message, from `s` when the caller already read it."""
-        lat = np.array(self.latencies) * 1000.0 if self.latencies else None
-        s = s or self.stats()
-        return messages.source_status(
-            self.source.kind, windows=s.windows, audio_s=s.audio_s, rtf=s.rtf,
-            dropped_samples=s.dropped_samples, gaps=s.gaps, files_played=s.files_played, files_skipped=s.files_skipped,
-            current_file=getattr(self.source, "current_file", None), events=s.events,
-            latency_ms=None if lat is None else {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
-            reports=list(self.reports), finished=self.finished, extra={**self.clips.describe(), **self.source.describe()},
-        )
+
+def source_status(channel: Channel, s: SourceStats | None = None) -> dict:
+    """A source's entry in a status message, from `s` when the caller already read it."""
+    lat = np.array(channel.latencies) * 1000.0 if channel.latencies else None
+    s = s or channel.stats()
+    return messages.source_status(
+        channel.source.kind, windows=s.windows, audio_s=s.audio_s, rtf=s.rtf,
+        dropped_samples=s.dropped_samples, gaps=s.gaps, files_played=s.files_played, files_skipped=s.files_skipped,
+        current_file=getattr(channel.source, "current_file", None), events=s.events,
+        latency_ms=None if lat is None else {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+        reports=list(channel.reports), finished=channel.finished, extra={**channel.clips.describe(), **channel.source.describe()},
+    )

@@ -33,7 +33,8 @@ class Watchdog:
 
     def __init__(self, give_up: Callable[[str], None], stop_deadline_s: float, poll_s: float = 0.25):
         self.give_up, self.stop_deadline_s, self.poll_s = give_up, stop_deadline_s, poll_s
-        self._call: tuple[str, float, float] | None = None  # (what, started, budget); replaced whole, so no lock
+        # Per thread (the model's calls and the front end's run in two): thread -> (what, started, budget).
+        self._calls: dict[int, tuple[str, float, float]] = {}
         self._stop_at: float | None = None
         self._read, self._write = socket.socketpair()
         self._read.setblocking(False)
@@ -45,11 +46,12 @@ class Watchdog:
 
     @contextmanager
     def timed(self, what: str, budget_s: float):
-        self._call = (what, time.monotonic(), budget_s)
+        thread = threading.get_ident()
+        self._calls[thread] = (what, time.monotonic(), budget_s)
         try:
             yield
         finally:
-            self._call = None
+            self._calls.pop(thread, None)
 
     def stop_requested(self) -> None:
         """A stop asked for by other means than a signal (the deadline starts now)."""
@@ -72,10 +74,13 @@ class Watchdog:
                     signals = b""
                 if any(s in (signal.SIGTERM, signal.SIGINT) for s in signals):
                     self.stop_requested()
-            now, call = time.monotonic(), self._call
-            if call is not None and now - call[1] > call[2]:
+            now, calls = time.monotonic(), tuple(self._calls.values())  # one copy, made under the GIL
+            late = [c for c in calls if now - c[1] > c[2]]
+            if late:
+                call = late[0]
                 self.give_up(f"{call[0]} has run {now - call[1]:.1f} s, past its budget of {call[2]:.1f} s (a model that hangs or spins)")
                 return
+            call = max(calls, key=lambda c: now - c[1], default=None)
             if self._stop_at is not None and now > self._stop_at:
                 what = f" ({call[0]} running for {now - call[1]:.1f} s)" if call else ""
                 self.give_up(f"still running {self.stop_deadline_s:g} s after the stop was asked for{what}")
