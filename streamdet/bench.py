@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streamdet.bus.sockets import Subscriber
-from streamdet.capture.audio import AudioError, FileDecoder, list_audio_candidates
+from streamdet.capture.audio import AudioError, FileDecoder, list_audio_candidates, probe, read_mono_blocks
 from streamdet.config import BusConfig, Config, ModelConfig, SourceConfig
 from streamdet.demo import demo_clips_dir, free_tcp_endpoint
 from streamdet.detect.artifact import load
@@ -24,7 +24,7 @@ from streamdet.service.daemon import Daemon
 
 
 def run_bench(data: Path | None, model_path: Path | None, device: str, passes: int, console: Console | None = None, peers: dict[str, str] | None = None,
-              spectrogram: bool = False) -> dict:
+              spectrogram: bool = False, forms: bool = False) -> dict:
     """`peers`: name -> a shell command with `{data}` for the folder, timed on the same data in
     this run, process start included, beside this project's `predict` timed the same way."""
     console = console or Console()
@@ -58,6 +58,10 @@ def run_bench(data: Path | None, model_path: Path | None, device: str, passes: i
     for name, module in (("eager", eager), ("scripted", scripted), ("as_the_daemon_runs_it", model.module)):
         results[f"latency_ms_{name}"] = _latency(module, one)
 
+    if forms:
+        from streamdet.benchforms import run_forms
+
+        results["forms"] = run_forms(saved, all_windows, console=console)
     if peers:
         ours = f"{shlex.quote(sys.executable)} -m train predict --data {{data}} --out {{tmp}}/predict.csv --cache {{tmp}}/cache"
         ours += f" --model {shlex.quote(str(model_path))}" if model_path is not None else ""
@@ -89,6 +93,14 @@ def _stages(files: list[Path], model, results: dict) -> tuple[torch.Tensor, floa
     every window and the seconds of audio."""
     p = model.features
     t = time.perf_counter()
+    for f in files:  # the floor: libsndfile decoding at each file's own rate, nothing else
+        try:
+            for _ in read_mono_blocks(f, 8 * probe(f).samplerate):
+                pass
+        except AudioError:
+            pass
+    decode_only_s = time.perf_counter() - t
+    t = time.perf_counter()
     decoded = []
     for f in files:
         try:
@@ -99,6 +111,7 @@ def _stages(files: list[Path], model, results: dict) -> tuple[torch.Tensor, floa
     audio_s = sum(len(x) for x in decoded) / p.sample_rate
     results["audio_s"] = round(audio_s, 1)
     results["decode_resample_x"] = round(audio_s / decode_s, 1)
+    results["decode_only_x"] = round(audio_s / decode_only_s, 1)
 
     t = time.perf_counter()
     windows = []
@@ -113,12 +126,15 @@ def _stages(files: list[Path], model, results: dict) -> tuple[torch.Tensor, floa
     results["windows"] = len(all_windows)
 
     t = time.perf_counter()
-    for i in range(0, len(all_windows), 256):
-        model.losses(all_windows[i : i + 256])
+    for i in range(0, len(all_windows), MODEL_BATCH):
+        model.errors(all_windows[i : i + MODEL_BATCH])
     model_s = time.perf_counter() - t
-    results["model_windows_per_s_batch256"] = round(len(all_windows) / model_s)
+    results["model_windows_per_s"] = round(len(all_windows) / model_s)
 
     return all_windows, audio_s
+
+
+MODEL_BATCH = 64  # the daemon's default model.batch_windows
 
 
 def _end_to_end(data: Path, model_path: Path | None, device: str, spectrogram: bool = False) -> dict:
@@ -180,11 +196,13 @@ def _print(console: Console, r: dict) -> None:
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("audio in the data set", f"{r['audio_s']:.1f} s in {r['windows']} windows")
+    table.add_row("decode alone (libsndfile, each file's own rate): the floor", f"{r['decode_only_x']:.0f}x real time")
     table.add_row("decode + resample alone", f"{r['decode_resample_x']:.0f}x real time")
     table.add_row("log-mel + windows alone", f"{r['logmel_x']:.0f}x real time")
-    table.add_row("model alone (batches of 256)", f"{r['model_windows_per_s_batch256']} windows/s")
+    table.add_row(f"model alone (batches of {MODEL_BATCH}, as the daemon runs it)", f"{r['model_windows_per_s']} windows/s")
     table.add_row("end to end, first pass (cold)", f"{r['end_to_end_x_first']:.0f}x real time")
     table.add_row("end to end, steady state (median, range)", f"{r['end_to_end_x']:.0f}x ({r['end_to_end_x_range'][0]:.0f}-{r['end_to_end_x_range'][1]:.0f}x) real time")
+    table.add_row("end to end steady / decode alone, / decode + resample", f"{r['end_to_end_x'] / r['decode_only_x']:.2f}, {r['end_to_end_x'] / r['decode_resample_x']:.2f}")
     table.add_row("windows missed by the subscriber", str(r["end_to_end_missed"]))
     if r["end_to_end_latency_ms"]:
         table.add_row("end to end latency p50 / p99", f"{r['end_to_end_latency_ms']['p50']:.1f} / {r['end_to_end_latency_ms']['p99']:.1f} ms")
@@ -243,7 +261,10 @@ def run_mic_bench(device: str, seconds: float, model_path: Path | None, console:
         daemon.wait(30)
         listener.join(10)
         sub.close()
-    final = statuses[-1]["sources"]["mic"] if statuses else {}
+    # The last status while monitoring: the final one also counts the windows scored while the
+    # daemon stopped (after the source closed), which a station never waits for.
+    running = [s for s in statuses if s["state"] == "running"] or statuses
+    final = running[-1]["sources"]["mic"] if running else {}
     results = {
         "device": final.get("device"), "rate": final.get("rate"), "seconds": seconds,
         "cpu_percent_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 1),

@@ -146,6 +146,7 @@ def add_tools(sub) -> None:
     bench.add_argument("--model", type=Path, help="model artifact (default: the bundled model)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--spectrogram", action="store_true", help="end to end with the spec topic on (its cost)")
+    bench.add_argument("--forms", action="store_true", help="also time the model alone in each candidate form (inference form, channels-last, int8, bfloat16) against the artifact as saved")
     bench.add_argument("--passes", type=int, default=5, help="end-to-end replays; the first is reported as cold, the median of the rest as steady state")
     bench.add_argument("--threads", type=int, default=1, help="torch intra-op threads, as model.threads (default 1)")
     bench.add_argument("--json", type=Path, help="also write the figures as JSON here")
@@ -474,7 +475,7 @@ def cmd_bench(args) -> int:
                 if not (sep and name.strip() and command.strip()):
                     raise UserError(f"--vs {item[:60]!r}: expected NAME=COMMAND, such as birdnet='birdnet-analyze {{data}} -o out'")
                 peers[name.strip()] = command
-            results = run_bench(args.data, args.model, args.device, max(1, args.passes), peers=peers, spectrogram=args.spectrogram)
+            results = run_bench(args.data, args.model, args.device, max(1, args.passes), peers=peers, spectrogram=args.spectrogram, forms=args.forms)
     except (ArtifactError, RuntimeError, ValueError) as exc:
         raise UserError(one_line(exc)) from None
     if args.json:
