@@ -22,6 +22,7 @@ from streamdet.config import Config, DetectorConfig, SourceConfig
 from streamdet.detect.detector import BandExplainer, Detector
 from streamdet.detect.features import FeatureParams, LogMel, mel_band_edges, offline_windows
 from streamdet.detect.scoring import Scorer
+from streamdet.service import pipeline
 from streamdet.service.pipeline import Channel, source_status
 from streamdet.service.reader import Done, End, Missing, Report, Start, StreamReader, Windows
 from streamdet.service.systemd import Notifier
@@ -344,6 +345,69 @@ def test_a_channel_scoring_in_another_thread_publishes_exactly_what_one_thread_d
     assert overlapped == alone
     kinds = [b["type"] for _, b in alone]
     assert kinds.count("loss") > 20 and kinds.count("gap") == 1 and kinds.count("event") >= 2
+
+
+def test_a_live_channel_says_when_its_next_window_can_be_due_and_a_replay_never_does():
+    def play(kind):
+        source = FakeSource()
+        source.kind = kind
+        source.play("a.wav", tone_in_noise(3.0))
+        source.markers.append(Finished(source.ring.write_pos))
+        return run_channel(source, FakeModel())[0]
+
+    assert play("replay").quiet_until == 0.0  # a replay's next window may be waiting in the ring
+    channel = play("mic")
+    arrived = channel.ring.arrival_time(channel.ring.write_pos)
+    assert channel.quiet_until == pytest.approx(arrived + PARAMS.hop_seconds - pipeline.LIVE_WAKE_EARLY_S)
+
+
+def test_an_idle_daemon_with_live_sources_sleeps_until_a_window_is_due_and_wakes_on_stop(monkeypatch):
+    """Instead of waking every IDLE_SLEEP_S: until shortly before the next live window, the next
+    status, or at most MAX_QUIET_S; a replay source, or a model call in flight, keeps it polling."""
+    import threading
+    import time
+
+    from streamdet.service import daemon as daemon_module
+    from streamdet.service.daemon import idle
+
+    stop = threading.Event()
+    waits, sleeps = [], []
+    monkeypatch.setattr(stop, "wait", lambda timeout: waits.append(timeout))
+    monkeypatch.setattr(daemon_module.time, "sleep", lambda s: sleeps.append(s))
+
+    def channel(quiet_in, future=None):
+        return SimpleNamespace(quiet_until=0.0 if quiet_in is None else time.monotonic() + quiet_in, batches=SimpleNamespace(future=future))
+
+    live = [channel(0.3), channel(0.35)]
+    idle(live, stop, time.monotonic() + 10)
+    assert len(waits) == 1 and 0.25 < waits[0] <= 0.3
+    idle(live, stop, time.monotonic() + 0.1)  # the next status comes first
+    assert 0.05 < waits[1] <= 0.1
+    idle([channel(30.0)], stop, time.monotonic() + 60)
+    assert waits[2] == daemon_module.MAX_QUIET_S
+    idle([channel(0.3), channel(None)], stop, time.monotonic() + 10)  # a replay beside the microphone
+    assert len(waits) == 3 and sleeps == [daemon_module.IDLE_SLEEP_S]
+    busy = SimpleNamespace(done=lambda: False)
+    monkeypatch.setattr(daemon_module, "wait", lambda futures, timeout, when: waits.append(("model", timeout)))
+    idle([channel(0.3, future=busy)], stop, time.monotonic() + 10)  # a model call in flight: wait for it, briefly
+    assert waits[3] == ("model", daemon_module.IDLE_SLEEP_S)
+    real = threading.Event()  # and a stop ends the sleep at once
+    threading.Timer(0.05, real.set).start()
+    started = time.monotonic()
+    idle([channel(0.45)], real, time.monotonic() + 10)
+    assert time.monotonic() - started < 0.4
+
+
+def test_a_loaded_model_has_run_the_daemons_calls_on_live_sized_batches(tmp_path, monkeypatch):
+    """TorchScript optimises a method on a later call than its first: the load does those calls,
+    so a live daemon's first windows do not wait for them."""
+    from streamdet.detect import artifact
+
+    seen = []
+    real = artifact.Model.errors
+    monkeypatch.setattr(artifact.Model, "errors", lambda self, windows: seen.append(len(windows)) or real(self, windows))
+    artifact.load(None, "cpu", optimise=True)
+    assert seen.count(1) >= 2 and seen.count(2) >= 2
 
 
 def documented_schema() -> dict[str, set[str]]:

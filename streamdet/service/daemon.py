@@ -27,6 +27,7 @@ from streamdet.service.watchdog import ModelFailure, Watchdog
 log = logging.getLogger(__name__)
 
 IDLE_SLEEP_S = 0.002
+MAX_QUIET_S = 0.5  # the longest a live daemon sleeps between checks (a SIGHUP waits at most this)
 STOP_GRACE_S = 10.0
 DRAIN_S = 10.0  # after the last message, how long queued messages may take to reach their subscribers
 EXIT_SOURCE_FAILED = 1  # a source's thread died: the stream did not finish
@@ -167,16 +168,8 @@ class Daemon:
             if all(c.finished for c in self.channels):
                 return "finished"
             if not did:
-                self._idle()
+                idle(self.channels, self._stop, next_status)
         return "stopped"
-
-    def _idle(self) -> None:
-        """Nothing to do: wait for a model call to finish, or a moment for audio to arrive."""
-        in_flight = [c.batches.future for c in self.channels if c.batches.future is not None]
-        if in_flight:
-            wait(in_flight, IDLE_SLEEP_S, FIRST_COMPLETED)
-        else:
-            time.sleep(IDLE_SLEEP_S)
 
     def _wait_for_sources(self, timeout_s: float = 15.0) -> None:
         """A microphone counts as open once its first attempt is over (up, or reported down)."""
@@ -196,7 +189,7 @@ class Daemon:
             if not any([c.pump() for c in self.channels]):
                 if all(c.batches.future is None for c in self.channels):
                     return
-                self._idle()
+                idle(self.channels, self._stop)
 
     def snapshot(self) -> DaemonStats:
         """The daemon's counters, read at once (also from the metrics thread)."""
@@ -214,6 +207,21 @@ class Daemon:
         )
         self.publisher.send("status", body)
 
+
+
+def idle(channels: list[Channel], stop: threading.Event, wake_by: float = 0.0) -> None:
+    """Nothing to do: wait for a model call to finish; or, when every source is live and its
+    next window is not due yet, until shortly before it is (or `wake_by`, or a stop), instead
+    of waking every few milliseconds; else a moment for audio to arrive."""
+    in_flight = [c.batches.future for c in channels if c.batches.future is not None]
+    if in_flight:
+        wait(in_flight, IDLE_SLEEP_S, FIRST_COMPLETED)
+        return
+    quiet = min(min(c.quiet_until for c in channels), wake_by) - time.monotonic()
+    if quiet > IDLE_SLEEP_S:
+        stop.wait(min(quiet, MAX_QUIET_S))
+    else:
+        time.sleep(IDLE_SLEEP_S)
 
 def build(cls, config: Config, name: str | None, reload, optimise: bool) -> Daemon:
     """A replay-only daemon waits for slow subscribers (no message lost); a live one never blocks.

@@ -33,6 +33,7 @@ from streamdet.service.reader import Done, Down, End, Missing, Report, Start, St
 log = logging.getLogger(__name__)
 
 RECENT_REPORTS = 20
+LIVE_WAKE_EARLY_S = 0.1  # before a live window is due: audio blocks and their jitter are shorter
 LATENCY_SAMPLES = 4096
 
 
@@ -112,6 +113,7 @@ class Channel:
         self.detector = Detector(model, detector)
         self.batches = Batches(self.detector, scoring, self._publish_ops)
         self._use_model(model, detector, recording or RecordingConfig())
+        self.quiet_until = 0.0  # a live source's next window is not due before this (monotonic; 0: poll)
         self.seq = self.files_played = self.files_skipped = self.events = 0
         self.finished = self.report_pending = False
         self.started_at = time.monotonic()
@@ -143,9 +145,8 @@ class Channel:
             self._report("recording", self.name, error)
 
     def pump(self) -> bool:
-        """Publish a scored batch; read what has arrived (at most one batch ahead of the model);
-        send a batch to the model once it is full or nothing more is waiting (so a paced source is
-        scored at once); True if anything was done."""
+        """Publish a scored batch; frame what has arrived (one batch ahead of the model at most); send
+        a batch to the model once full or caught up (a paced source is scored at once); True if busy."""
         did = self.batches.collect()
         if self.reader.queued_windows < self.flush_windows:
             did |= self.reader.poll()
@@ -169,8 +170,7 @@ class Channel:
         self.batches.collect(wait=True)
 
     def _submit(self) -> None:
-        ops = self.reader.take()
-        self.batches.submit(ops, [op.windows for op in ops if isinstance(op, Windows)])
+        self.batches.submit(ops := self.reader.take(), [op.windows for op in ops if isinstance(op, Windows)])
 
     def _publish_ops(self, ops: list, scored: tuple[np.ndarray, np.ndarray] | None) -> None:
         """Publish a batch's operations in stream order, its windows with their (loss, band errors)."""
@@ -221,6 +221,8 @@ class Channel:
                 self.latencies.append(latency := time.monotonic() - arrived)
                 self.latency_histogram.observe(latency)
             self._publish_events(self.detector.step(t_start, t_end, score, scored.band_errors[i]), seg)
+        if arrived is not None and self.source.kind == "mic":  # audio arrives in real time: the next window a hop later
+            self.quiet_until = arrived + p.hop_seconds - LIVE_WAKE_EARLY_S
 
     def _publish_frames(self, op: Windows, i: int, start_frame: int, t_start: float) -> None:
         p = self.model.features
