@@ -93,6 +93,26 @@ def test_a_decision_net_is_saved_in_its_inference_form_and_scores_as_trained(tmp
     assert np.allclose(losses, expected_losses.numpy(), atol=1e-4) and np.allclose(bands, expected_bands.numpy(), atol=1e-4)
 
 
+def test_bench_forms_times_every_candidate_against_the_artifact_as_saved(tmp_path):
+    from rich.console import Console
+
+    from streamdet.benchforms import run_forms
+
+    torch.manual_seed(0)
+    vaes = [make_vae("conv", P.window_frames, P.n_mels, 0, 4, 4, norm=True) for _ in range(2)]
+    net = DecisionNet(LogMel(P), vaes, torch.full((2, P.n_mels), -60.0), torch.full((2, P.n_mels), 12.0), P.window_frames, 8).eval()
+    meta = make_meta(net)
+    meta["model"] = architecture(net, "conv", 0, 4, 4)
+    model = artifact.load(artifact.save(net, meta, tmp_path / "d.pt"), "cpu")
+    console = Console(record=True, width=200)
+    got = run_forms(model, windows_of_noise(), batch=4, rounds=1, console=console)
+    forms = got["forms"]
+    assert {"as saved (scripted)", "inference form, scripted", "inference form, bfloat16 autocast (eager)", "inference form, int8 dynamic linear layers (eager)"} <= set(forms)
+    assert forms["as saved (scripted)"]["max_abs_loss_diff"] == 0 and forms["as saved (scripted)"]["ratio"] == 1.0
+    assert forms["inference form, scripted"]["max_abs_loss_diff"] < 1e-4 and forms["inference form, scripted"]["flipped"] == 0
+    assert all(r["median"] > 0 for r in forms.values()) and "decisions flipped" in console.export_text()
+
+
 def test_a_saved_module_that_scores_unlike_the_trained_one_is_not_written(tmp_path, monkeypatch):
     def broken(net):
         net = real(net)
