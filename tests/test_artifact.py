@@ -237,6 +237,36 @@ def test_metadata_the_daemon_cannot_honour_is_refused(tmp_path, change, expected
     assert str(err.value).startswith(f"model {bad}: ") and expected in str(err.value)
 
 
+class FailsOnOneWindow(torch.nn.Module):
+    """Passes the load's shape checks (batches of 2 and 4), fails on the single window a live source gives."""
+
+    def __init__(self, net: ReconstructNet):
+        super().__init__()
+        self.net = net
+
+    @torch.jit.export
+    def features(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.net.features(samples)
+
+    @torch.jit.export
+    def band_errors(self, windows: torch.Tensor) -> torch.Tensor:
+        if windows.shape[0] == 1:
+            raise RuntimeError("one window")
+        return self.net.band_errors(windows)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.band_errors(windows).mean(dim=1)
+
+
+def test_a_model_that_fails_on_a_single_window_is_refused_at_load_in_one_line(tmp_path):
+    net = make_detector()
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(FailsOnOneWindow(net)), str(path), _extra_files={artifact.META_NAME: json.dumps({"format": artifact.FORMAT, "format_version": artifact.FORMAT_VERSION, **make_meta(net)})})
+    with pytest.raises(artifact.ArtifactError) as err:
+        artifact.load(path, "cpu", optimise=True)
+    assert str(err.value).startswith(f"model {path}: the model fails on one or two windows") and "\n" not in str(err.value)
+
+
 def test_a_model_with_nan_weights_is_refused_at_load(tmp_path):
     detector = make_detector()
     path = artifact.save(detector, make_meta(detector), tmp_path / "m.pt")

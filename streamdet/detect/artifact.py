@@ -195,21 +195,24 @@ def load(path: Path | str | None, device: str | torch.device = "auto", optimise:
     _smoke_test(model, where)
     if optimise and meta["model"].get("kind") not in UNOPTIMISED_KINDS:
         model.module = _optimised(module, model)
-    _warm_up(model)
+    _warm_up(model, where)
     return model
 
 
-def _warm_up(model: Model, calls: int = 3) -> None:
+def _warm_up(model: Model, where: str, calls: int = 3) -> None:
     """Call the daemon's methods with live-sized inputs a few times: TorchScript profiles a
     method's first calls and optimises it on a later one, which a live daemon's first windows
     would otherwise wait for (their latency, and its p99, would carry it)."""
     p = model.features
     windows = torch.randn(2, p.window_frames, p.n_mels, generator=torch.Generator().manual_seed(2)) * 10 - 50
     hop = torch.zeros(p.hop_length * p.hop_frames + p.n_fft)
-    for _ in range(calls):
-        model.frontend(hop)
-        model.errors(windows[:1])
-        model.errors(windows)
+    try:
+        for _ in range(calls):
+            model.frontend(hop)
+            model.errors(windows[:1])
+            model.errors(windows)
+    except Exception as exc:
+        raise ArtifactError(f"{where}: the model fails on one or two windows, as a live source gives them ({one_line(exc, 160)})") from None
 
 
 # torch.jit.optimize_for_inference moves convolutions to oneDNN's layout, which made the

@@ -208,7 +208,6 @@ class Daemon:
         self.publisher.send("status", body)
 
 
-
 def idle(channels: list[Channel], stop: threading.Event, wake_by: float = 0.0) -> None:
     """Nothing to do: wait for a model call to finish; or, when every source is live and its
     next window is not due yet, until shortly before it is (or `wake_by`, or a stop), instead
@@ -222,6 +221,7 @@ def idle(channels: list[Channel], stop: threading.Event, wake_by: float = 0.0) -
         stop.wait(min(quiet, MAX_QUIET_S))
     else:
         time.sleep(IDLE_SLEEP_S)
+
 
 def build(cls, config: Config, name: str | None, reload, optimise: bool) -> Daemon:
     """A replay-only daemon waits for slow subscribers (no message lost); a live one never blocks.
