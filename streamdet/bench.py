@@ -22,6 +22,8 @@ from streamdet.detect.features import LogMel, StreamingWindows
 from streamdet.detect.model import rebuild_eager
 from streamdet.service.daemon import Daemon
 
+MODEL_BATCH = 64  # the daemon's default model.batch_windows: the end-to-end runs and the model alone
+
 
 def run_bench(data: Path | None, model_path: Path | None, device: str, passes: int, console: Console | None = None, peers: dict[str, str] | None = None,
               spectrogram: bool = False, forms: bool = False) -> dict:
@@ -134,14 +136,11 @@ def _stages(files: list[Path], model, results: dict) -> tuple[torch.Tensor, floa
     return all_windows, audio_s
 
 
-MODEL_BATCH = 64  # the daemon's default model.batch_windows
-
-
 def _end_to_end(data: Path, model_path: Path | None, device: str, spectrogram: bool = False) -> dict:
     endpoint = free_tcp_endpoint()
     config = Config(
         sources=[SourceConfig(kind="replay", name="bench", path=str(data), pace="max")],
-        model=ModelConfig(path=None if model_path is None else str(model_path), device=device, batch_windows=64, threads=torch.get_num_threads()),
+        model=ModelConfig(path=None if model_path is None else str(model_path), device=device, batch_windows=MODEL_BATCH, threads=torch.get_num_threads()),
         bus=BusConfig(endpoint=endpoint, wait_subscribers=1, wait_timeout_s=10, status_interval_s=60, spectrogram=spectrogram),
     )
     daemon = Daemon.from_config(config, name="bench")
@@ -218,10 +217,11 @@ def _print(console: Console, r: dict) -> None:
 
 def run_mic_bench(device: str, seconds: float, model_path: Path | None, console: Console | None = None) -> dict:
     """The daemon as its own process, monitoring `device` in real time: its CPU use and latency."""
-    import os
     import signal
     import subprocess
     import sys
+
+    from streamdet.service.heapwatch import cpu_seconds
 
     console = console or Console()
     endpoint = free_tcp_endpoint()
@@ -243,19 +243,14 @@ def run_mic_bench(device: str, seconds: float, model_path: Path | None, console:
     listener = threading.Thread(target=subscribe, args=(sub,), daemon=True)
     listener.start()
     daemon = subprocess.Popen(command)
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def cpu_seconds() -> float:
-        fields = open(f"/proc/{daemon.pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
 
     try:
         if not first.wait(30):
             raise RuntimeError(f"no audio from microphone {device!r} within 30 s")
         time.sleep(3.0)  # past start-up work: imports, model load, the first windows
-        c0, t0 = cpu_seconds(), time.monotonic()
+        c0, t0 = cpu_seconds(daemon.pid), time.monotonic()
         time.sleep(seconds)
-        c1, t1 = cpu_seconds(), time.monotonic()
+        c1, t1 = cpu_seconds(daemon.pid), time.monotonic()
     finally:
         daemon.send_signal(signal.SIGINT)
         daemon.wait(30)

@@ -379,8 +379,7 @@ def cmd_web(args) -> int:
     if args.clips is not None and args.clips.exists() and not args.clips.is_dir():
         raise UserError(f"--clips {args.clips}: not a folder")  # a missing one is fine: the daemon makes it at its first clip
     endpoints = args.endpoint or ["tcp://127.0.0.1:5556"]
-    curve = None
-    for endpoint in endpoints:
+    for endpoint in endpoints:  # each endpoint checked; the CURVE flags, and so `curve`, are the same for all
         curve = subscriber_curve(args, endpoint)
     setup_logging("info")
     try:

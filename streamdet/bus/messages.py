@@ -66,15 +66,23 @@ def event(run_id: str, source: str, transition: dict, file: str | None = None, f
 def spec(run_id: str, source: str, seq: int, t: float, frame_s: float, frames, band_hz: tuple[float, float]) -> dict:
     """The model-input frames [n, n_mels] a window added to the picture, as 8-bit levels between
     this message's own `lo` and `hi` (base64, frame after frame, low band first)."""
-    import base64
-
     import numpy as np
 
     frames = np.asarray(frames, dtype=np.float32)
     lo, hi = float(frames.min()), float(frames.max())
-    levels = np.round((frames - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
     return envelope("spec", run_id, source=source, seq=seq, t=_r(t), frame_s=_r(frame_s, 6), n_frames=int(frames.shape[0]), n_mels=int(frames.shape[1]),
-                    band_hz=[_r(band_hz[0], 1), _r(band_hz[1], 1)], lo=_r(lo, 3), hi=_r(hi, 3), frames=base64.b64encode(levels.tobytes()).decode("ascii"))
+                    band_hz=[_r(band_hz[0], 1), _r(band_hz[1], 1)], lo=_r(lo, 3), hi=_r(hi, 3), frames=levels_base64(frames, lo, hi))
+
+
+def levels_base64(values, lo: float, hi: float) -> str:
+    """`values` (frames x bands) as 8-bit levels from `lo` (0) to `hi` (255), clipped, in base64:
+    how a spectrogram travels to the page, live (`spec`) or from a clip."""
+    import base64
+
+    import numpy as np
+
+    levels = np.clip(np.round((np.asarray(values) - lo) * (255.0 / max(hi - lo, 1e-6))), 0, 255).astype(np.uint8)
+    return base64.b64encode(levels.tobytes()).decode("ascii")
 
 
 def gap(run_id: str, source: str, seq_next: int, t: float, samples: int | None, rate: int, reason: str) -> dict:

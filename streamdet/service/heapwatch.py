@@ -37,6 +37,12 @@ def _mallinfo2():
     return call
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int | str = "self") -> float:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):

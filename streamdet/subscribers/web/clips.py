@@ -3,12 +3,12 @@ names (no `..`, no absolute names, no symlink out of the folder), the detections
 sidecars hold, and a clip's spectrogram for the page."""
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
 import numpy as np
 
+from streamdet.bus.messages import levels_base64
 from streamdet.subscribers.web.state import HourCounts
 
 SUFFIXES = (".flac", ".json")
@@ -94,6 +94,5 @@ def spectrogram(path: Path, rows: int = SPECTROGRAM_ROWS) -> dict:
                       else power[:, np.argmin(np.abs(freqs - lo))] for lo, hi in zip(edges[:-1], edges[1:])], axis=1)
     db = 10 * np.log10(bands + 1e-10)
     lo, hi = float(np.percentile(db, 5)), float(db.max())
-    levels = np.clip(np.round((db - lo) * (255.0 / max(hi - lo, 1e-6))), 0, 255).astype(np.uint8)
-    return {"n_frames": int(levels.shape[0]), "n_mels": rows, "frame_s": hop / rate, "band_hz": [150.0, float(edges[-1])], "lo": lo, "hi": hi,
-            "frames": base64.b64encode(levels.tobytes()).decode("ascii")}
+    return {"n_frames": int(db.shape[0]), "n_mels": rows, "frame_s": hop / rate, "band_hz": [150.0, float(edges[-1])], "lo": lo, "hi": hi,
+            "frames": levels_base64(db, lo, hi)}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,13 +15,8 @@ import time
 from pathlib import Path
 
 from streamdet.demo import demo_clips_dir, free_tcp_endpoint
-from streamdet.service.heapwatch import rss_mib
+from streamdet.service.heapwatch import cpu_seconds, rss_mib
 from streamdet.soak import slope_mib_per_hour
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,10 @@ class Hub:
                     self.browsers.discard(browser)
                     log.warning("a browser fell %d messages behind; dropped it (it reconnects by itself)", CLIENT_QUEUE)
 
+    def snapshot(self) -> dict:
+        """What a page needs when it (re)connects, with the server's own counters."""
+        return {**self.state.snapshot(), "server": self.server_status(), "clips": self.clips is not None}
+
     def server_status(self) -> dict:
         return {"browsers": len(self.browsers), "dropped_browsers": self.dropped_browsers, "unreadable": self.state.unreadable, "over_limits": self.state.overflow,
                 "messages": self.state.messages, "uptime_s": round(time.time() - self.started, 1)}
@@ -145,7 +149,7 @@ def make_app(hub: Hub, token: str | None = None) -> web.Application:
         return web.Response(body=(STATIC / name).read_bytes(), content_type=kind, headers={"Cache-Control": "no-cache"})
 
     async def state(request: web.Request) -> web.Response:
-        return web.json_response({**hub.state.snapshot(), "server": hub.server_status(), "clips": hub.clips is not None})
+        return web.json_response(hub.snapshot())
 
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -153,7 +157,7 @@ def make_app(hub: Hub, token: str | None = None) -> web.Application:
         browser = Browser()
         hub.browsers.add(browser)
         try:
-            await _send(response, "snapshot", {**hub.state.snapshot(), "server": hub.server_status(), "clips": hub.clips is not None})
+            await _send(response, "snapshot", hub.snapshot())
             next_status = time.monotonic() + HEARTBEAT_S
             while True:
                 try:
