@@ -134,6 +134,7 @@ def add_tools(sub) -> None:
     keys = sub.add_parser("keys", help="make a CURVE certificate pair for the bus: NAME.key (public) and NAME.key_secret")
     keys.add_argument("folder", type=Path)
     keys.add_argument("--name", default="streamdet", help="file name stem (default: streamdet)")
+    keys.add_argument("--force", action="store_true", help="replace an existing pair of that name (every peer holding the old one is cut off)")
     keys.set_defaults(handler=cmd_keys)
 
     demo = sub.add_parser("demo", help="replay the bundled clips through the daemon and show what a subscriber receives")
@@ -294,9 +295,12 @@ def cmd_soak(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    from streamdet.bus.security import make_keys
+    from streamdet.bus.security import SecurityError, make_keys
 
-    public, secret = make_keys(args.folder, args.name)
+    try:
+        public, secret = make_keys(args.folder, args.name, args.force)
+    except SecurityError as exc:
+        raise UserError(str(exc)) from None
     print(f"wrote {public} (public: give it to the other end) and {secret} (secret: keep it, mode 600)")
     return 0
 

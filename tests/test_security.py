@@ -1,6 +1,10 @@
 """CURVE on the bus: only subscribers whose keys the daemon (or proxy) allows hear anything."""
+import os
+import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import REPO, collect, start_daemon, streamdet_command
@@ -196,3 +200,60 @@ def test_a_key_removed_from_the_proxys_allowed_folder_is_refused_after_sighup(ti
         proxy.send_signal(signal.SIGTERM)
         _, stderr = proxy.communicate(timeout=30)
     assert proxy.returncode == 0 and "reloaded: 2 allowed client key(s)" in stderr, stderr
+
+
+def test_keys_refuses_to_replace_a_pair_unnamed_folders_and_bad_names_in_one_line(tmp_path):
+    folder = tmp_path / "k"
+    public, secret = keys(folder, "station")
+    assert oct(secret.stat().st_mode & 0o777) == "0o600" and oct(folder.stat().st_mode & 0o777) == "0o700"
+    before = secret.read_bytes()
+    for argv, says in (
+        ([str(folder), "--name", "station"], "exists already"),  # a second run would cut off every client
+        ([str(folder), "--name", "../x"], "plain file name stem"),
+        ([str(folder), "--name", "a/b"], "plain file name stem"),
+        ([str(public), "--name", "y"], "cannot write keys there"),  # a file in the folder's place
+    ):
+        result = subprocess.run(streamdet_command("keys", *argv), capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert result.returncode == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1, (argv, result.stderr)
+    assert secret.read_bytes() == before and not (tmp_path / "x.key_secret").exists()
+    result = subprocess.run(streamdet_command("keys", str(folder), "--name", "station", "--force"), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0 and secret.read_bytes() != before and oct(secret.stat().st_mode & 0o777) == "0o600"
+
+
+READER = """
+import os, sys, time
+folder, got, end = sys.argv[1], 0, time.time() + float(sys.argv[2])
+while time.time() < end:
+    for name in os.listdir(folder):
+        try:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+        except OSError:
+            continue
+        got += b"secret-key" in os.read(fd, 4096)
+        os.close(fd)
+print(got)
+"""
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run a reader as another user")
+def test_another_user_never_reads_a_secret_key_even_while_it_is_written_with_umask_000():
+    import tempfile
+
+    from streamdet.bus.security import make_keys
+
+    folder = Path(tempfile.mkdtemp(prefix="streamdet-keys-"))
+    try:
+        folder.chmod(0o777)  # the worst case: a folder anyone may read (make_keys makes its own 700)
+        reader = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", READER, str(folder), "4"], stdout=subprocess.PIPE, text=True)
+        old = os.umask(0)
+        try:
+            time.sleep(0.5)
+            for i in range(200):
+                make_keys(folder, f"s{i}")
+                make_keys(folder, f"s{i}", force=True)
+        finally:
+            os.umask(old)
+        out, _ = reader.communicate(timeout=30)
+        assert reader.returncode == 0 and int(out) == 0
+        assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in folder.glob("*.key_secret"))
+    finally:
+        shutil.rmtree(folder)

@@ -7,6 +7,8 @@ secret certificate and the server's public one.  `streamdet keys` makes certific
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +40,61 @@ def _keys(path: str, what: str, secret: bool) -> tuple[bytes, bytes | None]:
     return public, private
 
 
-def make_keys(folder: Path, name: str) -> tuple[Path, Path]:
-    """NAME.key (public: give it to peers) and NAME.key_secret (keep it) in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(folder), name)
-    Path(secret).chmod(0o600)
-    return Path(public), Path(secret)
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _certificate(public: bytes, secret: bytes | None) -> bytes:
+    """A certificate in zmq.auth's format (what zmq.auth.load_certificate reads)."""
+    kind = "Secret" if secret else "Public"
+    lines = [f"#   ZeroMQ CURVE {kind} Certificate, made by streamdet keys", "", "metadata", "curve", f'    public-key = "{public.decode()}"']
+    if secret:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
+    """Write `path` with `mode` from its first byte, whatever the umask: a fresh file in the same
+    folder, created with that mode (O_EXCL: never an existing file or a planted link), filled,
+    then renamed into place; without `force` an existing `path` is refused."""
+    if not force and (path.exists() or path.is_symlink()):
+        raise SecurityError(f"{path}: exists already (a new pair cuts off every peer holding the old one); pass --force to replace it")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        os.fchmod(fd, mode)  # the umask can only have narrowed it; make it exactly `mode`
+        os.write(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
+def make_keys(folder: Path, name: str, force: bool = False) -> tuple[Path, Path]:
+    """NAME.key (public: give it to peers) and NAME.key_secret (keep it: mode 600 from its first
+    byte) in `folder`.  An existing pair is replaced only with `force`; every problem is a
+    SecurityError of one line."""
+    if not KEY_NAME.fullmatch(name) or ".." in name:
+        raise SecurityError(f"--name {name[:40]!r}: expected a plain file name stem (letters, digits, '.', '_', '-'; no '/' or '..')")
+    folder = Path(folder)
+    public_path, secret_path = folder / f"{name}.key", folder / f"{name}.key_secret"
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError("not a folder")
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in (public_path, secret_path):
+            if not force and (path.exists() or path.is_symlink()):
+                raise SecurityError(f"{path}: exists already (a new pair cuts off every peer holding the old one); pass --force to replace it")
+        public, secret = zmq.curve_keypair()
+        _write_new(secret_path, _certificate(public, secret), 0o600, force)
+        _write_new(public_path, _certificate(public, None), 0o644, force)
+    except FileExistsError:
+        raise SecurityError(f"{folder}: another `streamdet keys` is writing there") from None
+    except OSError as exc:
+        raise SecurityError(f"{folder}: cannot write keys there ({one_line(exc, 100)})") from None
+    return public_path, secret_path
 
 
 _authenticators: dict[int, ThreadAuthenticator] = {}
