@@ -7,6 +7,7 @@ A field may carry metadata: `choices` (allowed values), `min` / `max` (inclusive
 from __future__ import annotations
 
 import dataclasses
+import re
 import reprlib
 import types
 import typing
@@ -24,6 +25,7 @@ class ConfigError(Exception):
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 20
+NOT_A_NUMBER = "a number too long to be a setting"
 
 
 def _plain_loader():
@@ -33,6 +35,16 @@ def _plain_loader():
     import yaml
 
     class PlainLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            # A key named twice (two `detector:` blocks) would silently keep the last: say so instead.
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {_short(key)} appears twice in one mapping", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
@@ -45,6 +57,9 @@ def _plain_loader():
             finally:
                 self._depth -= 1
 
+    # Numbers as people write them: YAML 1.1 reads 5e-1 and 1e6 (no dot) as text; YAML 1.2 and
+    # every other reader of numbers take them as floats.
+    PlainLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d[\d_]*)(?:\.\d*)?[eE][-+]?\d+$"), list("-+0123456789"))
     return PlainLoader
 
 
@@ -70,6 +85,8 @@ def load_yaml(path: Path | str) -> dict:
         raise ConfigError(f"config {path}: not valid YAML{where}: {one_line(getattr(exc, 'problem', None) or exc, 120)}") from None
     except RecursionError:
         raise ConfigError(f"config {path}: nested too deeply to be a configuration") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits, refused by Python itself
+        raise ConfigError(f"config {path}: {NOT_A_NUMBER} ({one_line(exc, 60)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -128,9 +145,11 @@ def set_path(obj: Any, dotted: str, raw: str) -> None:
     import yaml
 
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=_plain_loader())
     except yaml.YAMLError:
         value = raw
+    except ValueError:  # an integer of more than 4,300 digits
+        raise ConfigError(f"--set {dotted}: {NOT_A_NUMBER}") from None
     hint = typing.get_type_hints(type(target))[name]
     value = _coerce(hint, value, dotted, names[name].metadata)
     if type(target).__dataclass_params__.frozen:  # e.g. FeatureParams: a new one takes its place
@@ -193,7 +212,10 @@ _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother, _
 
 def _short(value: Any) -> str:
     """A bad value quoted in an error: a short prefix, never the whole (possibly huge) thing."""
-    text = _REPR.repr(value)
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an integer too long for Python to write in decimal (from hexadecimal YAML)
+        return f"a number of {value.bit_length()} bits" if isinstance(value, int) else "a value too long to show"
     return text if len(text) < 40 else text[:37] + "..."
 
 

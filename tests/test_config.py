@@ -43,6 +43,13 @@ def test_a_good_config_loads_into_typed_objects(tmp_path):
         ("a: " + "[" * 5000 + "]" * 5000 + "\n", "config", "nested more than 20 levels"),
         ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n", "config", "aliases (*name) are not allowed"),
         ("detector: {on_score: '" + "x" * 100000 + "'}\n", "detector.on_score", "found str 'xxxxxxxxxxxx..."),
+        ("model: {batch_windows: " + "9" * 5000 + "}\n", "config", "a number too long to be a setting"),
+        ("model: {batch_windows: 0x" + "f" * 5000 + "}\nsources: [{path: /tmp}]\n", "model.batch_windows", "expected at most 4096, found a number of 20000 bits"),
+        ("detector: {on_score: 0.6}\nsources: [{path: /tmp}]\ndetector: {off_score: 0.1}\n", "config", "line 3: the key 'detector' appears twice"),
+        ("detector: {on_score: 0.6, on_score: 0.7}\n", "config", "the key 'on_score' appears twice"),
+        ("bus: {status_interval_s: 5e-1000}\nsources: [{path: /tmp}]\n", "bus.status_interval_s", "expected more than 0"),
+        ("sources: [{name: garden, path: /tmp/arch/garden}]\nrecording: {enabled: true, directory: /tmp/arch}\n", "recording.directory", "overlaps the replayed folder /tmp/arch/garden of source 'garden'"),
+        ("sources: [{name: garden, path: /tmp/arch}]\nrecording: {enabled: true, directory: /tmp/arch/clips}\n", "recording.directory", "overlaps the replayed folder"),
     ],
 )
 def test_bad_values_name_the_key_and_what_was_expected(tmp_path, text, key, expected):
@@ -52,6 +59,11 @@ def test_bad_values_name_the_key_and_what_was_expected(tmp_path, text, key, expe
     assert message.startswith(f"config {tmp_path / 'c.yaml'}: ")
     assert key in message and expected in message
     assert "\n" not in message
+
+
+def test_numbers_are_read_as_people_write_them(tmp_path):
+    c = load_text(tmp_path, "bus: {status_interval_s: 5e-1}\ndetector: {merge_gap_s: 1E0, min_event_s: +2.5e-1}\nsources: [{path: /tmp}]\n")
+    assert c.bus.status_interval_s == 0.5 and c.detector.merge_gap_s == 1.0 and c.detector.min_event_s == 0.25
 
 
 def test_a_non_utf8_config_is_named_with_its_line(tmp_path):
@@ -83,6 +95,7 @@ def test_daemon_exits_nonzero_with_one_line_before_starting(tmp_path):
         (["--replay", "/nonexistent/dir"], "replay directory /nonexistent/dir does not exist"),
         (["--replay", ".", "--model", "/nonexistent/model.pt"], "model /nonexistent/model.pt: no such file"),
         (["--replay", ".", "--set", "detector.nope=1"], "--set detector.nope: unknown key"),
+        (["--replay", ".", "--set", "model.batch_windows=" + "7" * 5000], "--set model.batch_windows: a number too long to be a setting"),
         (["--replay", ".", "--pace", "slow"], "sources[0].pace: expected 'realtime', 'max' or a positive speed factor such as '4x', found 'slow'"),
         ([], "expected at least one source"),
     ],
