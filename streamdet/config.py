@@ -163,8 +163,17 @@ class Config:
                 yield "sources", f"expected unique source names, found {name!r} twice"
                 break
         for source in self.sources:
+            if self.recording.enabled and source.kind == "replay" and source.path and _overlap(Path(self.recording.directory), Path(source.path)):
+                # Clips written into a replayed folder would be replayed (and, once, retention deleted the user's recordings there).
+                yield "recording.directory", f"{self.recording.directory} overlaps the replayed folder {source.path} of source {source.name!r}: choose a directory outside it"
             if self.recording.enabled and source.ring_seconds < self.recording.pre_roll_s + self.recording.post_roll_s + 2:
                 yield "recording.pre_roll_s", f"the ring of source {source.name!r} ({source.ring_seconds:g} s) must hold the pre-roll and post-roll with room to spare"
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether one folder is the other or holds it (links resolved)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
 
 
 def load_config(path: Path | str | None) -> Config:

@@ -15,7 +15,7 @@ def recorder(tmp_path, ring):
 
 
 def schedule_one(rec, event_id=1):
-    return rec.schedule({"event_id": event_id}, RATE, 2 * RATE, 0, None, {"run_id": "r", "stream_time_of_pos0": 0.0})
+    return rec.schedule({"event_id": event_id}, RATE, 2 * RATE, 0, None, {"run_id": "0a0b0c0d", "source": "mic", "stream_time_of_pos0": 0.0})
 
 
 def test_a_full_disk_is_reported_and_detection_goes_on(tmp_path, monkeypatch):
@@ -41,6 +41,34 @@ def test_a_full_disk_is_reported_and_detection_goes_on(tmp_path, monkeypatch):
 def test_leftover_part_files_of_a_crashed_run_are_removed(tmp_path):
     folder = tmp_path / "clips" / "mic"
     folder.mkdir(parents=True)
-    (folder / "mic_x_e1.flac.part").write_bytes(b"half a clip")
+    (folder / "mic_20261201T101010_0a0b0c0d_e1.flac.part").write_bytes(b"half a clip")
+    (folder / "mic_take2.flac.part").write_bytes(b"a user's upload in progress")  # not a name this project makes
     rec = recorder(tmp_path, RingBuffer(RATE))
-    assert rec.leftovers == 1 and not list(folder.glob("*.part"))
+    assert rec.leftovers == 1 and [p.name for p in folder.glob("*.part")] == ["mic_take2.flac.part"]
+
+
+def test_retention_deletes_only_clips_this_project_wrote(tmp_path):
+    """A recording directory shared with the user's own files (or a replayed archive): retention
+    finds its clips by their names and sidecars, and nothing else is ever deleted."""
+    import json
+    import os
+    import time
+
+    folder = tmp_path / "clips" / "mic"
+    folder.mkdir(parents=True)
+    old = time.time() - 400 * 86400
+    ours = folder / "mic_20251101T101010_0a0b0c0d_e1.flac"
+    theirs = [folder / "mic_dawn.flac", folder / "mic_20251101T101010_0a0b0c0d_e2.flac", folder / "mic_20251101T101010_0a0b0c0d_e3.flac", folder / "other_20251101T101010_0a0b0c0d_e1.flac"]
+    for path in [ours, *theirs]:
+        path.write_bytes(b"\0" * 1000)
+        os.utime(path, (old, old))
+    ours.with_suffix(".json").write_text(json.dumps({"writer": "streamdet", "source": "mic"}))
+    theirs[2].with_suffix(".json").write_text("not json")  # named like a clip, but no sidecar of ours
+    ring = RingBuffer(10 * RATE)
+    ring.write(np.zeros(4 * RATE, dtype=np.float32) + 0.01)
+    rec = recorder(tmp_path, ring)
+    new = schedule_one(rec)
+    rec.poll()
+    assert rec.written == 1 and rec.deleted == 1 and not ours.exists() and new.exists()
+    assert all(p.exists() for p in theirs)
+    assert json.loads(new.with_suffix(".json").read_text())["writer"] == "streamdet"

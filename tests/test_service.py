@@ -198,20 +198,26 @@ def test_retention_deletes_the_oldest_clips_beyond_age_and_size(tiny_model, tmp_
     (clips / "yard").mkdir(parents=True)
     old = time.time() - 40 * 86400
     for i, age in enumerate([old, old, time.time() - 3600, time.time() - 60]):
-        path = clips / "yard" / f"yard_old{i}.flac"
+        path = clips / "yard" / f"yard_20261001T00000{i}_0a0b0c0d_e{i}.flac"  # what an earlier run wrote
         path.write_bytes(b"\0" * 300_000)
-        path.with_suffix(".json").write_text("{}")
+        path.with_suffix(".json").write_text(json.dumps({"writer": "streamdet", "source": "yard", "run_id": "0a0b0c0d"}))
         os.utime(path, (age, age))
+    # The user's own recordings in the same folder, older and bigger than any limit: never touched.
+    mine = [clips / "yard" / "dawn chorus.flac", clips / "yard" / "yard_20261001T000000_0a0b0c0d_e9.flac"]
+    for path in mine:
+        path.write_bytes(b"\0" * 900_000)
+        os.utime(path, (old, old))
+    mine[1].with_suffix(".json").write_text('{"note": "my own sidecar"}')
     config = tmp_path / "daemon.yaml"
     config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{min_event_s: 1.4}}\nrecording: {{enabled: true, directory: {clips}, max_age_days: 30, max_total_mb: 0.7}}\n")
     daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
     got = collect(endpoint, timeout_s=60)
     assert daemon.wait(30) == 0
-    left = sorted(p.name for p in (clips / "yard").glob("*.flac"))
+    left = sorted(p.name[:26] for p in (clips / "yard").glob("yard_*_e?.flac") if p not in mine)
     # The 40-day-old pair goes by age; then the oldest remaining until under 0.7 MB; the new clip stays.
-    assert "yard_old0.flac" not in left and "yard_old1.flac" not in left and "yard_old2.flac" not in left
-    assert "yard_old3.flac" in left and len(left) == 2
-    assert not (clips / "yard" / "yard_old0.json").exists()
+    assert left[0] == "yard_20261001T000003_0a0b0" and len(left) == 2, left
+    assert not (clips / "yard" / "yard_20261001T000000_0a0b0c0d_e0.json").exists()
+    assert all(p.exists() for p in mine) and mine[1].with_suffix(".json").exists()
     assert got[-1][1]["sources"]["yard"]["recording"]["deleted"] == 3
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,14 +46,17 @@ class ClipRecorder:
         self._index = None  # the folder may have changed: scanned again when next needed
 
     def _clips(self) -> list[list]:
-        """[mtime, path, bytes] of every clip in the folder, oldest first: scanned once, then kept
-        up to date as clips are written and deleted, so retention never re-reads the folder."""
+        """[mtime, path, bytes] of every clip this project wrote in the folder, oldest first:
+        scanned once, then kept up to date as clips are written and deleted, so retention never
+        re-reads the folder.  Anything else there (a user's recordings) is never touched."""
         if self._index is None:
             clips = []
-            for clip in self.directory.glob("*.flac") if self.directory.is_dir() else []:
+            for clip in self.directory.glob(f"{self.source}_*.flac") if self.directory.is_dir() else []:
                 try:
                     st = clip.stat()
                 except OSError:
+                    continue
+                if not written_by_us(clip, self.source):
                     continue
                 clips.append([st.st_mtime, clip, st.st_size + _size(clip.with_suffix(".json"))])
             self._index = sorted(clips, key=lambda c: c[0])
@@ -62,7 +66,9 @@ class ClipRecorder:
     def _remove_leftovers(self) -> int:
         """`.part` files a crash left behind: never clips, but they took space; remove them."""
         removed = 0
-        for part in self.directory.glob("*.flac.part") if self.directory.is_dir() else []:
+        for part in self.directory.glob(f"{self.source}_*.flac.part") if self.directory.is_dir() else []:
+            if not CLIP_NAME.fullmatch(part.name[: -len(".part")]):
+                continue
             part.unlink(missing_ok=True)
             removed += 1
         if removed:
@@ -95,6 +101,7 @@ class ClipRecorder:
     def _write(self, job: _Job) -> None:
         first, audio = self.ring.peek(job.start, job.end)
         sidecar = {
+            "writer": WRITER,
             **job.sidecar,
             "clip_start": round(job.sidecar["stream_time_of_pos0"] + first / self.rate, 4),
             "clip_end": round(job.sidecar["stream_time_of_pos0"] + (first + len(audio)) / self.rate, 4),
@@ -144,6 +151,23 @@ class ClipRecorder:
 
     def describe(self) -> dict:
         return {"directory": str(self.directory), "written": self.written, "failed": self.failed, "deleted": self.deleted, "pending": len(self.jobs)}
+
+
+# What schedule() names a clip: SOURCE_YYYYmmddTHHMMSS_RUNID_eN.flac
+CLIP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}_\d{8}T\d{6}_[0-9a-f]{4,64}_e\d+\.flac")
+WRITER = "streamdet"  # every sidecar says who wrote its clip
+
+
+def written_by_us(clip: Path, source: str) -> bool:
+    """A clip of `source` that this project wrote: its name is one schedule() makes and its sidecar
+    says so (sidecars before the `writer` field carry the run id and the time they were written)."""
+    if not (CLIP_NAME.fullmatch(clip.name) and clip.name.startswith(source + "_")):
+        return False
+    try:
+        sidecar = json.loads(clip.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(sidecar, dict) and (sidecar.get("writer") == WRITER or {"run_id", "written_at", "clip_start"} <= sidecar.keys()) and sidecar.get("source", source) == source
 
 
 def _size(path: Path) -> int:
