@@ -204,3 +204,40 @@ def test_background_floors_are_the_stated_percentile_of_each_bands_recent_frames
         np.testing.assert_array_equal(got[i], context[k])
     later = background_floors(frames[100:], 100, len(frames), starts[8:], params).numpy()  # frames held from index 100 on
     np.testing.assert_array_equal(later, got[8:])
+
+
+def test_folders_vanishing_while_they_are_listed_are_skipped_and_named(tmp_path):
+    """An archiver rotating day folders under a replayed folder: the walk must not fail."""
+    import shutil
+    import threading
+
+    from streamdet.capture.audio import list_audio_candidates
+
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "a.wav").write_bytes(b"x")
+    (tmp_path / "keep" / ".hidden").mkdir()
+    (tmp_path / "keep" / ".hidden" / "b.wav").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "keep")  # reported as a file, not descended
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            for day in range(20):
+                folder = tmp_path / f"day{day:02d}" / "sub"
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "c.wav").write_bytes(b"x")
+            for day in range(20):
+                shutil.rmtree(tmp_path / f"day{day:02d}", ignore_errors=True)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    vanished: list[str] = []
+    try:
+        for _ in range(300):
+            found = list_audio_candidates(tmp_path, vanished)
+            assert tmp_path / "keep" / "a.wav" in found and tmp_path / "link" in found
+            assert not any(".hidden" in p.parts for p in found)
+    finally:
+        stop.set()
+        worker.join()
+    assert vanished and all(v.startswith(str(tmp_path / "day")) for v in vanished)

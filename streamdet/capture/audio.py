@@ -26,14 +26,25 @@ class AudioError(Exception):
     """A file that cannot be used as audio; the message names the reason, not the file."""
 
 
-def list_audio_candidates(directory: Path) -> list[Path]:
+def list_audio_candidates(directory: Path, vanished: list[str] | None = None) -> list[Path]:
     """Every regular, non-hidden file below `directory`, in sorted order.
 
     Non-audio files are returned too, so that the caller can report them rather than
-    silently ignoring something the user put there."""
-    # Not only regular files: a FIFO, a device or a dangling or looping symlink is there too, and is
-    # reported as what it is instead of being passed over in silence.
-    return sorted(p for p in directory.rglob("*") if (p.is_symlink() or not p.is_dir()) and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    silently ignoring something the user put there.  A folder that cannot be listed (one an
+    archiver removed while the walk went on) is skipped and its path added to `vanished`."""
+    def skipped(exc: OSError) -> None:
+        if vanished is not None:
+            vanished.append(str(exc.filename))
+
+    found = []
+    for root, folders, files in os.walk(directory, onerror=skipped):
+        folders[:] = [f for f in folders if not f.startswith(".")]  # hidden folders are not descended
+        here = Path(root)
+        # Not only regular files: a FIFO, a device or a dangling or looping symlink is there too, and is
+        # reported as what it is instead of being passed over in silence (a symlinked folder as well).
+        found += [here / f for f in files if not f.startswith(".")]
+        found += [here / f for f in folders if (here / f).is_symlink()]
+    return sorted(found)
 
 
 def sf_name(path: Path):

@@ -78,7 +78,10 @@ class ReplaySource(SourceThread):
         if not self.directory.is_dir():
             self._say_once("directory missing")
             return 0
-        files = list_audio_candidates(self.directory)
+        vanished: list[str] = []
+        files = list_audio_candidates(self.directory, vanished)
+        for folder in vanished:  # an archiver rotating day folders: skip what went, play the rest
+            self.markers.append(Skipped(self.ring.write_pos, folder, "folder vanished while it was listed; skipped"))
         self._say_once("no files in directory" if not files else None)
         played = 0
         for path in files:
