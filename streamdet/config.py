@@ -36,7 +36,8 @@ class SourceConfig:
     channels: int = field(default=1, metadata={"min": 1, "max": 64})  # captured, then averaged to mono
     block_frames: int = field(default=1024, metadata={"min": 16, "max": 65536})
     latency: float | None = field(default=None, metadata={"above": 0.0, "max": 10.0})  # seconds; None: the device's low latency
-    ring_seconds: float = field(default=30.0, metadata={"above": 0.0, "max": 3600.0})  # an hour of 48 kHz audio is 660 MB
+    # An hour of 48 kHz audio is 660 MB; a minute holds a clip of the longest event (max_event_s) with room to read.
+    ring_seconds: float = field(default=60.0, metadata={"above": 0.0, "max": 3600.0})
 
     def problems(self):
         if not NAME_PATTERN.match(self.name):
@@ -71,8 +72,11 @@ class DetectorConfig:
 
     on_score: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
     off_score: float = field(default=0.35, metadata={"min": 0.0, "max": 1.0})
-    min_event_s: float = field(default=0.5, metadata={"min": 0.0, "max": 86400.0})
+    min_event_s: float = field(default=1.0, metadata={"min": 0.0, "max": 86400.0})  # one window spans 1 s: 1.0 is one window
     merge_gap_s: float = field(default=1.0, metadata={"min": 0.0, "max": 86400.0})
+    # No event lasts longer: a chorus is cut here into events that follow each other (`cut`,
+    # `continues`), so that every event ends, is counted, and has a clip holding its start.
+    max_event_s: float = field(default=20.0, metadata={"min": 1.0, "max": 3600.0})
 
     def problems(self):
         if self.off_score > self.on_score:
@@ -168,6 +172,17 @@ class Config:
                 yield "recording.directory", f"{self.recording.directory} overlaps the replayed folder {source.path} of source {source.name!r}: choose a directory outside it"
             if self.recording.enabled and source.ring_seconds < self.recording.pre_roll_s + self.recording.post_roll_s + 2:
                 yield "recording.pre_roll_s", f"the ring of source {source.name!r} ({source.ring_seconds:g} s) must hold the pre-roll and post-roll with room to spare"
+            elif self.recording.enabled and source.ring_seconds < clip_ring_seconds(self.recording, self.detector, source):
+                # A clip is cut from the ring when its event ends: the ring must still hold the event's onset.
+                yield "detector.max_event_s", f"the ring of source {source.name!r} ({source.ring_seconds:g} s) must hold a whole event's clip, {clip_ring_seconds(self.recording, self.detector, source):g} s; lower max_event_s or raise ring_seconds"
+
+
+def clip_ring_seconds(recording: RecordingConfig, detector: DetectorConfig, source: SourceConfig) -> float:
+    """The ring a source needs so that the clip of an event of max_event_s still finds its onset:
+    pre-roll, event and post-roll with 2 s to spare, and for a replay a quarter more, which the
+    reader takes ahead in its reads."""
+    need = recording.pre_roll_s + detector.max_event_s + recording.post_roll_s + 2
+    return need * 4 / 3 if source.kind == "replay" else need
 
 
 def _overlap(a: Path, b: Path) -> bool:

@@ -190,6 +190,29 @@ def test_clips_recorded_at_max_pace_hold_all_the_audio_they_announce(tiny_model,
         assert sf.info(str(path)).duration == pytest.approx(sidecar["clip_end"] - sidecar["clip_start"], abs=1e-3) and sf.info(str(path)).duration > 2.0
 
 
+def test_eight_minutes_of_continuous_song_give_events_no_longer_than_the_maximum_each_clip_holding_its_onset(tiny_model, tmp_path, endpoint):
+    """A chorus (here: every window a hit, on_score 0) is cut at max_event_s into events that follow
+    each other; every one ends, and every clip holds its event's onset with the pre-roll."""
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    write(replay / "chorus.wav", clip(480.0, 22050, [(t, 1.5) for t in range(0, 480, 2)], seed=9), 22050)
+    config = tmp_path / "daemon.yaml"
+    clips = tmp_path / "clips"
+    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\n"
+                      f"detector: {{on_score: 0.0, off_score: 0.0, max_event_s: 20}}\nrecording: {{enabled: true, directory: {clips}, pre_roll_s: 2.0, post_roll_s: 1.0}}\n")
+    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
+    got = collect(endpoint, timeout_s=120)
+    assert daemon.wait(60) == 0
+    ends = [m for _, m, _ in got if m["type"] == "event" and m["state"] == "end"]
+    assert len(ends) == 24 and all(e["duration"] <= 20.0 for e in ends)
+    assert all(e.get("cut") for e in ends[:-1]) and [e.get("continues") for e in ends[1:]] == [e["event_id"] for e in ends[:-1]]
+    for end in ends:
+        sidecar = json.loads(Path(end["clip"]).with_suffix(".json").read_text())
+        # The onset with its pre-roll is always there; only a post-roll past the end of the file is not.
+        assert sidecar["clip_start"] == pytest.approx(max(0.0, end["onset"] - 2.0), abs=0.01), json.dumps(sidecar)
+        assert sidecar["truncated"] == (end["offset"] + 1.0 > 480.0)
+
+
 def test_retention_deletes_the_oldest_clips_beyond_age_and_size(tiny_model, tmp_path, endpoint):
     replay = tmp_path / "replay"
     replay.mkdir()

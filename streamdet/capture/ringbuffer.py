@@ -31,6 +31,14 @@ class RingBuffer:
         self._arrival_count = 0
         self._arrival_cursor = 0  # consumer side
         self.keep_behind = 0  # samples behind the reader a waiting writer must not overwrite
+        # A position a waiting writer must not overwrite either, however far the reader goes on
+        # (a clip's onset): absolute, so it holds between the consumer's updates of it.
+        self.hold_pos: int | None = None
+
+    def _floor(self) -> int:
+        """The oldest position a waiting writer must keep."""
+        floor, hold = self.read_pos - self.keep_behind, self.hold_pos
+        return floor if hold is None else min(floor, hold)
 
     # -- producer side ---------------------------------------------------------------------
     def write(self, samples: np.ndarray, wait: bool = False, stop=None) -> int:
@@ -51,7 +59,7 @@ class RingBuffer:
             samples = samples[n - self.capacity :]
             n = self.capacity
         if wait:
-            while self.write_pos + n - (self.read_pos - self.keep_behind) > self.capacity:
+            while self.write_pos + n - self._floor() > self.capacity:
                 if stop is not None and stop():
                     return 0
                 time.sleep(0.001)

@@ -105,8 +105,7 @@ class Channel:
     def __init__(self, source: Source, ring: RingBuffer, model: Model, detector: DetectorConfig, publisher: Publisher, batch_windows: int, run_id: str,
                  recording: RecordingConfig | None = None, spectrogram: bool = False, scoring: Executor | None = None):
         self.source, self.ring, self.publisher, self.run_id = source, ring, publisher, run_id
-        self.spectrogram = spectrogram  # publish each window's new model-input frames on spec.<source>
-        self._spec_upto = 0  # the segment's frames already published
+        self.spectrogram, self._spec_upto = spectrogram, 0  # publish new frames on spec.<source>; the segment's frames sent
         self.name, self.batch_windows = source.name, batch_windows
         self.reader = StreamReader(source, ring)
         self.clips = Clips(self.name, ring, self.reader.rate)
@@ -117,8 +116,7 @@ class Channel:
         self.seq = self.files_played = self.files_skipped = self.events = 0
         self.finished = self.report_pending = False
         self.started_at = time.monotonic()
-        self.reports: deque = deque(maxlen=RECENT_REPORTS)
-        self.latencies: deque = deque(maxlen=LATENCY_SAMPLES)
+        self.reports, self.latencies = deque(maxlen=RECENT_REPORTS), deque(maxlen=LATENCY_SAMPLES)
         self.latency_histogram = Histogram()  # over the daemon's life, for metrics
 
     def _use_model(self, model: Model, detector: DetectorConfig, recording: RecordingConfig) -> None:
@@ -237,6 +235,8 @@ class Channel:
         for t in transitions:
             file_onset = None if seg.file is None else file_time(seg, t["onset"] - self.reader.stream_time(seg.pos))
             body = messages.event(self.run_id, self.name, t, seg.file, file_onset)
+            if t["state"] == "start" and self.clips.enabled:
+                self.clips.opened(self.reader.ring_pos(t["onset"]), seg.pos)
             if t["state"] == "end" and self.clips.enabled:
                 sidecar = self.clips.sidecar(t, body, self.run_id, self.reader.stream_time(0), self.model.describe(), self.source.describe())
                 body["clip"] = self.clips.schedule(t, self.reader.ring_pos(t["onset"]), self.reader.ring_pos(t["offset"]), seg.pos, segment_end, sidecar)
