@@ -60,7 +60,22 @@ def crafted() -> list[list[bytes]]:
         frames("status", {**status, "sources": {"s": {"latency_ms": {"p99": "slow"}}}}),
         frames("loss.s", {**good_loss(0), "v": 99}),
         frames("loss.s", {**good_loss(0), "seq": True}),
+        # What broke the web page: a `ts` no clock gives, and spectrogram frames unlike their sizes.
+        frames("event.s", {**end, "ts": "yesterday"}),
+        frames("event.s", {**end, "ts": 1e20}),
+        frames("event.s", {**end, "ts": -1e18}),
+        frames("spec.s", {**good_spec(), "n_frames": 0}),
+        frames("spec.s", {**good_spec(), "n_frames": 10**9}),
+        frames("spec.s", {**good_spec(), "frames": "*" * len(good_spec()["frames"])}),
+        frames("spec.s", {**good_spec(), "frames": good_spec()["frames"] * 400}),  # a megabyte where 2 KB were said
+        frames("event.s", {**end, "continues": "the last one"}),
     ]
+
+
+def good_spec() -> dict:
+    import numpy as np
+
+    return messages.spec("r", "s", 3, 1.5, 0.02, np.linspace(0, 1, 25 * 64).reshape(25, 64), (500.0, 10000.0))
 
 
 def random_junk(n: int, seed: int = 0) -> list[list[bytes]]:

@@ -5,6 +5,7 @@ schema table is checked against it by a test, and so is every message a real run
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import time
@@ -121,7 +122,8 @@ NUMBER, OPTIONAL_NUMBER = "number", "number or null"
 _LIST_OF_2 = "two numbers or null"
 TYPES = {
     "loss": {"source": str, "seq": int, "t_start": NUMBER, "t_end": NUMBER, "loss": NUMBER, "score": NUMBER, "anomaly": bool, "silent": bool, "energy_db": NUMBER, "file": str, "offset": NUMBER},
-    "event": {"source": str, "event_id": int, "state": str, "onset": NUMBER, "peak_score": NUMBER, "band_hz": _LIST_OF_2, "offset": NUMBER, "duration": NUMBER, "windows": int, "clip": (str, type(None)), "file": str, "file_onset": NUMBER},
+    "event": {"source": str, "event_id": int, "state": str, "onset": NUMBER, "peak_score": NUMBER, "band_hz": _LIST_OF_2, "offset": NUMBER, "duration": NUMBER, "windows": int, "clip": (str, type(None)), "file": str, "file_onset": NUMBER,
+              "cut": bool, "continues": int},
     "gap": {"source": str, "t": NUMBER, "samples": (int, type(None)), "duration_s": OPTIONAL_NUMBER, "reason": str, "seq_next": int},
     "source_down": {"source": str, "t": NUMBER, "seq_next": int, "reason": str},
     "source_up": {"source": str, "t": NUMBER, "seq_next": int},
@@ -144,6 +146,10 @@ SOURCE_TYPES = {"state": str, "kind": str, "windows": int, "audio_s": NUMBER, "r
 MODEL_TYPES = {"sha256": str, "threshold": NUMBER, "path": str}
 DETECTOR_TYPES = {"on_score": NUMBER, "off_score": NUMBER}
 MAX_DEPTH = 16  # a status is 4 levels deep; anything far deeper is an attack on a parser or renderer
+MAX_TS = 1e10  # seconds since 1970: the year 2286; beyond it (or before 1970) a clock or a peer is broken
+# A spec message carries the frames one window adds (25 at the bundled model's hop), of at most
+# this many bands: what a page can draw, and a bound on what a subscriber keeps of each.
+MAX_SPEC_FRAMES, MAX_SPEC_MELS = 200, 512
 
 
 class UnreadableMessage(ValueError):
@@ -188,9 +194,30 @@ def body_problem(body) -> str | None:
     for key in required:
         if key not in body:
             return f"{kind}.{key}: missing"
+    ts = body.get("ts", 0)
+    if not (_is(ts, NUMBER) and 0 <= ts <= MAX_TS):
+        return f"ts: expected seconds since 1970 (0 to {MAX_TS:g}), found {_kind(ts) if not _is(ts, NUMBER) else f'{ts:.6g}'}"
     problem = _fields_problem(kind, body, TYPES.get(kind, {}))
-    if problem or kind != "status":
+    if problem or kind not in ("status", "spec"):
         return problem
+    return _spec_problem(body) if kind == "spec" else _status_problem(body)
+
+
+def _spec_problem(body: dict) -> str | None:
+    """The frames must be what n_frames and n_mels say, within what a page can draw."""
+    n, mels = body["n_frames"], body["n_mels"]
+    if not (1 <= n <= MAX_SPEC_FRAMES and 1 <= mels <= MAX_SPEC_MELS):
+        return f"spec.n_frames, n_mels: expected 1-{MAX_SPEC_FRAMES} frames of 1-{MAX_SPEC_MELS} bands, found {n} x {mels}"
+    if len(body["frames"]) != 4 * ((n * mels + 2) // 3):
+        return f"spec.frames: expected {n * mels} levels in base64 ({4 * ((n * mels + 2) // 3)} characters), found {len(body['frames'])} characters"
+    try:
+        base64.b64decode(body["frames"], validate=True)
+    except ValueError:
+        return "spec.frames: expected base64"
+    return None
+
+
+def _status_problem(body: dict) -> str | None:
     for part, types in (("model", MODEL_TYPES), ("detector", DETECTOR_TYPES)):
         problem = _fields_problem(f"status.{part}", body.get(part, {}), types)
         if problem:
