@@ -107,6 +107,7 @@ def add_subscribers(sub) -> None:
     page.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="where to serve the page (default 127.0.0.1:8080; beyond loopback it needs --token-file)")
     page.add_argument("--clips", type=Path, metavar="DIR", help="the daemon's clips folder (recording.directory), read-only: events play their clips")
     page.add_argument("--token-file", type=Path, metavar="FILE", help="a file holding the token every request must carry (open the page as /?token=...)")
+    page.add_argument("--allow-host", action="append", default=[], metavar="NAME", help="a name the page is reached by (repeatable; loopback's, this machine's and any IP address are always allowed): other Host names are refused, against DNS rebinding")
     add_curve_client_args(page)
     page.set_defaults(handler=cmd_web)
 
@@ -363,7 +364,8 @@ def cmd_web(args) -> int:
     from streamdet.addresses import AddressError, host_port
 
     try:
-        from streamdet.subscribers.web.server import is_loopback, serve
+        from streamdet.subscribers.web.guard import is_loopback
+        from streamdet.subscribers.web.server import serve
     except ImportError:
         raise UserError("streamdet web needs aiohttp, which is not installed: pip install 'streamdet[web]' (in this checkout: .venv/bin/pip install -e '.[web]')") from None
     try:
@@ -387,7 +389,7 @@ def cmd_web(args) -> int:
         curve = subscriber_curve(args, endpoint)
     setup_logging("info")
     try:
-        serve(endpoints, host, port, args.clips, token, tuple(args.source), curve)
+        serve(endpoints, host, port, args.clips, token, tuple(args.source), curve, allow_hosts=tuple(args.allow_host))
     except OSError as exc:
         raise UserError(f"--listen {args.listen}: cannot serve there ({exc.strerror or exc})") from None
     return 0

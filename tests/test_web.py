@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -53,6 +54,38 @@ def test_the_state_a_page_gets_is_bounded_however_long_it_runs():
     assert len(snap["sources"]["s"]["scores"]) == SCORES_KEPT and snap["sources"]["s"]["scores"][-1]["seq"] == 5 * SCORES_KEPT - 1
     assert len(snap["events"]) == EVENTS_KEPT and snap["events"][0]["event_id"] == 3 * EVENTS_KEPT - 1  # newest first
     assert sum(snap["hours"]["hours"]) == 3 * EVENTS_KEPT and len(json.dumps(snap)) < 2_000_000
+
+
+def test_the_frames_kept_are_bounded_in_bytes_and_a_snapshot_is_still_json():
+    """The largest frames the schema allows, from every source a page keeps: what is kept stays
+    within FRAME_BYTES_KEPT (it reached 516 MiB from two sources), newest kept."""
+    from test_hostile_bus import good_spec
+
+    from streamdet.bus import messages
+    from streamdet.subscribers.web.state import FRAME_BYTES_KEPT, FRAMES_KEPT
+
+    state = WebState(now=lambda: 1_800_000_000.0)
+    big = {**good_spec(), "n_frames": messages.MAX_SPEC_FRAMES, "n_mels": messages.MAX_SPEC_MELS}
+    big["frames"] = "A" * (4 * ((big["n_frames"] * big["n_mels"] + 2) // 3))
+    assert messages.body_problem(big) is None
+    for i in range(3000):
+        state.update({**big, "source": f"s{i % MAX_SOURCES}", "seq": i})
+    kept = sum(len(s.frames) for s in state.sources.values())
+    assert state.frame_bytes <= FRAME_BYTES_KEPT and state.frame_bytes == sum(len(f) for s in state.sources.values() for f in s.frames)
+    assert 0 < kept < 3000 and all(len(s.frames) <= FRAMES_KEPT for s in state.sources.values())
+    snap = json.loads(state.snapshot_json({"server": {}}))
+    assert snap["sources"]["s0"]["frames"][-1]["seq"] == 2944 and "server" in snap  # the newest of s0
+
+
+def test_one_message_that_cannot_be_shown_costs_only_itself():
+    """A message the state cannot fold in (here an event whose ts no clock gives, as the bus check
+    now refuses) raised inside the hub and lost the 100 messages handled with it."""
+    hub = Hub(WebState(now=lambda: 1_800_000_000.0), None)
+    browser = Browser()
+    hub.browsers.add(browser)
+    hub.publish([loss(i) for i in range(50)] + [{**end(1), "ts": "yesterday"}] + [loss(i) for i in range(50, 100)] + [end(2)])
+    assert hub.failed == 1 and browser.queue.qsize() >= 101
+    assert len(hub.state.sources["s"].scores) == 100 and [e["event_id"] for e in hub.state.events] == [2]
 
 
 def test_detections_per_hour_count_each_detection_once_and_forget_old_days():
@@ -218,6 +251,74 @@ def test_hostile_requests_get_nothing_outside_the_clips_folder_and_a_token_guard
         assert web.poll() is None
     finally:
         stop(web)
+
+
+@pytest.mark.slow
+def test_other_names_are_refused_and_an_explicit_token_beats_a_stale_cookie(tmp_path):
+    """DNS rebinding: a page of another site whose name resolves to this machine sends its own
+    Host, and gets nothing.  A rotated token works at once: ?token= and Bearer beat the cookie,
+    and a base64 token's '+' survives the query."""
+    token = tmp_path / "token"
+    token.write_text("ab+cd/ef==0123456789+/\n")
+    web, base = start_web("--endpoint", "tcp://127.0.0.1:9", "--token-file", str(token), "--allow-host", "station.lan")
+    port = base.rsplit(":", 1)[1]
+    good = "ab+cd/ef==0123456789+/"
+    try:
+        for host in ("evil.example", "evil.example:" + port, "127.0.0.1.evil.example", "station.lan.evil.example", ""):
+            status, body, _ = get(base + "/api/state", {"Host": host, "Authorization": f"Bearer {good}"})
+            assert status == 421 and b"sources" not in body, (host, status)
+        for host in ("localhost:" + port, "127.0.0.1:" + port, "[::1]:" + port, "station.lan:" + port, "station.lan", "a.localhost"):
+            assert get(base + "/api/state", {"Host": host, "Authorization": f"Bearer {good}"})[0] == 200, host
+        stale = {"Cookie": "streamdet_token=the-old-token-before-rotation"}
+        status, _, headers = get(base + "/?token=" + good, stale)  # pasted as it is: '+' and '/' unescaped
+        assert status == 200 and f"streamdet_token={good}" in urllib.parse.unquote(headers.get("Set-Cookie", "")).replace('"', "")
+        assert get(base + "/api/state", {**stale, "Authorization": f"Bearer {good}"})[0] == 200
+        assert get(base + "/api/state", stale)[0] == 401
+    finally:
+        stop(web)
+
+
+@pytest.mark.slow
+def test_a_flood_of_idle_connections_under_1024_open_files_does_not_lock_the_page_out():
+    """1,100 connections that never send a request, against a server allowed 1,024 open files (a
+    unit without LimitNOFILE): a normal request is still answered within 5 s."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1300:
+        pytest.skip("needs more than 1,300 open files for the flood itself")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    port = free_port()
+    web = subprocess.Popen(["prlimit", "--nofile=1024:1024", "--", *streamdet_command("web", "--endpoint", "tcp://127.0.0.1:9", "--listen", f"127.0.0.1:{port}")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    base, idle = f"http://127.0.0.1:{port}", []
+    try:
+        deadline = time.monotonic() + 30
+        while get_or_none(base + "/style.css") is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for _ in range(1100):
+            s = socket.socket()
+            s.settimeout(2)
+            try:
+                s.connect(("127.0.0.1", port))
+            except OSError:
+                pass
+            idle.append(s)
+        started = time.monotonic()
+        assert get(base + "/style.css")[0] == 200 and time.monotonic() - started < 5.0
+        assert web.poll() is None
+    finally:
+        for s in idle:
+            s.close()
+        stop(web)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def get_or_none(url: str):
+    try:
+        return get(url)
+    except OSError:
+        return None
 
 
 @pytest.mark.slow

@@ -4,8 +4,6 @@ folder. aiohttp does the HTTP; nothing here is hand-written protocol."""
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import json
 import logging
 import threading
@@ -15,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from streamdet.subscribers.web.clips import ClipsFolder, spectrogram
+from streamdet.subscribers.web.guard import IDLE_S, CappedSite, guard, host_names
 from streamdet.subscribers.web.state import WebState
 
 log = logging.getLogger(__name__)
@@ -25,16 +24,6 @@ CLIENT_QUEUE = 400  # messages waiting for one browser; a browser that lets it f
 THIN_FROM = CLIENT_QUEUE // 2  # past this, a browser gets no more scores and frames until it catches up
 HEARTBEAT_S = 10.0
 BATCH_S = 0.05  # the bus thread hands messages to the server this often
-COOKIE = "streamdet_token"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Browser:
@@ -66,33 +55,42 @@ class Hub:
     def __init__(self, state: WebState, clips: ClipsFolder | None, sources: tuple[str, ...] = ()):
         self.state, self.clips, self.sources = state, clips, sources
         self.browsers: set[Browser] = set()
-        self.dropped_browsers = 0
+        self.dropped_browsers = self.disconnects = self.failed = 0
         self.started = time.time()
 
     def publish(self, bodies: list[dict]) -> None:
         for body in bodies:
-            if self.sources and body.get("source") not in (None, *self.sources):
-                continue
-            if self.clips is not None and body.get("type") == "event":
-                body = {**body, "clip_url": self.clips.url_of(body.get("clip"))}
-            if not self.state.update(body):
-                continue
-            out = [("msg", body)]
-            if body.get("type") == "event" and body.get("state") == "end":
-                out.append(("hours", self.state.hours.snapshot()))
-            for browser in list(self.browsers):
-                if not all(browser.offer(name, data) for name, data in out):
-                    self.dropped_browsers += 1
-                    self.browsers.discard(browser)
-                    log.warning("a browser fell %d messages behind; dropped it (it reconnects by itself)", CLIENT_QUEUE)
+            try:
+                self._publish_one(body)
+            except Exception:  # whatever one message does, it costs that message, never those around it
+                self.failed += 1
+                log.exception("a bus message could not be shown; skipped it (%d so far)", self.failed)
 
-    def snapshot(self) -> dict:
-        """What a page needs when it (re)connects, with the server's own counters."""
-        return {**self.state.snapshot(), "server": self.server_status(), "clips": self.clips is not None}
+    def _publish_one(self, body: dict) -> None:
+        if self.sources and body.get("source") not in (None, *self.sources):
+            return
+        if self.clips is not None and body.get("type") == "event":
+            body = {**body, "clip_url": self.clips.url_of(body.get("clip"))}
+        if not self.state.update(body):
+            return
+        out = [("msg", body)]
+        if body.get("type") == "event" and body.get("state") == "end":
+            out.append(("hours", self.state.hours.snapshot()))
+        for browser in list(self.browsers):
+            if not all(browser.offer(name, data) for name, data in out):
+                self.dropped_browsers += 1
+                self.browsers.discard(browser)
+                log.warning("a browser fell %d messages behind; dropped it (it reconnects by itself)", CLIENT_QUEUE)
+
+    def snapshot_json(self) -> str:
+        """What a page needs when it (re)connects, with the server's own counters, as JSON text
+        (its frames are kept serialised: a snapshot is joined, not encoded again, so the event loop
+        is not held by it)."""
+        return self.state.snapshot_json({"server": self.server_status(), "clips": self.clips is not None})
 
     def server_status(self) -> dict:
-        return {"browsers": len(self.browsers), "dropped_browsers": self.dropped_browsers, "unreadable": self.state.unreadable, "over_limits": self.state.overflow,
-                "messages": self.state.messages, "uptime_s": round(time.time() - self.started, 1)}
+        return {"browsers": len(self.browsers), "dropped_browsers": self.dropped_browsers, "disconnects": self.disconnects, "failed": self.failed,
+                "unreadable": self.state.unreadable, "over_limits": self.state.overflow, "messages": self.state.messages, "uptime_s": round(time.time() - self.started, 1)}
 
 
 def bus_thread(endpoint: str, curve, hub: Hub, loop: asyncio.AbstractEventLoop, stop: threading.Event, unreadable: dict) -> threading.Thread:
@@ -122,34 +120,15 @@ def bus_thread(endpoint: str, curve, hub: Hub, loop: asyncio.AbstractEventLoop, 
     return thread
 
 
-def token_guard(token: str | None):
-    """With a token: every request must carry it (cookie, `Authorization: Bearer`, or `?token=`
-    once, which sets the cookie); without one (loopback), nothing to check."""
-
-    @web.middleware
-    async def guard(request: web.Request, handler):
-        if token is None:
-            return await handler(request)
-        given = request.cookies.get(COOKIE) or request.query.get("token") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), token.encode()):
-            return web.Response(status=401, text="streamdet web: this page needs its token: open it as /?token=... (the --token-file's content)\n")
-        response = await handler(request)
-        if request.query.get("token") and isinstance(response, web.Response):
-            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
-        return response
-
-    return guard
-
-
-def make_app(hub: Hub, token: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[token_guard(token)], client_max_size=1024)
+def make_app(hub: Hub, token: str | None = None, names: frozenset[str] = frozenset({"localhost"}), served: set[int] | None = None) -> web.Application:
+    app = web.Application(middlewares=[guard(token, names, served if served is not None else set())], client_max_size=1024)
 
     async def page(request: web.Request) -> web.Response:
         name, kind = PAGES[request.path]
         return web.Response(body=(STATIC / name).read_bytes(), content_type=kind, headers={"Cache-Control": "no-cache"})
 
     async def state(request: web.Request) -> web.Response:
-        return web.json_response(hub.snapshot())
+        return web.Response(text=hub.snapshot_json(), content_type="application/json")
 
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -157,7 +136,7 @@ def make_app(hub: Hub, token: str | None = None) -> web.Application:
         browser = Browser()
         hub.browsers.add(browser)
         try:
-            await _send(response, "snapshot", hub.snapshot())
+            await _send_text(response, "snapshot", hub.snapshot_json())
             next_status = time.monotonic() + HEARTBEAT_S
             while True:
                 try:
@@ -168,8 +147,8 @@ def make_app(hub: Hub, token: str | None = None) -> web.Application:
                     await _send(response, "dropped", {"reason": f"this page fell {CLIENT_QUEUE} messages behind; reconnecting"})
                     break
                 await _send(response, name, data)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except (ConnectionError, asyncio.CancelledError):  # a page closed or reloaded: expected, counted
+            hub.disconnects += 1
         finally:
             hub.browsers.discard(browser)
         return response
@@ -199,11 +178,15 @@ def make_app(hub: Hub, token: str | None = None) -> web.Application:
 
 
 async def _send(response: web.StreamResponse, name: str, data: dict) -> None:
-    await response.write(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
+    await _send_text(response, name, json.dumps(data, separators=(',', ':')))
+
+
+async def _send_text(response: web.StreamResponse, name: str, text: str) -> None:
+    await response.write(f"event: {name}\ndata: {text}\n\n".encode())
 
 
 def serve(endpoints: list[str], host: str, port: int, clips: Path | None, token: str | None, sources: tuple[str, ...] = (), curve=None,
-          ready=None) -> None:
+          ready=None, allow_hosts: tuple[str, ...] = ()) -> None:
     """Run until SIGINT or SIGTERM."""
     hub = Hub(WebState(), ClipsFolder(clips) if clips else None, sources)
     if hub.clips is not None:
@@ -214,9 +197,11 @@ def serve(endpoints: list[str], host: str, port: int, clips: Path | None, token:
     async def main():
         loop = asyncio.get_running_loop()
         threads = [bus_thread(e, curve, hub, loop, stop, unreadable) for e in endpoints]
-        runner = web.AppRunner(make_app(hub, token), handle_signals=False, shutdown_timeout=1.0, access_log=None)  # a station's journal is for the station
+        served: set[int] = set()  # the connections that made a request (guard.CappedSite closes the others first)
+        runner = web.AppRunner(make_app(hub, token, host_names(host, allow_hosts), served), handle_signals=False, shutdown_timeout=1.0,
+                               access_log=None, keepalive_timeout=IDLE_S)  # a station's journal is for the station
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        await CappedSite(runner, host, port, served).start()
         log.info("serving http://%s:%d/ for %s", host if ":" not in host else f"[{host}]", port, ", ".join(endpoints))
         if ready:
             ready()

@@ -3,12 +3,17 @@ spectrogram frames, the last events, detections per hour, and each daemon's late
 No web library here, so it is tested on its own."""
 from __future__ import annotations
 
+import functools
+import json
 import time
 from collections import deque
 from datetime import datetime, timedelta
 
 SCORES_KEPT = 1200  # per source: 10 minutes of windows at two a second
 FRAMES_KEPT = 240  # per source: spectrogram messages (about two minutes of audio)
+# And in bytes, over all sources: 240 messages of the bundled model's 25 x 64 frames are 0.5 MB a
+# source; a publisher sending the largest frames the schema allows is cut here, not at 240.
+FRAME_BYTES_KEPT = 8 * 2**20
 EVENTS_KEPT = 100
 MAX_SOURCES = MAX_DAEMONS = 64  # a bus naming more (a hostile or broken publisher) gets the rest counted, not kept
 DAYS_KEPT = 8  # today and the 7 days before
@@ -48,7 +53,8 @@ class HourCounts:
 class SourceState:
     def __init__(self):
         self.scores: deque = deque(maxlen=SCORES_KEPT)
-        self.frames: deque = deque(maxlen=FRAMES_KEPT)
+        self.frames: deque = deque()  # each message as JSON text, ready for a snapshot
+        self.frame_bytes = 0
 
 
 class WebState:
@@ -61,6 +67,7 @@ class WebState:
         self.messages = 0
         self.unreadable = 0  # messages the subscriber could not read (set by the server)
         self.overflow = 0  # messages of sources or daemons beyond MAX_SOURCES / MAX_DAEMONS
+        self.frame_bytes = 0  # over all sources, at most FRAME_BYTES_KEPT
 
     def update(self, body: dict) -> bool:
         """Fold one checked message in; True when browsers should get it."""
@@ -83,20 +90,33 @@ class WebState:
         if kind == "loss":
             source.scores.append({k: body.get(k) for k in ("ts", "run_id", "seq", "t_start", "t_end", "score", "anomaly", "silent")})
         elif kind == "spec":
-            source.frames.append(body)
+            self._keep_frames(source, json.dumps(body, separators=(",", ":")))
         elif kind == "event" and body.get("state") == "end":
+            key, wall = f"{body.get('run_id')}/{body['source']}/{body['event_id']}", float(body.get("ts") or self.now())
+            self.hours.add(key, wall)
             self.events.appendleft(body)
-            self.hours.add(f"{body.get('run_id')}/{body['source']}/{body['event_id']}", float(body.get("ts") or self.now()))
         return True
+
+    def _keep_frames(self, source: SourceState, text: str) -> None:
+        source.frames.append(text)
+        source.frame_bytes += len(text)
+        self.frame_bytes += len(text)
+        while len(source.frames) > FRAMES_KEPT or self.frame_bytes > FRAME_BYTES_KEPT:
+            # The oldest message of this source, or of the source holding the most, goes.
+            victim = source if len(source.frames) > FRAMES_KEPT else max(self.sources.values(), key=lambda s: s.frame_bytes)
+            gone = len(victim.frames.popleft())
+            victim.frame_bytes -= gone
+            self.frame_bytes -= gone
 
     def snapshot(self) -> dict:
         """Everything a page needs when it (re)connects."""
-        return {
-            "sources": {name: {"scores": list(s.scores), "frames": list(s.frames)} for name, s in self.sources.items()},
-            "events": list(self.events),
-            "daemons": list(self.daemons.values()),
-            "hours": self.hours.snapshot(),
-            "now": self.now(),
-            "unreadable": self.unreadable,
-        }
+        return json.loads(self.snapshot_json())
+
+    def snapshot_json(self, extra: dict | None = None) -> str:
+        """The snapshot as JSON text: the kept frames joined as they are, the rest encoded now."""
+        dump = functools.partial(json.dumps, separators=(",", ":"))
+        sources = ",".join(f'{dump(name)}:{{"scores":{dump(list(s.scores))},"frames":[{",".join(s.frames)}]}}' for name, s in self.sources.items())
+        rest = {"events": list(self.events), "daemons": list(self.daemons.values()), "hours": self.hours.snapshot(), "now": self.now(), "unreadable": self.unreadable, **(extra or {})}
+        return f'{{"sources":{{{sources}}},{dump(rest)[1:]}'
+
 

@@ -8,7 +8,7 @@ const SPEC_COLUMNS = 1500;     // 30 s of 20-ms frames
 const $ = (id) => document.getElementById(id);
 
 const page = {                 // read by the browser test; everything in it is bounded
-  points: 0, framesDrawn: 0, events: 0, snapshots: 0, connected: false, dropped: 0, clipsPlayed: 0,
+  points: 0, framesDrawn: 0, events: 0, snapshots: 0, connected: false, dropped: 0, clipsPlayed: 0, failed: 0,
 };
 window.streamdet = page;
 
@@ -62,24 +62,34 @@ function onMessage(m) {
   }
 }
 
+// One item the page cannot draw costs that item, never the rest of the page: counted, shown in
+// the console, and the next item goes on.
+function each(what, f) {
+  try { f(); } catch (err) { page.failed++; console.warn(`streamdet: could not show ${what}:`, err); }
+}
+
 function onSnapshot(snap) {
   page.snapshots++;
-  for (const [name, st] of Object.entries(snap.sources)) {
-    const s = source(name);
-    s.run = null;               // what the snapshot holds replaces what this page had
-    s.spec.getContext("2d").clearRect(0, 0, s.spec.width, s.spec.height);
-    for (const m of st.scores) onMessage({ ...m, type: "loss", source: name });
-    for (const m of st.frames) onMessage(m);
+  for (const [name, st] of Object.entries(snap.sources || {})) {
+    each(`source ${name}`, () => {
+      const s = source(name);
+      s.run = null;             // what the snapshot holds replaces what this page had
+      s.spec.getContext("2d").clearRect(0, 0, s.spec.width, s.spec.height);
+      for (const m of st.scores) each("a score", () => onMessage({ ...m, type: "loss", source: name }));
+      for (const m of st.frames) each("spectrogram frames", () => onMessage(m));
+    });
   }
   $("events").tBodies[0].replaceChildren();
-  for (const m of [...snap.events].reverse()) {
-    addEvent(m);
-    const s = sources.get(m.source);
-    if (s && s.run === m.run_id) s.events.push([m.onset, m.offset]);
+  for (const m of [...(snap.events || [])].reverse()) {
+    each("an event", () => {
+      addEvent(m);
+      const s = sources.get(m.source);
+      if (s && s.run === m.run_id) s.events.push([m.onset, m.offset]);
+    });
   }
-  daemons = new Map(snap.daemons.map((d) => [d.daemon, d]));
-  hours = snap.hours;
-  drawStatus(); drawHours(); showServer(snap.server);
+  each("the status", () => { daemons = new Map(snap.daemons.map((d) => [d.daemon, d])); drawStatus(); });
+  each("the hours", () => { hours = snap.hours; drawHours(); });
+  each("the server", () => showServer(snap.server));
   if (!snap.clips) $("clip").hidden = true;
 }
 
@@ -270,8 +280,8 @@ function connect() {
   const badge = $("connection");
   events.onopen = () => { page.connected = true; badge.textContent = "live"; badge.className = "badge live"; };
   events.onerror = () => { page.connected = false; badge.textContent = "reconnecting"; badge.className = "badge lost"; };  // EventSource retries by itself
-  events.addEventListener("snapshot", (e) => onSnapshot(JSON.parse(e.data)));
-  events.addEventListener("msg", (e) => onMessage(JSON.parse(e.data)));
+  events.addEventListener("snapshot", (e) => each("the snapshot", () => onSnapshot(JSON.parse(e.data))));
+  events.addEventListener("msg", (e) => each("a message", () => onMessage(JSON.parse(e.data))));
   events.addEventListener("hours", (e) => { hours = JSON.parse(e.data); drawHours(); });
   events.addEventListener("server", (e) => showServer(JSON.parse(e.data)));
   events.addEventListener("dropped", () => { page.dropped++; });
