@@ -538,6 +538,26 @@ def test_a_live_publisher_never_waits_for_a_full_subscriber_and_counts_its_overf
     context.term()
 
 
+def test_a_publisher_closed_by_the_watchdog_drops_and_counts_what_the_loop_still_sends():
+    """give_up closes the socket from the watchdog's thread; the processing loop, not stuck now
+    that the model runs in a scoring thread, may publish once more: no error on a closed socket."""
+    import threading
+
+    import zmq
+
+    from streamdet.bus.sockets import Publisher
+
+    context = zmq.Context()
+    publisher = Publisher("inproc://closing", context=context)
+    closing = threading.Thread(target=publisher.close, args=(0.1,))
+    closing.start()
+    closing.join()
+    assert publisher.send("loss.s", {"seq": 1}) is False and publisher.dropped == 1
+    assert publisher.poll_subscriptions() == 0
+    assert publisher.close(0.1) is True  # the daemon's own close after it: nothing to do twice
+    context.term()
+
+
 def test_status_carries_the_publishers_dropped_messages(tmp_path):
     from streamdet.service.daemon import Daemon
 

@@ -78,6 +78,10 @@ class Publisher:
         # A socket is used by one thread at a time: the daemon's loop, or the watchdog's final
         # status while a model call is stuck in another thread.
         self.lock = threading.RLock()
+        # Closed (the watchdog's give_up closes it from its thread while the processing loop, no
+        # longer stuck now that the model runs in a thread of its own, may still publish): a send
+        # after it is dropped and counted, never an error on a closed socket.
+        self.closed = False
         try:
             self.socket.connect(endpoint) if connect else self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -88,7 +92,7 @@ class Publisher:
     def poll_subscriptions(self) -> int:
         """Drain subscription notices; returns the number of live subscriptions."""
         with self.lock:
-            return self._poll_subscriptions()
+            return self.subscriptions if self.closed else self._poll_subscriptions()
 
     def _poll_subscriptions(self) -> int:
         while True:
@@ -112,6 +116,9 @@ class Publisher:
     def send(self, topic: str, payload: dict) -> bool:
         frames = [topic.encode(), encode(payload)]
         with self.lock:
+            if self.closed:
+                self.dropped += 1
+                return False
             return self._send(frames)
 
     def _send(self, frames: list) -> bool:
@@ -146,9 +153,11 @@ class Publisher:
         `wait` (the daemon's exit: no other socket is open) wait for that here, and return False
         if the time ran out with messages possibly still queued (at most `send_hwm` each)."""
         with self.lock:
-            self.socket.setsockopt(zmq.LINGER, max(0, int(deadline_s * 1000)))
             started = time.monotonic()
-            self.socket.close()
+            if not self.closed:
+                self.socket.setsockopt(zmq.LINGER, max(0, int(deadline_s * 1000)))
+                self.socket.close()
+            self.closed = True
         if not wait:
             return True
         from streamdet.bus.security import stop_authenticators
