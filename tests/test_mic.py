@@ -228,3 +228,89 @@ def test_a_microphone_and_a_replay_in_one_daemon(pulse, tiny_model, tmp_path, en
         assert seqs == list(range(len(seqs))) and seqs, name
     final = collector.of("status")[-1]["sources"]
     assert final["mic"]["kind"] == "mic" and final["replay"]["kind"] == "replay" and final["replay"]["files_played"] == 1
+
+
+class FakeStatus:
+    input_overflow = False
+
+
+class FakeStream:
+    """A PortAudio input stream whose callbacks the test makes itself."""
+
+    opened: list = []
+
+    def __init__(self, callback=None, blocksize=0, **kwargs):
+        self.callback, self.block, self.active = callback, blocksize, True
+        FakeStream.opened.append(self)
+
+    def start(self):
+        pass
+
+    def close(self, ignore_errors=True):
+        self.active = False
+
+    def deliver(self, blocks: int, value: float):
+        import numpy as np
+
+        for _ in range(blocks):
+            self.callback(np.full((self.block, 1), value, dtype=np.float32), self.block, None, FakeStatus())
+
+
+class FakeSoundDevice:
+    InputStream = FakeStream
+
+    @staticmethod
+    def query_devices():
+        return [{"name": "fake", "max_input_channels": 1, "default_samplerate": 16000.0, "hostapi": 0}]
+
+    @staticmethod
+    def check_input_settings(**kwargs):
+        pass
+
+    @staticmethod
+    def query_hostapis(index=None):
+        return {"name": "fake"}
+
+
+def test_a_reconnect_places_its_gap_and_source_up_where_the_new_audio_starts(monkeypatch):
+    """Audio that arrives between the reconnect and the consumer's next look belongs after the
+    gap: source_up and the gap sit at the new stream's first sample (they sat at the ring's end
+    when the consumer polled, so that audio was read as if no outage had happened)."""
+    from streamdet.capture import mic
+    from streamdet.capture.markers import Gap, SourceDown, SourceUp
+    from streamdet.config import SourceConfig
+
+    monkeypatch.setattr(mic, "import_sounddevice", lambda: FakeSoundDevice)
+    monkeypatch.setattr(mic, "BACKOFF_S", (0.05, 0.05))
+    monkeypatch.setattr(mic, "resolve_input", lambda sd, spec: {"index": 0, "name": "fake", "channels": 1, "default_rate": 16000})
+    FakeStream.opened = []
+    source = mic.MicSource(SourceConfig(kind="mic", name="m", sample_rate=16000, block_frames=160), 16000)
+    source.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not FakeStream.opened and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first = FakeStream.opened[0]
+        first.deliver(50, 0.1)  # 0.5 s
+        while source.state != "up" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        source.poll()
+        first.active = False  # the device went away
+        while len(FakeStream.opened) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = FakeStream.opened[1]
+        second.deliver(30, 0.2)  # audio of the new stream, before the supervisor or the consumer look
+        while source.state != "up" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second.deliver(20, 0.2)
+        source.poll()
+        markers = list(source.markers)
+        down = [m for m in markers if isinstance(m, SourceDown)]
+        gap = [m for m in markers if isinstance(m, Gap)]
+        up = [m for m in markers if isinstance(m, SourceUp)]
+        assert down and down[-1].pos == 50 * 160, markers
+        assert gap and gap[-1].pos == 50 * 160 and gap[-1].samples > 0, markers
+        assert len(up) == 2 and up[-1].pos == 50 * 160, markers  # not 100 * 160, where the ring ended at the poll
+        assert source.ring.write_pos == 100 * 160
+    finally:
+        source.stop()

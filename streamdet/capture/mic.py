@@ -101,6 +101,10 @@ class MicSource(SourceThread):
         self._overflow_count = 0
         self._overflow_seen = 0  # consumer side
         self._last_callback = 0.0
+        # Where in the ring the current stream's first block went (set by its first callback), so
+        # that a reconnect's gap and source_up sit where its audio starts, not where the consumer
+        # happened to look (the audio of up to a poll interval had arrived by then).
+        self._first_pos = -1
         self._down_at: float | None = None  # consumer side: when the audio stopped, for the gap's length
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # supervisor -> consumer
 
@@ -114,6 +118,8 @@ class MicSource(SourceThread):
 
     # -- the real-time path -------------------------------------------------------------------
     def _callback(self, indata, frames, time_info, status) -> None:
+        if self._first_pos < 0:
+            self._first_pos = self.ring.write_pos
         if status.input_overflow:
             self._overflow_pos[self._overflow_count % OVERFLOW_SLOTS] = self.ring.write_pos
             self._overflow_count += 1
@@ -128,6 +134,7 @@ class MicSource(SourceThread):
 
     # -- supervision --------------------------------------------------------------------------
     def _open(self):
+        self._first_pos = -1
         stream = self.sd.InputStream(
             device=self.device["index"], samplerate=self.rate, channels=self.channels, dtype="float32",
             blocksize=self.block, latency=self.latency if self.latency is not None else "low", callback=self._callback,
@@ -178,12 +185,13 @@ class MicSource(SourceThread):
         self.state = "down"
         self.outages += 1
         log.warning("%s: source down: %s; retrying", self.name, reason)
-        # Audio stopped with the last callback, not when the stall was noticed.
-        self._events.put(("down", (self._last_callback or time.monotonic(), reason)))
+        # Audio stopped with the last callback, not when the stall was noticed; the stream is closed,
+        # so the ring's end is where it stopped.
+        self._events.put(("down", (self._last_callback or time.monotonic(), reason, self.ring.write_pos)))
 
     def _up(self) -> None:
         self.state = "up"
-        self._events.put(("up", self._last_callback - self.block / self.rate))
+        self._events.put(("up", (self._last_callback - self.block / self.rate, self._first_pos)))
         log.info("%s: capturing from '%s' at %d Hz, %d channel(s), blocks of %d", self.name, self.device["name"], self.rate, self.channels, self.block)
 
     def describe(self) -> dict:
@@ -205,18 +213,20 @@ class MicSource(SourceThread):
                 kind, value = self._events.get_nowait()
             except queue.Empty:
                 break
-            pos = self.ring.write_pos  # no callback runs while the device is down
             if kind == "down":
                 self._down_at = value[0]
-                new.append(SourceDown(pos, value[1]))
+                new.append(SourceDown(value[2], value[1]))
             elif kind == "up":
+                # The new stream's audio starts at its first block; its first callback came about a
+                # block after that audio began.
+                started, pos = value
+                pos = pos if pos >= 0 else self.ring.write_pos
                 if self._down_at is not None:
-                    lost = int((value - self._down_at) * self.rate)
-                    new.append(Gap(pos, lost, "source_down"))
+                    new.append(Gap(pos, int((started - self._down_at) * self.rate), "source_down"))
                     self._down_at = None
                 new.append(SourceUp(pos))
             elif kind == "finished":
-                new.append(Finished(pos))
+                new.append(Finished(self.ring.write_pos))
         if new:
             merged = sorted(list(self.markers) + new, key=lambda m: m.pos)
             self.markers.clear()
