@@ -104,3 +104,19 @@ def test_a_message_export_cannot_read_is_counted_and_the_rest_exported(tmp_path)
     result = subprocess.run(streamdet_command("export", "--jsonl", str(recording), "--out", str(tmp_path / "out")), capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0 and result.stderr.strip() == f"streamdet export: warning: skipped 1 message(s) it could not read; the first: {recording}, line 1: event.duration: missing"
     assert len(read_raven(tmp_path / "out" / "a.wav.streamdet.selections.txt")) == 1
+
+
+def test_an_export_that_joined_after_the_stream_began_says_so(tmp_path):
+    """Tables of an export started beside `run --pace max` without --wait-subscribers read as "no
+    detection" for what it missed: it says which windows it never saw."""
+    from streamdet.bus import messages
+
+    late = [messages.loss("r", "s", seq, seq * 0.5, seq * 0.5 + 1, 0.1, 0.2, file="a.wav", offset=seq * 0.5) for seq in range(40, 45)]
+    recording = tmp_path / "run.jsonl"
+    recording.write_text("".join(json.dumps({"topic": "loss.s", "message": m}) + "\n" for m in late))
+    result = subprocess.run(streamdet_command("export", "--jsonl", str(recording), "--out", str(tmp_path / "out")), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0 and "joined after the stream began: source s's first 40 window(s)" in result.stderr and "--wait-subscribers 1" in result.stderr
+    on_time = tmp_path / "on_time.jsonl"
+    on_time.write_text("".join(json.dumps({"topic": "loss.s", "message": {**m, "seq": m["seq"] - 40}}) + "\n" for m in late))
+    result = subprocess.run(streamdet_command("export", "--jsonl", str(on_time), "--out", str(tmp_path / "out2")), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0 and "joined after" not in result.stderr

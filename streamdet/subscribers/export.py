@@ -75,6 +75,9 @@ class Collector:
         self.detections: list[Detection] = []
         self.unreadable = 0
         self.first_unreadable: str | None = None
+        # Per source, the first window's seq seen (0 unless export joined after the stream began):
+        # what came before it is not in the tables, which must say so rather than read as "no bird".
+        self.first_seq: dict[str, int] = {}
 
     def add(self, msg: dict | UnreadableMessage) -> None:
         try:
@@ -93,6 +96,8 @@ class Collector:
 
     def _add(self, msg: dict) -> None:
         kind = msg.get("type")
+        if kind == "loss":
+            self.first_seq.setdefault(msg["source"], msg["seq"])
         if kind == "loss" and "file" in msg:
             self.files.setdefault((msg["source"], msg["file"]))
         elif kind == "event" and msg.get("state") == "end":
@@ -170,7 +175,8 @@ def export(messages: Iterable[tuple[str, dict]], out: Path) -> dict:
     collector = Collector()
     for _, msg in messages:
         collector.add(msg)
-    return {**write_tables(collector, out), "unreadable": collector.unreadable, "first_unreadable": collector.first_unreadable}
+    missed = {source: seq for source, seq in collector.first_seq.items() if seq > 0}
+    return {**write_tables(collector, out), "unreadable": collector.unreadable, "first_unreadable": collector.first_unreadable, "joined_late": missed}
 
 
 def from_bus(endpoint: str, timeout_s: float | None = None, curve=None, ready=None) -> Iterator[tuple[str, dict]]:
