@@ -116,6 +116,13 @@ def set_threads(threads: int | None, device: str | None) -> None:
         pass
 
 
+def segment_line(block: str, seg: dict) -> str:
+    """One line of segment figures (train.strong) for a block with strong labels."""
+    w, e = seg["windows"], seg["events"]
+    return (f"{block}: {seg['segments']} 1-s segments of {seg['clips']} clips with strong labels ({seg['bird_segments']} bird): segment AUC {seg['auc']:.3f}; "
+            f"windows at the threshold P {w['precision']:.2f} R {w['recall']:.2f} F1 {w['f1']:.2f}; events P {e['precision']:.2f} R {e['recall']:.2f} F1 {e['f1']:.2f}")
+
+
 def cmd_evaluate(args) -> int:
     from rich.table import Table
 
@@ -135,10 +142,14 @@ def cmd_evaluate(args) -> int:
     for col in ("block", "scorer", "clips", "bird", "ROC AUC", "pAUC<=0.1", "precision", "recall", "F1"):
         table.add_column(col, justify="left" if col in ("block", "scorer") else "right")
     for block, by in results["blocks"].items():
-        for scorer, m in by.items():
+        for scorer in ("model", "reference"):
+            m = by[scorer]
             table.add_row(block, scorer, str(m["clips"]), str(m["bird"]), *(f"{m[k]:.3f}" for k in ("auc", "pauc_0.1", "precision", "recall", "f1")))
     console = Console()
     console.print(table)
+    for block, by in results["blocks"].items():
+        if block != "all" and (seg := by.get("segments")):
+            console.print(segment_line(block, seg))
     from rich.markup import escape
 
     plots = f"{results['roc_png']} and {results['scores_png']}" if "roc_png" in results else f"no plots ({results['plots']})"
@@ -239,7 +250,11 @@ def cmd_crossval(args) -> int:
         table.add_column(col, justify="left" if col == "block" else "right")
     for block, r in result["blocks"].items():
         table.add_row("all (pooled)" if block == "all" else block, str(r["clips"]), str(r["bird"]), *(f"{r[k]:.3f}" for k in ("model_auc", "model_pauc", "nobird_called_bird", "bird_found")), f"{r['false_alarms_per_hour']:.1f}", f"{r['reference_auc']:.3f}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for block, r in result["blocks"].items():
+        if block != "all" and r.get("segments"):
+            console.print(segment_line(block, r["segments"]))
     if args.json:
         args.json.write_text(json.dumps({"config": str(args.config), "mode": config.mode, "front_end": config.features.kind, **result}, indent=1))
     return 0

@@ -15,6 +15,11 @@ def windows_of(frames: np.ndarray, params: FeatureParams) -> torch.Tensor:
     return windows_from_frames(frames, params)[1]
 
 
+def window_times(frames: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Each window's start in seconds from the clip's start, in the order windows_of gives them."""
+    return np.asarray(window_starts(len(frames), params, final=True), dtype=np.float64) * params.hop_length / params.sample_rate
+
+
 def silence_of(frames_db: np.ndarray, params: FeatureParams) -> np.ndarray:
     """Which windows of a clip are digital silence, as the daemon decides it."""
     return silent_windows(frames_db, window_starts(len(frames_db), params, final=True), params)

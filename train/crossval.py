@@ -15,13 +15,14 @@ import numpy as np
 
 from train.cache import FeatureCache, default_cache_dir
 from train.calibrate import calibrate, window_decisions
-from train.clips import alarm_runs, clip_aggregate, reference_clip_score
+from train.clips import alarm_runs, clip_aggregate, reference_clip_score, window_times
 from train.config import TrainConfig
 from train.datasets import Item, read_dataset
 from train.learn import calibration_decisions, train_on
 from train.metrics import partial_auc, roc_auc
 from train.progress import progress_bar
 from train.splits import k_folds
+from train.strong import StrongLabels, segment_report
 
 
 class Scored(NamedTuple):
@@ -29,6 +30,9 @@ class Scored(NamedTuple):
     called: bool  # at the fold model's calibrated threshold
     alarms: int  # runs of windows at or above it
     hours: float  # the clip's windows, in hours of stream
+    windows: np.ndarray  # every window's decision
+    threshold: float  # the fold model's calibrated threshold and scale
+    scale: float
 
 
 def _train_and_score(config: TrainConfig, train: list[Item], test: list[Item], cache: FeatureCache, progress) -> dict[Item, Scored]:
@@ -37,9 +41,9 @@ def _train_and_score(config: TrainConfig, train: list[Item], test: list[Item], c
     detector, base, _, val_items = train_on(config, train, cache, progress)
     # With calibration.folds these are nested: the fold's own calibration folds, inside its training part.
     scoring, _ = calibrate(config, base, calibration_decisions(config, detector, base, train, val_items, cache, progress))
-    how, t = config.calibration.clip_aggregate, scoring["threshold"]
+    how, t, scale = config.calibration.clip_aggregate, scoring["threshold"], scoring.get("scale", 1.0)
     hop = config.features.hop_seconds / 3600
-    return {i: Scored(clip_aggregate(d, how), clip_aggregate(d, how) >= t, alarm_runs(d, t), len(d) * hop) for i, d in window_decisions(detector, test, cache, config.features, base, progress, "scoring the fold").items()}
+    return {i: Scored(clip_aggregate(d, how), clip_aggregate(d, how) >= t, alarm_runs(d, t), len(d) * hop, d, t, scale) for i, d in window_decisions(detector, test, cache, config.features, base, progress, "scoring the fold").items()}
 
 
 def _items(config: TrainConfig, cache: FeatureCache, progress) -> list[Item]:
@@ -70,7 +74,17 @@ def block_report(scored: dict[Item, Scored], cache: FeatureCache, config: TrainC
             "bird_found": float(called[labels == 1].mean()) if (labels == 1).any() else float("nan"),
             "false_alarms_per_hour": sum(scored[i].alarms for i in members if i.label == 0) / nobird_hours if nobird_hours else float("nan"),
         }
+        segments = segment_figures(members, scored, cache, config)
+        if segments:
+            out[name]["segments"] = segments
     return out
+
+
+def segment_figures(members: list[Item], scored: dict[Item, Scored], cache: FeatureCache, config: TrainConfig, strong: StrongLabels | None = None) -> dict | None:
+    """The segment figures (train.strong) of the members with strong labels, or None."""
+    strong, p = strong or StrongLabels(), config.features
+    clips = [(s, scored[i].windows, window_times(cache.frames(i.path), p), scored[i].threshold, scored[i].scale) for i in members if (s := strong.of(i.path)) is not None]
+    return segment_report(clips, p.window_seconds)
 
 
 def crossval(config: TrainConfig, folds: int = 4, seed: int = 0, cache_dir=None) -> dict:

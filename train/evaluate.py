@@ -10,16 +10,15 @@ import numpy as np
 
 from streamdet.detect.artifact import Model
 from train.cache import FeatureCache
-from train.clips import clip_aggregate, reference_clip_score, silence_of, windows_of
+from train.clips import clip_aggregate, reference_clip_score, silence_of, window_times, windows_of
 from train.datasets import Item
 from train.metrics import roc_curve, summary
 from train.plot import PlotUnavailable, roc_plot, score_histograms, write_roc_csv
+from train.strong import StrongLabels, segment_report
 
 
-def model_clip_decisions(model: Model, items: list[Item], cache: FeatureCache, progress=None) -> dict[Item, float]:
-    """Each clip's decision value under the model's clip aggregate: ranks clips without the float
-    saturation of the calibrated score; the clip is called bird when it reaches the threshold."""
-    how = model.meta["scoring"].get("clip_aggregate", "max")
+def model_window_decisions(model: Model, items: list[Item], cache: FeatureCache, progress=None) -> dict[Item, np.ndarray]:
+    """Each clip's window decision values (each clip a segment of its own, as in the daemon)."""
     scorer = model.scorer()
     out = {}
     task = progress.add_task("scoring", total=len(items), info="") if progress else None
@@ -27,17 +26,25 @@ def model_clip_decisions(model: Model, items: list[Item], cache: FeatureCache, p
         frames = cache.frames(item.path)
         windows = windows_of(frames, model.features) if frames is not None else None
         if windows is not None and len(windows):
-            scorer.reset()  # each clip is a segment of its own, as in the daemon
-            decisions, _ = scorer.decide(model.losses(windows), windows.numpy() if scorer.energy else None, silence_of(frames, model.features))
-            out[item] = clip_aggregate(decisions, how)
+            scorer.reset()
+            out[item], _ = scorer.decide(model.losses(windows), windows.numpy() if scorer.energy else None, silence_of(frames, model.features))
         if progress:
             progress.update(task, advance=1, info=item.path.name[:40])
     return out
 
 
+def model_clip_decisions(model: Model, items: list[Item], cache: FeatureCache, progress=None) -> dict[Item, float]:
+    """Each clip's decision value under the model's clip aggregate: ranks clips without the float
+    saturation of the calibrated score; the clip is called bird when it reaches the threshold."""
+    how = model.meta["scoring"].get("clip_aggregate", "max")
+    return {item: clip_aggregate(d, how) for item, d in model_window_decisions(model, items, cache, progress).items()}
+
+
 def evaluate(model: Model, items: list[Item], cache: FeatureCache, out_dir: Path | None = None, progress=None) -> dict:
     started = time.perf_counter()
-    scores = model_clip_decisions(model, items, cache, progress)
+    windows = model_window_decisions(model, items, cache, progress)
+    how = model.meta["scoring"].get("clip_aggregate", "max")
+    scores = {item: clip_aggregate(d, how) for item, d in windows.items()}
     scoring_seconds = time.perf_counter() - started
     threshold = float(model.meta["scoring"]["threshold"])
     reference = {i: r for i in items if (f := cache.frames(i.path)) is not None and (r := reference_clip_score(f, model.features)) is not None}
@@ -51,6 +58,10 @@ def evaluate(model: Model, items: list[Item], cache: FeatureCache, out_dir: Path
             # The reference has no calibrated threshold; its P/R/F1 are at 6 dB above the median.
             "reference": summary(labels, np.array([reference[i] for i in members]), 6.0),
         }
+        strong, scale = StrongLabels(), float(model.meta["scoring"].get("scale", 1.0))
+        clips = [(s, windows[i], window_times(cache.frames(i.path), model.features), threshold, scale) for i in members if (s := strong.of(i.path)) is not None]
+        if clips:  # when, not only whether: 1-s segments against strong labels (train.strong)
+            results["blocks"][name]["segments"] = segment_report(clips, model.features.window_seconds)
     audio_hours = sum(cache.entry(i.path)["seconds"] for i in used) / 3600
     results["scoring_audio_hours_per_minute"] = round(audio_hours / max(scoring_seconds / 60, 1e-9), 1)
     scorer = model.scorer()

@@ -1,0 +1,150 @@
+"""When, not only whether: window scores against strong labels, in 1-s segments.
+
+NIPS4Bplus (V. Morfi, D. Stowell, H. Pamuła; CC BY 4.0) marks the start and length of every
+vocalisation in the development NIPS4B clips.  A clip is cut into 1-s segments from its start; a
+segment is bird when a bird vocalisation overlaps it, and left out of the figures when only a
+vocalisation the annotators could not assign (`Unknown`) does.  Clips the annotators left out
+(`has_annotation_file` False: ambiguous or insects only) are unknown, not empty, and left out.
+
+Two ways a detector says "bird" in a segment, both scored here:
+  - windows: the highest score of the windows overlapping it (ranked: segment ROC AUC; at the
+    calibrated threshold: precision, recall, F1);
+  - events: the daemon's hysteresis (streamdet.detect.events, the settings of a DetectorConfig) run
+    over the clip's scores; a segment is called bird when an event overlaps it.
+These are the segment-based metrics of sed_eval (Mesaros et al. 2016) at a 1-s resolution, pooled
+over all segments of all clips (micro-averaged), counted here in numpy."""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamdet.config import DetectorConfig
+from streamdet.detect.events import EventTracker
+from train.metrics import roc_auc
+
+SEGMENT_S = 1.0
+FOLDER = "nips4bplus"  # beside the folder of the clips it labels
+_NUMBER = re.compile(r"nips4b_birds_trainfile(\d+)\.")
+
+
+@dataclass
+class Strong:
+    """One clip's vocalisations: (start, end) in seconds, birds and unknowns apart."""
+
+    duration: float
+    birds: list[tuple[float, float]]
+    unknown: list[tuple[float, float]]
+
+    def segments(self) -> np.ndarray:
+        """Per 1-s segment: 1 bird, 0 no bird, -1 left out (only an unknown vocalisation)."""
+        n = max(1, math.ceil(self.duration / SEGMENT_S - 0.05))  # a last segment under 50 ms is no segment
+        out = np.zeros(n, dtype=np.int8)
+        for spans, value in ((self.unknown, -1), (self.birds, 1)):
+            for start, end in spans:
+                first, last = int(start // SEGMENT_S), min(n - 1, int(math.ceil(end / SEGMENT_S)) - 1)
+                out[first : last + 1] = value
+        return out
+
+
+def load_strong(clips_dir: Path) -> dict[str, Strong]:
+    """{clip file name: Strong} from `clips_dir`/../nips4bplus/, or {} where it is not there."""
+    root = Path(clips_dir).parent / FOLDER
+    events, summary = root / "events.csv", root / "file_summary.csv"
+    if not (events.is_file() and summary.is_file()):
+        return {}
+    out = {}
+    with summary.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row["has_annotation_file"].strip() == "True":
+                out[int(row["file_number"])] = Strong(float(row["file_duration_s"]), [], [])
+    with events.open(newline="") as f:
+        for row in csv.DictReader(f):
+            clip = out.get(int(row["file_number"]))
+            if clip is None:
+                continue
+            span = (float(row["start_s"]), float(row["end_s"]))
+            if row["taxon"] == "bird":
+                clip.birds.append(span)
+            elif row["taxon"] == "Unknown":
+                clip.unknown.append(span)
+    return {f"nips4b_birds_trainfile{n:03d}.flac": s for n, s in out.items()}
+
+
+class StrongLabels:
+    """Strong labels found beside any clip's folder, looked up by the clip's path."""
+
+    def __init__(self):
+        self._folders: dict[Path, dict[str, Strong]] = {}
+
+    def of(self, path: Path) -> Strong | None:
+        if not _NUMBER.search(Path(path).name):
+            return None
+        folder = Path(path).parent
+        if folder not in self._folders:
+            self._folders[folder] = load_strong(folder)
+        return self._folders[folder].get(Path(path).name)
+
+
+def window_segment_scores(decisions: np.ndarray, starts_s: np.ndarray, n_segments: int, window_s: float) -> np.ndarray:
+    """Each segment's highest window decision among the windows overlapping it (-inf where none does)."""
+    out = np.full(n_segments, -np.inf)
+    for start, d in zip(np.asarray(starts_s, dtype=np.float64), np.asarray(decisions, dtype=np.float64)):
+        end = start + window_s
+        first, last = int(start // SEGMENT_S), min(n_segments - 1, int(math.ceil(end / SEGMENT_S - 1e-9)) - 1)
+        if first <= last:
+            out[first : last + 1] = np.maximum(out[first : last + 1], d)
+    return out
+
+
+def event_segments(scores: np.ndarray, starts_s: np.ndarray, n_segments: int, window_s: float, detector: DetectorConfig) -> np.ndarray:
+    """Which segments an event of the daemon's hysteresis overlaps, over one clip's window scores."""
+    tracker, spans = EventTracker(detector), []
+    for start, s in zip(np.asarray(starts_s, dtype=np.float64).tolist(), np.asarray(scores, dtype=np.float64).tolist()):
+        spans += [(t["onset"], t["offset"]) for t in tracker.update(start, start + window_s, s) if t["state"] == "end"]
+    spans += [(t["onset"], t["offset"]) for t in tracker.close() if t["state"] == "end"]
+    out = np.zeros(n_segments, dtype=bool)
+    for onset, offset in spans:
+        first, last = int(onset // SEGMENT_S), min(n_segments - 1, int(math.ceil(offset / SEGMENT_S - 1e-9)) - 1)
+        out[first : last + 1] = True
+    return out
+
+
+def prf(truth: np.ndarray, called: np.ndarray) -> dict:
+    tp, fp, fn = int((truth & called).sum()), int((~truth & called).sum()), int((truth & ~called).sum())
+    p = tp / (tp + fp) if tp + fp else float("nan")
+    r = tp / (tp + fn) if tp + fn else float("nan")
+    return {"precision": p, "recall": r, "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"), "nobird_called": fp / max(1, int((~truth).sum()))}
+
+
+def segment_report(clips: list[tuple[Strong, np.ndarray, np.ndarray, float, float]], window_s: float, detector: DetectorConfig | None = None) -> dict | None:
+    """Segment figures over clips given as (strong labels, window decisions, window starts in s,
+    threshold, scale):
+    ROC AUC of the window scores, and precision/recall/F1 of windows at the threshold and of the
+    hysteresis events (score = sigmoid((decision - threshold) / scale), as the daemon's)."""
+    if not clips:
+        return None
+    detector = detector or DetectorConfig()
+    truth, ranked, by_window, by_event = [], [], [], []
+    for strong, decisions, starts, threshold, scale in clips:
+        labels = strong.segments()
+        n = len(labels)
+        seg = window_segment_scores(decisions, starts, n, window_s)
+        z = np.clip((np.asarray(decisions, dtype=np.float64) - threshold) / scale, -700, 700)
+        events = event_segments(1.0 / (1.0 + np.exp(-z)), starts, n, window_s, detector)
+        keep = (labels >= 0) & np.isfinite(seg)
+        truth.append(labels[keep] == 1)
+        ranked.append(seg[keep])  # pooled as they are, as clip decisions are (cross_val_predict)
+        by_window.append(seg[keep] >= threshold)
+        by_event.append(events[keep])
+    truth_a = np.concatenate(truth)
+    return {
+        "clips": len(clips), "segments": int(len(truth_a)), "bird_segments": int(truth_a.sum()),
+        "auc": roc_auc(truth_a, np.concatenate(ranked)),
+        "windows": prf(truth_a, np.concatenate(by_window)),
+        "events": prf(truth_a, np.concatenate(by_event)),
+    }
