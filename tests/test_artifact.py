@@ -65,11 +65,13 @@ def test_a_subpixel_convolution_is_the_transposed_one(channels_in, channels_out,
         subpixel(torch.nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1))
 
 
-def test_a_decision_net_is_saved_in_its_inference_form_and_scores_as_trained(tmp_path):
+@pytest.mark.parametrize("encoder", ["strided", "pooled"])
+def test_a_decision_net_is_saved_in_its_inference_form_and_scores_as_trained(tmp_path, encoder):
     """Batch-norm folded, transposed convolutions as sub-pixel ones: the file says so, scores as
-    the trained network does, and rebuilds eagerly; the trained network itself is not changed."""
+    the trained network does, and rebuilds eagerly (with its encoder's shape); the trained network
+    itself is not changed."""
     torch.manual_seed(0)
-    vaes = [make_vae("conv", P.window_frames, P.n_mels, 0, 4, 4, norm=True) for _ in range(2)]
+    vaes = [make_vae("conv", P.window_frames, P.n_mels, 0, 4, 4, norm=True, encoder=encoder) for _ in range(2)]
     net = DecisionNet(LogMel(P), vaes, torch.full((2, P.n_mels), -60.0), torch.full((2, P.n_mels), 12.0), P.window_frames, 8)
     net.train()
     with torch.no_grad():  # batch-norm statistics far from their defaults, so folding them matters
@@ -84,6 +86,7 @@ def test_a_decision_net_is_saved_in_its_inference_form_and_scores_as_trained(tmp
     path = artifact.save(net, meta, tmp_path / "d.pt")
     model = artifact.load(path, "cpu", optimise=True)
     assert model.meta["model"]["form"] == INFERENCE_FORM
+    assert model.meta["model"].get("encoder", "strided") == encoder
     w = windows_of_noise()
     with torch.no_grad():
         expected_losses, expected_bands = net.errors(w)

@@ -54,6 +54,7 @@ class NetConfig:
     kind: str = field(default="mlp", metadata={"choices": ("mlp", "conv")})  # conv: 2-D convolutions over (time, mel)
     hidden: int = field(default=256, metadata={"min": 8, "max": 65536})  # mlp: width of the first layer
     channels: int = field(default=8, metadata={"min": 1, "max": 512})  # conv: channels of the first stage (then x2, x4)
+    encoder: str = field(default="strided", metadata={"choices": ("strided", "pooled")})  # conv: streamdet.detect.model.conv_stack
     latent: int = field(default=16, metadata={"min": 1, "max": 4096})
     log_errors: bool = False  # contrast per band as a log ratio of the VAEs' errors (streamdet.detect.model.ReconstructNet)
     peak_frames: int = field(default=0, metadata={"min": 0, "max": 1000})  # 0: errors averaged over the window; k: where k frames peak
@@ -81,7 +82,8 @@ class TrainingConfig:
     # reconstruct: each VAE learns only its own class (anomaly detection as first described).  decision (contrast mode,
     # conv VAEs): both VAEs and a small head on their encoders are trained together with a logistic
     # loss on windows labelled by their clip, each VAE's ELBO kept as a regulariser (train/decide.py).
-    objective: str = field(default="reconstruct", metadata={"choices": ("reconstruct", "decision")})
+    # reference: not a VAE, the discriminative CNN every recipe is measured against (train/reference.py); never shipped.
+    objective: str = field(default="reconstruct", metadata={"choices": ("reconstruct", "decision", "reference")})
     elbo_weight: float = field(default=1.0, metadata={"min": 0.0, "max": 100.0})  # decision: the ELBO's weight beside the logistic loss
     # decision: 0, each window carries its clip's label; k > 0, multiple-instance: each clip is a bag of
     # up to k of its windows, and the logistic loss is on the bag's smooth maximum (a bird clip needs
@@ -174,7 +176,7 @@ class TrainConfig:
             yield "energy.weight", f"the energy term measures dB band energy: expected 0 with features.kind {self.features.kind!r}"
         if self.model.top_bands > self.features.n_mels:
             yield "model.top_bands", f"expected at most features.n_mels ({self.features.n_mels}), found {self.model.top_bands}"
-        if self.training.objective == "decision" and (self.mode != "contrast" or self.model.kind != "conv"):
+        if self.training.objective in ("decision", "reference") and (self.mode != "contrast" or self.model.kind != "conv"):
             yield "training.objective", f"decision trains a background and a bird convolutional VAE together: expected mode 'contrast' and model.kind 'conv', found {self.mode!r} and {self.model.kind!r}"
         if self.augment.bird_mixes and self.features.kind == "pcen":
             yield "augment.bird_mixes", f"mixing adds powers of dB windows: expected 0 with features.kind {self.features.kind!r}"

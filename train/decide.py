@@ -44,9 +44,13 @@ class Augmenter:
         return x
 
 
-def new_detector(config: TrainConfig, means: list[torch.Tensor], stds: list[torch.Tensor], vaes: list[torch.nn.Module] | None = None) -> DecisionNet:
+def new_detector(config: TrainConfig, means: list[torch.Tensor], stds: list[torch.Tensor], vaes: list[torch.nn.Module] | None = None) -> torch.nn.Module:
     m, p = config.model, config.features
-    vaes = vaes or [make_vae("conv", p.window_frames, p.n_mels, m.hidden, m.latent, m.channels, norm=True) for _ in range(2)]
+    if config.training.objective == "reference":
+        from train.reference import ReferenceNet
+
+        return ReferenceNet(LogMel(p), torch.stack(means).mean(dim=0), torch.stack(stds).mean(dim=0), p.window_frames, m.channels)
+    vaes = vaes or [make_vae("conv", p.window_frames, p.n_mels, m.hidden, m.latent, m.channels, norm=True, encoder=m.encoder) for _ in range(2)]
     return DecisionNet(LogMel(p), vaes, torch.stack(means), torch.stack(stds), p.window_frames)
 
 

@@ -30,6 +30,8 @@ log = logging.getLogger("train.fit")
 def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, cache_dir: Path | None = None) -> tuple[Path | None, dict]:
     """Train, calibrate and write the artifact: its path and metrics; (None, {}) on a torchrun rank other
     than 0, which trains its share and leaves calibrating and writing to rank 0."""
+    if config.training.objective == "reference":
+        raise ValueError("training.objective: the reference is measured by crossval and study, never written as an artifact")
     torch.manual_seed(config.training.seed)
     params = config.features
     output = Path(output or config.output)

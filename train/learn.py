@@ -54,7 +54,7 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
     for role in roles:
         mean, std = sets[role][0].band_stats()
         stats[role] = (mean, std.clamp_min(1e-3))
-    if config.training.objective == "decision":
+    if config.training.objective in ("decision", "reference"):
         vaes, info = None, {}
         if config.training.pretrain_epochs:
             t = config.training
