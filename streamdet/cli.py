@@ -408,7 +408,8 @@ def cmd_export(args) -> int:
     if result["unreadable"]:
         print(f"streamdet export: warning: skipped {result['unreadable']} message(s) it could not read; the first: {result['first_unreadable']}", file=sys.stderr)
     for source, seq in result["joined_late"].items():
-        print(f"streamdet export: warning: joined after the stream began: source {source}'s first {seq} window(s) were published before export subscribed, and their detections are not in the tables (start the daemon with --wait-subscribers 1)", file=sys.stderr)
+        print(f"streamdet export: warning: joined after the stream began: source {source}'s first {seq} window(s) were published before export subscribed, "
+              "and their detections are not in the tables (start the daemon with --wait-subscribers 1)", file=sys.stderr)
     if result["refused"]:
         print(f"streamdet export: warning: wrote no tables for {len(result['refused'])} file name(s) that would leave {args.out} (their detections are in the CSV); the first: {result['refused'][0]!r}", file=sys.stderr)
     print(f"streamdet export: {result['detections']} detection(s) in {result['files']} file(s): tables beside each under {args.out}, all of them in {result['csv']}")
