@@ -101,10 +101,7 @@ class MicSource(SourceThread):
         self._overflow_count = 0
         self._overflow_seen = 0  # consumer side
         self._last_callback = 0.0
-        # Where in the ring the current stream's first block went (set by its first callback), so
-        # that a reconnect's gap and source_up sit where its audio starts, not where the consumer
-        # happened to look (the audio of up to a poll interval had arrived by then).
-        self._first_pos = -1
+        self._first_pos = -1  # the current stream's first sample in the ring: where a reconnect's gap and source_up go
         self._down_at: float | None = None  # consumer side: when the audio stopped, for the gap's length
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # supervisor -> consumer
 
@@ -217,9 +214,7 @@ class MicSource(SourceThread):
                 self._down_at = value[0]
                 new.append(SourceDown(value[2], value[1]))
             elif kind == "up":
-                # The new stream's audio starts at its first block; its first callback came about a
-                # block after that audio began.
-                started, pos = value
+                started, pos = value  # the new stream's audio began about a block before its first callback
                 pos = pos if pos >= 0 else self.ring.write_pos
                 if self._down_at is not None:
                     new.append(Gap(pos, int((started - self._down_at) * self.rate), "source_down"))
