@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins mosquitto tmux chromium chromium-driver)  # PortAudio; for the tests a virtual microphone, an MQTT broker, a terminal and a browser
+APT_PACKAGES=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins mosquitto tmux chromium chromium-driver espeak-ng)  # PortAudio; for the tests a virtual microphone, an MQTT broker, a terminal and a browser; for training speech negatives
 PYTHON=${PYTHON:-python3}
 
 missing=()

@@ -296,3 +296,24 @@ def test_mixing_adds_powers_and_draws_only_what_it_needs():
     np.testing.assert_allclose(mixed, 10 * np.log10(2 * 10 ** (-40 / 10)) + 45.0, atol=1e-4)
     loud = mix_windows(birds, backgrounds, (0.0, 0.0), 1, rng)
     np.testing.assert_allclose(loud, 10 * np.log10(10 ** (-2.0) + 10 ** (-4.0)) + 45.0, atol=1e-4)
+
+
+def test_synthetic_speech_is_made_once_in_many_voices_as_recorders_give_it(tmp_path, monkeypatch):
+    """Data kind espeak: no-bird clips of espeak-ng speech, grouped by voice, at several sample
+    rates and levels; made once per (clips, seed), read back after; without espeak-ng one line."""
+    import shutil
+
+    import soundfile as sf
+
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed (./bootstrap.sh installs it)")
+    config = DataConfig(kind="espeak", clips=12, seed=3, root=str(tmp_path))
+    items = read_dataset(config)
+    assert len(items) == 12 and all(i.label == 0 and i.dataset == "espeak" and i.path.is_file() for i in items)
+    assert len({i.group for i in items}) >= 6 and len({sf.info(str(i.path)).samplerate for i in items}) >= 2
+    assert all(0.3 < sf.info(str(i.path)).duration < 15 for i in items)
+    made = {i.path: i.path.stat().st_mtime_ns for i in items}
+    assert [i.path for i in read_dataset(config)] == list(made) and all(p.stat().st_mtime_ns == t for p, t in made.items())
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(DatasetError, match="espeak-ng is not installed"):
+        read_dataset(DataConfig(kind="espeak", clips=2, seed=4, root=str(tmp_path)))

@@ -14,7 +14,7 @@ PRESETS = {
     "warblrb10k": "warblrb10k_public_metadata_2018.csv",
     "birdvox20k": "BirdVoxDCASE20k_csvpublic.csv",
 }
-DATA_KINDS = ("bad", "manifest", *PRESETS)
+DATA_KINDS = ("bad", "manifest", "espeak", *PRESETS)
 
 
 @dataclass
@@ -23,6 +23,7 @@ class DataConfig:
 
     kind `bad`: a folder of clips (`audio_dir`) plus a BAD 2018 CSV (`labels`: itemid,[datasetid,]hasbird).
     kind `ff1010bird`, `warblrb10k`, `birdvox20k`: the same, found under `root` as distributed.
+    kind `espeak`: `clips` no-bird clips of synthetic speech in many voices (train/speech.py; needs espeak-ng).
     kind `manifest`: a table of `file,label` (CSV or TSV; label 0/1 or bird/nobird/unknown), such as
     ../shared/data/clips/MANIFEST.tsv; files relative to `audio_dir` or else to the table's folder,
     filtered by `split` and `min_confidence` when those columns exist."""
@@ -35,6 +36,10 @@ class DataConfig:
     split: str | None = None
     min_confidence: str = field(default="medium", metadata={"choices": ("high", "medium", "low")})
     skip_bad_rows: bool = False
+    # kind `espeak`: this many no-bird clips of synthetic speech (train/speech.py), made under
+    # `root` (default: beside the feature cache) once per (clips, seed).
+    clips: int = field(default=300, metadata={"min": 1, "max": 100_000})
+    seed: int = 0
 
     def __post_init__(self):
         if self.kind in PRESETS:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +38,25 @@ class Item:
 
 
 def read_dataset(config: DataConfig) -> list[Item]:
+    if config.kind == "espeak":
+        from train.speech import SpeechError, espeak_clips
+
+        try:
+            made = espeak_clips(Path(config.root) if config.root else speech_dir(), config.clips, config.seed)
+        except (SpeechError, OSError, subprocess.SubprocessError) as exc:
+            raise DatasetError(str(exc)) from None
+        return [Item(path, 0, config.name or "espeak", f"espeak/{path.name}", f"espeak_{voice}") for path, voice in made]
     if config.kind == "manifest":
         return read_manifest(Path(config.labels), config.split, config.min_confidence, Path(config.audio_dir) if config.audio_dir else None, config.skip_bad_rows)
     if config.kind in PRESETS:
         labels, audio_dir = locate_preset(config)
         return read_bad(audio_dir, labels, config.name, config.skip_bad_rows)
     return read_bad(Path(config.audio_dir), Path(config.labels), config.name, config.skip_bad_rows)
+
+
+def speech_dir() -> Path:
+    """Where synthetic speech is made by default: beside the feature cache."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamdet" / "speech"
 
 
 def locate_preset(config: DataConfig) -> tuple[Path, Path]:
