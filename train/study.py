@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from streamdet.typedconfig import apply_overrides
-from train.config import TrainConfig
+from train.config import DataConfig, TrainConfig
 
 FLOOR_AUC = 0.6  # every two-class block must rank clearly better than chance
 # Pooled AUCs this close are one seed's spread apart: among them the recipe whose no-bird clips are
@@ -34,6 +34,7 @@ FLOOR_AUC = 0.6  # every two-class block must rank clearly better than chance
 TIE_AUC = 0.02
 # The VAEs trained alone, each on its own class (the previous bundled recipe).
 RECONSTRUCT = {"training.objective": "reconstruct", "training.epochs": "20", "select.call_db": "3.0", "model.top_bands": "8", "augment.level_db": "0", "augment.lowpass": "0", "training.pretrain_epochs": "0", "training.clip_bags": "0"}
+SPEECH = "+data.espeak"  # a lever's key: add this many clips of synthetic speech (no bird) to the data
 # One lever of the decision-trained recipe per row: (what the table calls it, the keys it sets).
 LEVERS = [
     ("ELBO weight 0.01", {"training.elbo_weight": "0.01"}),
@@ -46,12 +47,16 @@ LEVERS = [
     # channels, a level offset as its only augmentation, no synthetic mixes, 8 epochs.
     ("discriminative CNN reference (not a VAE: measured only)", {"training.objective": "reference", "model.channels": "16", "augment.lowpass": "0", "augment.bird_mixes": "0", "training.epochs": "8"}),
     ("encoders of the reference's shape (pooled)", {"model.encoder": "pooled"}),
+    ("speech negatives: 300 espeak-ng clips", {SPEECH: "300"}),
+    ("pooled encoders and speech negatives", {"model.encoder": "pooled", SPEECH: "300"}),
 ]
 
 
 def variant(config: TrainConfig, keys: dict[str, str]) -> TrainConfig:
     out = copy.deepcopy(config)
-    apply_overrides(out, [f"{k}={v}" for k, v in keys.items()])
+    apply_overrides(out, [f"{k}={v}" for k, v in keys.items() if k != SPEECH])
+    if SPEECH in keys and not any(d.kind == "espeak" for d in out.data):
+        out.data.append(DataConfig(kind="espeak", clips=int(keys[SPEECH])))
     return out
 
 
