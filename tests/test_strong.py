@@ -96,3 +96,32 @@ def test_evaluate_reports_segment_figures_where_strong_labels_lie_beside_the_cli
     seg = json.loads((out / "evaluation.json").read_text())["blocks"]["all"]["segments"]
     assert seg["clips"] == 12 and seg["segments"] == 60 and seg["bird_segments"] == 6  # a call from 1.0 to 2.0 s fills one segment
     assert seg["auc"] > 0.8 and 0 <= seg["events"]["f1"] <= 1 and 0 <= seg["windows"]["recall"] <= 1
+
+
+def test_event_settings_are_chosen_by_event_f1_on_out_of_fold_scores(tmp_path):
+    """`python -m train events` on a crossval's strong_windows: every setting of the grid (off at
+    most on), best event F1 first."""
+    import json
+    import subprocess
+    import sys
+
+    from train.strong import EVENT_GRID, choose_events
+
+    strong = tmp_path / "nips4bplus"
+    strong.mkdir()
+    (tmp_path / "nips4b").mkdir()
+    (strong / "events.csv").write_text("file_number,start_s,duration_s,end_s,label,taxon,call_type\n1,1.2,0.1,1.3,Sp_call,bird,call\n")
+    (strong / "file_summary.csv").write_text("file_number,has_annotation_file,annotation_file_empty,file_duration_s\n1,True,False,5.0\n2,True,True,5.0\n")
+    rows = [{"file": str(tmp_path / "nips4b" / f"nips4b_birds_trainfile00{n}.flac"), "decisions": d, "starts": STARTS.tolist(), "threshold": 0.0, "scale": 1.0, "window_s": 1.0}
+            for n, d in ((1, [-3, 2, 2, -3, -3, -3, -3, -3, -3]), (2, [-3, -0.5, -3, -3, -3, -3, -3, -3, -3]))]
+    got = choose_events(rows, 1.0)
+    grid = EVENT_GRID
+    assert len(got) == sum(off <= on for on in grid["on_score"] for off in grid["off_score"]) * len(grid["merge_gap_s"]) * len(grid["min_event_s"])
+    assert got == sorted(got, key=lambda r: -r["f1"]) and got[0]["f1"] == pytest.approx(2 / 3)  # segments 0 and 1 called, 1 is bird
+    path = tmp_path / "cv.json"
+    path.write_text(json.dumps({"strong_windows": rows}))
+    result = subprocess.run([sys.executable, "-m", "train", "events", "--crossval", str(path), "--top", "3"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "best event F1 first" in result.stdout, result.stderr
+    path.write_text(json.dumps({"blocks": {}}))
+    result = subprocess.run([sys.executable, "-m", "train", "events", "--crossval", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "holds no window scores" in result.stderr and result.stderr.count("\n") == 1

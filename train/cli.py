@@ -47,6 +47,12 @@ def add_training(sub) -> None:
     threads_arg(cv)
     cv.set_defaults(handler=cmd_crossval)
 
+    evs = sub.add_parser("events", help="choose the daemon's event settings on a crossval's out-of-fold scores of clips with strong labels (event F1 per 1-s segment)")
+    evs.add_argument("--crossval", type=Path, required=True, help="the JSON of `crossval --json` or a study's variants/*.crossval.*.json")
+    evs.add_argument("--top", type=int, default=10)
+    threads_arg(evs)
+    evs.set_defaults(handler=cmd_events)
+
     st = sub.add_parser("study", help="all modes and front ends: cross-validated on the training data, measured on eval data (the README table)")
     st.add_argument("--config", type=Path, required=True)
     st.add_argument("--eval-data", type=Path, help="folder of the evaluation clips (measured once, after choosing)")
@@ -257,6 +263,27 @@ def cmd_crossval(args) -> int:
             console.print(segment_line(block, r["segments"]))
     if args.json:
         args.json.write_text(json.dumps({"config": str(args.config), "mode": config.mode, "front_end": config.features.kind, **result}, indent=1))
+    return 0
+
+
+def cmd_events(args) -> int:
+    from rich.table import Table
+
+    from streamdet.errors import one_line
+    from train.strong import choose_events
+
+    try:
+        rows = json.loads(args.crossval.read_text()).get("strong_windows") or []
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--crossval {args.crossval}: not a crossval result ({one_line(exc, 80)})") from None
+    if not rows:
+        raise ConfigError(f"--crossval {args.crossval}: holds no window scores of clips with strong labels (made by this version's crossval, with NIPS4Bplus beside NIPS4B)")
+    table = Table(title=f"event settings on {len(rows)} clips with strong labels, best event F1 first")
+    for col in ("on_score", "off_score", "merge_gap_s", "min_event_s", "precision", "recall", "F1", "no-bird segments in an event"):
+        table.add_column(col, justify="right")
+    for r in choose_events(rows, rows[0]["window_s"])[: args.top]:
+        table.add_row(*(f"{r[k]:g}" for k in ("on_score", "off_score", "merge_gap_s", "min_event_s")), *(f"{r[k]:.3f}" for k in ("precision", "recall", "f1", "nobird_called")))
+    Console().print(table)
     return 0
 
 

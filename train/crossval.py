@@ -97,7 +97,15 @@ def crossval(config: TrainConfig, folds: int = 4, seed: int = 0, cache_dir=None)
             in_fold = set(fold)
             scored.update(_train_and_score(config, [i for i in items if i not in in_fold], fold, cache, progress))
             progress.update(task, advance=1)
-    return {"folds": folds, "seed": seed, "clips": len(scored), "blocks": block_report(scored, cache, config), "scores": clip_rows(scored)}
+    return {"folds": folds, "seed": seed, "clips": len(scored), "blocks": block_report(scored, cache, config), "scores": clip_rows(scored), "strong_windows": strong_windows(scored, cache, config)}
+
+
+def strong_windows(scored: dict[Item, Scored], cache: FeatureCache, config: TrainConfig) -> list[dict]:
+    """The out-of-fold window decisions of the clips with strong labels, with their starts and their
+    fold's threshold and scale: what the event settings are chosen on (train.strong.choose_events)."""
+    strong = StrongLabels()
+    return [{"file": str(i.path), "decisions": [round(float(d), 5) for d in s.windows], "starts": window_times(cache.frames(i.path), config.features).tolist(),
+             "threshold": s.threshold, "scale": s.scale, "window_s": config.features.window_seconds} for i, s in scored.items() if strong.of(i.path) is not None]
 
 
 def clip_rows(scored: dict[Item, Scored]) -> list[dict]:

@@ -148,3 +148,25 @@ def segment_report(clips: list[tuple[Strong, np.ndarray, np.ndarray, float, floa
         "windows": prf(truth_a, np.concatenate(by_window)),
         "events": prf(truth_a, np.concatenate(by_event)),
     }
+
+
+# The event settings tried: the calibrated score's on and off levels (0.5 is the threshold), the
+# gap merged across, and the shortest event announced (one window spans 1 s).
+EVENT_GRID = {"on_score": (0.3, 0.4, 0.5, 0.6, 0.7), "off_score": (0.2, 0.3, 0.35, 0.4, 0.5), "merge_gap_s": (0.0, 0.5, 1.0, 2.0), "min_event_s": (1.0, 1.5)}
+
+
+def choose_events(rows: list[dict], window_s: float, strong: StrongLabels | None = None) -> list[dict]:
+    """Every setting of EVENT_GRID (off at most on) scored on out-of-fold window decisions of clips
+    with strong labels (crossval's `strong_windows`), best event F1 first."""
+    import itertools
+
+    strong = strong or StrongLabels()
+    clips = [(s, np.asarray(r["decisions"]), np.asarray(r["starts"]), r["threshold"], r["scale"]) for r in rows if (s := strong.of(Path(r["file"]))) is not None]
+    out = []
+    for on, off, gap, shortest in itertools.product(*EVENT_GRID.values()):
+        if off > on:
+            continue
+        setting = {"on_score": on, "off_score": off, "merge_gap_s": gap, "min_event_s": shortest}
+        report = segment_report(clips, window_s, DetectorConfig(**setting))
+        out.append({**setting, **report["events"]})
+    return sorted(out, key=lambda r: -r["f1"])
