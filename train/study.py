@@ -27,6 +27,7 @@ import numpy as np
 
 from streamdet.typedconfig import apply_overrides
 from train.config import DataConfig, TrainConfig
+from train.metrics import roc_auc
 
 FLOOR_AUC = 0.6  # every two-class block must rank clearly better than chance
 # Pooled AUCs this close are one seed's spread apart: among them the recipe whose no-bird clips are
@@ -35,6 +36,7 @@ TIE_AUC = 0.02
 # The VAEs trained alone, each on its own class (the previous bundled recipe).
 RECONSTRUCT = {"training.objective": "reconstruct", "training.epochs": "20", "select.call_db": "3.0", "model.top_bands": "8", "augment.level_db": "0", "augment.lowpass": "0", "training.pretrain_epochs": "0", "training.clip_bags": "0"}
 SPEECH = "+data.espeak"  # a lever's key: add this many clips of synthetic speech (no bird) to the data
+NO_SPEECH = "-data.espeak"  # ... or leave them out
 # One lever of the decision-trained recipe per row: (what the table calls it, the keys it sets).
 LEVERS = [
     ("ELBO weight 0.01", {"training.elbo_weight": "0.01"}),
@@ -45,18 +47,21 @@ LEVERS = [
     ("no band-limit augmentation", {"augment.lowpass": "0"}),
     # The discriminative reference (train/reference.py), trained as its filer trained it: 16/32/64
     # channels, a level offset as its only augmentation, no synthetic mixes, 8 epochs.
-    ("discriminative CNN reference (not a VAE: measured only)", {"training.objective": "reference", "model.channels": "16", "augment.lowpass": "0", "augment.bird_mixes": "0", "training.epochs": "8"}),
-    ("encoders of the reference's shape (pooled)", {"model.encoder": "pooled"}),
-    ("speech negatives: 300 espeak-ng clips", {SPEECH: "300"}),
-    ("pooled encoders and speech negatives", {"model.encoder": "pooled", SPEECH: "300"}),
+    ("discriminative CNN reference (not a VAE: measured only)", {"training.objective": "reference", "model.channels": "16", "augment.lowpass": "0", "augment.bird_mixes": "0", "training.epochs": "8", NO_SPEECH: ""}),
+    # The walk from the previous recipe (strided encoders, the field's one speaker as the only speech) to this one.
+    ("strided encoders, no synthetic speech (the previous recipe)", {"model.encoder": "strided", NO_SPEECH: ""}),
+    ("no synthetic speech", {NO_SPEECH: ""}),
+    ("strided encoders", {"model.encoder": "strided"}),
 ]
 
 
 def variant(config: TrainConfig, keys: dict[str, str]) -> TrainConfig:
     out = copy.deepcopy(config)
-    apply_overrides(out, [f"{k}={v}" for k, v in keys.items() if k != SPEECH])
+    apply_overrides(out, [f"{k}={v}" for k, v in keys.items() if k not in (SPEECH, NO_SPEECH)])
     if SPEECH in keys and not any(d.kind == "espeak" for d in out.data):
         out.data.append(DataConfig(kind="espeak", clips=int(keys[SPEECH])))
+    if NO_SPEECH in keys:
+        out.data = [d for d in out.data if d.kind != "espeak"]
     return out
 
 
@@ -128,12 +133,20 @@ def two_class_blocks(cv: dict) -> dict[str, dict]:
 MEASURED_ONLY = "measured only"  # in a row's name: outside the daemon's speed budget, never chosen
 
 
-def choosing_figure(cv: dict, name: str = "") -> float:
-    """The pooled ROC AUC, or -inf where a block holding both classes falls below FLOOR_AUC (or the
-    row is there to be measured only)."""
+def choosing_figure(cv: dict, name: str = "", blocks: set[str] | None = None) -> float:
+    """The pooled ROC AUC over the clips of `blocks` (those every row has: a row that adds data,
+    such as synthetic speech, is compared on the same clips as the others), or -inf where a block
+    holding both classes falls below FLOOR_AUC (or the row is there to be measured only)."""
     if MEASURED_ONLY in name or any(not b["model_auc"] >= FLOOR_AUC for b in two_class_blocks(cv).values()):
         return float("-inf")
-    return float(cv["blocks"]["all"]["model_auc"])
+    if blocks is None or blocks >= set(cv["blocks"]) - {"all"}:
+        return float(cv["blocks"]["all"]["model_auc"])
+    rows = [r for r in cv["scores"] if r["block"] in blocks]
+    return roc_auc(np.array([r["label"] for r in rows]), np.array([r["score"] for r in rows]))
+
+
+def common_blocks(cvs: list[dict]) -> set[str]:
+    return set.intersection(*(set(cv["blocks"]) - {"all"} for cv in cvs))
 
 
 def mean_called_bird(cv: dict) -> float:
@@ -158,7 +171,8 @@ def study(config: TrainConfig, eval_data: Path | None, eval_labels: Path | None,
 
     rows = rows_of(config)
     cvs = run_all(rows, "crossval")
-    figures = [choosing_figure(cv, name) for (name, _), cv in zip(rows, cvs)]
+    common = common_blocks(cvs)
+    figures = [choosing_figure(cv, name, common) for (name, _), cv in zip(rows, cvs)]
     chosen = rows[choose(figures, cvs)]
     loso = run_all([chosen], "leave_out")[0]
     # The reference is never written as an artifact, so it is not measured on the evaluation clips.
@@ -169,7 +183,9 @@ def study(config: TrainConfig, eval_data: Path | None, eval_labels: Path | None,
     result = {
         "chosen": chosen[0],
         "floor_auc": FLOOR_AUC,
-        "rows": [{"variant": name, "crossval": cv["blocks"], "choosing_auc": figure, "eval": e["eval"] if e else None} for (name, _), cv, figure, e in zip(rows, cvs, figures, ev)],
+        "rows": [{"variant": name, "crossval": cv["blocks"], "choosing_auc": figure, "pooled_common": choosing_figure(cv, "", common) if figure > float("-inf") or MEASURED_ONLY in name else figure,
+                  "eval": e["eval"] if e else None} for (name, _), cv, figure, e in zip(rows, cvs, figures, ev)],
+        "common_blocks": sorted(common),
         "leave_one_block_out": loso["blocks"],
     }
     (out_dir / "study.json").write_text(json.dumps(result, indent=1, default=float))
@@ -191,15 +207,15 @@ def markdown(result: dict) -> str:
     nobird_blocks = [b for b in rows[0]["crossval"] if b != "all" and rows[0]["crossval"][b]["bird"] < rows[0]["crossval"][b]["clips"]]
     eval_blocks = [b for b in (rows[0]["eval"] or {}) if b != "all"]
     strong = [b for b in blocks if rows[0]["crossval"][b].get("segments")]  # blocks with strong labels (NIPS4B)
-    head = ["recipe", "CV pooled AUC"] + [f"CV {b}" for b in blocks] + [f"{b} segment AUC / event F1" for b in strong]
+    head = ["recipe", "CV pooled AUC (blocks every row has)"] + [f"CV {b}" for b in blocks] + [f"{b} segment AUC / event F1" for b in strong]
     head += ["birds found (pooled)", "no-bird called bird: " + " / ".join(nobird_blocks), "false alarms per hour (pooled)", "eval AUC"] + [f"eval {b}" for b in eval_blocks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cv, e = r["crossval"], r["eval"]
         mark = "**" if r["variant"] == result["chosen"] else ""
-        cells = [r["variant"], _f(cv["all"]["model_auc"])] + [_f(cv[b]["model_auc"]) for b in blocks]
-        cells += [f"{_f(seg['auc'])} / {_f(seg['events']['f1'])}" if (seg := cv[b].get("segments")) else "-" for b in strong]
-        cells += [_pct(cv["all"]["bird_found"]), " / ".join(_pct(cv[b]["nobird_called_bird"]) for b in nobird_blocks), f"{cv['all'].get('false_alarms_per_hour', float('nan')):.0f}"]
+        cells = [r["variant"], _f(r.get("pooled_common", cv["all"]["model_auc"]))] + [_f(cv[b]["model_auc"]) if b in cv else "-" for b in blocks]
+        cells += [f"{_f(seg['auc'])} / {_f(seg['events']['f1'])}" if (seg := cv.get(b, {}).get("segments")) else "-" for b in strong]
+        cells += [_pct(cv["all"]["bird_found"]), " / ".join(_pct(cv[b]["nobird_called_bird"]) if b in cv else "-" for b in nobird_blocks), f"{cv['all'].get('false_alarms_per_hour', float('nan')):.0f}"]
         cells += [_f(e["all"]["model"]["auc"])] + [_f(e[b]["model"]["auc"]) for b in eval_blocks] if e else ["-"] * (1 + len(eval_blocks))
         lines.append("| " + " | ".join(f"{mark}{c}{mark}" for c in cells) + " |")
     ref = rows[0]["crossval"]
