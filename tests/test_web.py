@@ -88,6 +88,31 @@ def test_one_message_that_cannot_be_shown_costs_only_itself():
     assert len(hub.state.sources["s"].scores) == 100 and [e["event_id"] for e in hub.state.events] == [2]
 
 
+def test_two_daemons_on_one_host_are_two_and_a_restart_replaces_an_ended_or_silent_run():
+    """Both report the host name as `daemon`: keyed by run, each keeps its row; a new run of a
+    daemon replaces its earlier run once that one stopped or fell silent for 3 status intervals."""
+    now = [1_800_000_000.0]
+    state = WebState(now=lambda: now[0])
+
+    def status(run: str, daemon: str = "station", state_: str = "running") -> dict:
+        return {"v": 1, "type": "status", "ts": now[0], "run_id": run, "daemon": daemon, "state": state_, "status_interval_s": 1.0, "sources": {}}
+
+    state.update(status("a"))
+    state.update(status("b"))
+    assert sorted(d["run_id"] for d in state.daemons.values()) == ["a", "b"]  # two daemons on one host
+    state.update(status("a", state_="stopped"))
+    state.update(status("c"))  # a restarted: its stopped run goes, b (alive) stays
+    assert sorted(d["run_id"] for d in state.daemons.values()) == ["b", "c"]
+    now[0] += 2.0
+    state.update(status("c"))
+    assert state.alive(state.daemons["station/c"])
+    now[0] += 3.5  # b, killed with -9, has been silent for 5.5 of its 1-s intervals; c 3.5
+    assert not state.alive(state.daemons["station/b"]) and not state.alive(state.daemons["station/c"])
+    state.update(status("d"))
+    assert sorted(d["run_id"] for d in state.daemons.values()) == ["d"]
+    assert json.loads(state.snapshot_json({"endpoints": ["tcp://127.0.0.1:5556"]}))["endpoints"] == ["tcp://127.0.0.1:5556"]
+
+
 def test_detections_per_hour_count_each_detection_once_and_forget_old_days():
     now = 1_800_000_000.0
     hours = HourCounts(now=lambda: now)
@@ -366,7 +391,7 @@ let lit = 0; for (let i = 0; i < d.length; i += 4) lit += d[i] + d[i + 1] + d[i 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER) and not needs_browser, reason="needs Debian's chromium and chromium-driver")
 def test_the_page_in_a_real_browser_shows_scores_spectrogram_and_clips_and_recovers_from_a_daemon_restart(tmp_path, endpoint):
     clips = tmp_path / "clips"
-    daemon_args = ("--replay", str(DEMO), "--pace", "2x", "--loop", "--spectrogram", "--endpoint", endpoint, "--name", "demo",
+    daemon_args = ("--replay", str(DEMO), "--pace", "2x", "--loop", "--spectrogram", "--endpoint", endpoint, "--name", "demo", "--set", "bus.status_interval_s=1",
                    "--set", "recording.enabled=true", "--set", f"recording.directory={clips}", "--log-level", "warning")
     clips.mkdir()
     daemon = start_daemon(*daemon_args)
@@ -394,12 +419,18 @@ def test_the_page_in_a_real_browser_shows_scores_spectrogram_and_clips_and_recov
         while time.monotonic() - started < 120:
             time.sleep(10)
             if not restarts and time.monotonic() - started > 30:
-                daemon.send_signal(signal.SIGTERM)
+                wait_page(driver, "p.live === 1", 5, "the daemon running")
+                daemon.send_signal(signal.SIGKILL)  # no last status: only its silence tells
                 daemon.wait(30)
+                killed = time.monotonic()
+                wait_page(driver, "p.live === 0 && document.getElementById('connection').textContent === 'no daemon running'", 8, "the killed daemon no longer running")
+                assert time.monotonic() - killed < 3 * 1.0 + 2.0  # within 3 status intervals (and a redraw)
+                assert "silent for" in driver.find_element("id", "status").text
                 points = driver.execute_script("return window.streamdet.points")
                 daemon = start_daemon(*daemon_args)
                 restarts.append("daemon")
-                wait_page(driver, f"p.points > {points} && p.connected", 30, "scores from the restarted daemon")
+                wait_page(driver, f"p.points > {points} && p.connected && p.live === 1", 30, "scores from the restarted daemon")
+                assert "silent for" not in driver.find_element("id", "status").text  # its dead run replaced by the new one
             elif restarts == ["daemon"] and time.monotonic() - started > 70:
                 stop(web)
                 snapshots = driver.execute_script("return window.streamdet.snapshots")

@@ -54,6 +54,7 @@ class Hub:
 
     def __init__(self, state: WebState, clips: ClipsFolder | None, sources: tuple[str, ...] = ()):
         self.state, self.clips, self.sources = state, clips, sources
+        self.endpoints: tuple[str, ...] = ()  # what the page is waiting on, when no daemon has spoken
         self.browsers: set[Browser] = set()
         self.dropped_browsers = self.disconnects = self.failed = 0
         self.started = time.time()
@@ -86,7 +87,7 @@ class Hub:
         """What a page needs when it (re)connects, with the server's own counters, as JSON text
         (its frames are kept serialised: a snapshot is joined, not encoded again, so the event loop
         is not held by it)."""
-        return self.state.snapshot_json({"server": self.server_status(), "clips": self.clips is not None})
+        return self.state.snapshot_json({"server": self.server_status(), "clips": self.clips is not None, "endpoints": list(self.endpoints)})
 
     def server_status(self) -> dict:
         return {"browsers": len(self.browsers), "dropped_browsers": self.dropped_browsers, "disconnects": self.disconnects, "failed": self.failed,
@@ -189,6 +190,7 @@ def serve(endpoints: list[str], host: str, port: int, clips: Path | None, token:
           ready=None, allow_hosts: tuple[str, ...] = ()) -> None:
     """Run until SIGINT or SIGTERM."""
     hub = Hub(WebState(), ClipsFolder(clips) if clips else None, sources)
+    hub.endpoints = tuple(endpoints)
     if hub.clips is not None:
         log.info("read %d detection(s) from the clips' sidecars in %s", hub.clips.count_hours(hub.state.hours), clips)
     stop = threading.Event()

@@ -17,6 +17,7 @@ FRAME_BYTES_KEPT = 8 * 2**20
 EVENTS_KEPT = 100
 MAX_SOURCES = MAX_DAEMONS = 64  # a bus naming more (a hostile or broken publisher) gets the rest counted, not kept
 DAYS_KEPT = 8  # today and the 7 days before
+SILENT_INTERVALS = 3  # a daemon not heard from for this many of its status intervals is taken for dead (kill -9, a cut cable)
 FORWARDED = ("loss", "spec", "event", "gap", "source_down", "source_up", "status")
 
 
@@ -76,11 +77,16 @@ class WebState:
             return False
         self.messages += 1
         if kind == "status":
-            name = str(body["daemon"])[:64]
-            if name not in self.daemons and len(self.daemons) >= MAX_DAEMONS:
-                self.overflow += 1
-                return False
-            self.daemons[name] = {**body, "seen": self.now()}
+            # Keyed by run: two daemons on one host (both named by it) are two; a restarted one
+            # replaces its earlier run once that said it ended or fell silent.
+            key = f"{str(body['daemon'])[:64]}/{str(body.get('run_id', ''))[:64]}"
+            if key not in self.daemons:
+                for old in [k for k, d in self.daemons.items() if d["daemon"] == body["daemon"] and not self.alive(d)]:
+                    del self.daemons[old]
+                if len(self.daemons) >= MAX_DAEMONS:
+                    self.overflow += 1
+                    return False
+            self.daemons[key] = {**body, "seen": self.now()}
             return True
         name = str(body["source"])[:64]
         if name not in self.sources and len(self.sources) >= MAX_SOURCES:
@@ -96,6 +102,11 @@ class WebState:
             self.hours.add(key, wall)
             self.events.appendleft(body)
         return True
+
+    def alive(self, daemon: dict) -> bool:
+        """Running, and heard from within SILENT_INTERVALS of its own status interval."""
+        interval = daemon.get("status_interval_s") or 5.0
+        return daemon.get("state") == "running" and self.now() - daemon["seen"] <= SILENT_INTERVALS * interval
 
     def _keep_frames(self, source: SourceState, text: str) -> None:
         source.frames.append(text)

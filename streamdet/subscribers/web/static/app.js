@@ -8,12 +8,13 @@ const SPEC_COLUMNS = 1500;     // 30 s of 20-ms frames
 const $ = (id) => document.getElementById(id);
 
 const page = {                 // read by the browser test; everything in it is bounded
-  points: 0, framesDrawn: 0, events: 0, snapshots: 0, connected: false, dropped: 0, clipsPlayed: 0, failed: 0,
+  points: 0, framesDrawn: 0, events: 0, snapshots: 0, connected: false, dropped: 0, clipsPlayed: 0, failed: 0, live: 0,
 };
 window.streamdet = page;
 
 const sources = new Map();     // name -> {run, scores, events, downs, spec, specMels, specUpto, onScore}
 let daemons = new Map();
+let endpoints = [];
 let hours = null;
 let selected = null;
 
@@ -39,7 +40,7 @@ function bounded(list, n) { if (list.length > n) list.splice(0, list.length - n)
 
 // -- messages -------------------------------------------------------------------------------------
 function onMessage(m) {
-  if (m.type === "status") { daemons.set(m.daemon, m); drawStatus(); return; }
+  if (m.type === "status") { onStatus(m, Date.now() / 1000); drawStatus(); return; }
   const s = source(m.source);
   if (m.run_id) newRun(s, m.run_id);
   if (m.type === "loss") {
@@ -87,7 +88,12 @@ function onSnapshot(snap) {
       if (s && s.run === m.run_id) s.events.push([m.onset, m.offset]);
     });
   }
-  each("the status", () => { daemons = new Map(snap.daemons.map((d) => [d.daemon, d])); drawStatus(); });
+  each("the status", () => {
+    daemons = new Map();        // each daemon's age as the server saw it, on this page's clock
+    for (const d of snap.daemons) onStatus(d, Date.now() / 1000 - Math.max(0, snap.now - d.seen));
+    endpoints = snap.endpoints || [];
+    drawStatus();
+  });
   each("the hours", () => { hours = snap.hours; drawHours(); });
   each("the server", () => showServer(snap.server));
   if (!snap.clips) $("clip").hidden = true;
@@ -252,17 +258,46 @@ function drawWeek() {          // one row a day (today on top), one cell an hour
   });
 }
 
+// Daemons by run (two on one host are two); a new run of a daemon replaces its ended or silent one.
+function onStatus(m, heard) {
+  const key = `${m.daemon}/${m.run_id}`;
+  if (!daemons.has(key)) for (const [k, d] of daemons) if (d.daemon === m.daemon && !alive(d)) daemons.delete(k);
+  daemons.set(key, { ...m, heard });
+}
+
+// Running and heard from within three of its status intervals: a killed daemon sends no "stopped".
+function alive(d) { return d.state === "running" && Date.now() / 1000 - d.heard <= 3 * (d.status_interval_s || 5); }
+
+function daemonState(d) {
+  if (d.state !== "running") return d.state;
+  const silent = Date.now() / 1000 - d.heard;
+  return alive(d) ? "running" : `silent for ${Math.round(silent)} s`;
+}
+
 function drawStatus() {
   const body = $("status").tBodies[0];
   body.replaceChildren();
   for (const d of daemons.values()) {
+    const state = daemonState(d), up = alive(d);
     for (const [name, s] of Object.entries(d.sources || {})) {
       const row = body.insertRow();
-      const cells = [d.daemon, d.state, name, s.finished ? "finished" : (s.state || "up"), s.rtf !== undefined ? `${s.rtf}x` : "",
+      row.className = up ? "" : "dead";
+      const cells = [d.daemon, state, name, !up ? "-" : s.finished ? "finished" : (s.state || "up"), s.rtf !== undefined ? `${s.rtf}x` : "",
         s.gaps, s.dropped_samples, d.model ? d.model.sha256 : "", d.model ? Number(d.model.threshold).toFixed(3) : ""];
       for (const c of cells) row.insertCell().textContent = c === undefined ? "" : String(c);
     }
   }
+  showLiveness();
+}
+
+// The badge says what the station is doing, not only whether this page is connected.
+function showLiveness() {
+  const badge = $("connection"), running = [...daemons.values()].filter(alive);
+  if (!page.connected) { badge.textContent = "reconnecting"; badge.className = "badge lost"; }
+  else if (running.length) { badge.textContent = "live"; badge.className = "badge live"; }
+  else if (daemons.size) { badge.textContent = "no daemon running"; badge.className = "badge lost"; }
+  else { badge.textContent = `waiting for a daemon${endpoints.length ? " on " + endpoints.join(", ") : ""}`; badge.className = "badge lost"; }
+  page.live = running.length;
 }
 
 function showServer(s) {
@@ -278,8 +313,8 @@ function fit(canvas) {         // the backing store follows the CSS size and the
 function connect() {
   const events = new EventSource("api/stream");
   const badge = $("connection");
-  events.onopen = () => { page.connected = true; badge.textContent = "live"; badge.className = "badge live"; };
-  events.onerror = () => { page.connected = false; badge.textContent = "reconnecting"; badge.className = "badge lost"; };  // EventSource retries by itself
+  events.onopen = () => { page.connected = true; showLiveness(); };
+  events.onerror = () => { page.connected = false; showLiveness(); };  // EventSource retries by itself
   events.addEventListener("snapshot", (e) => each("the snapshot", () => onSnapshot(JSON.parse(e.data))));
   events.addEventListener("msg", (e) => each("a message", () => onMessage(JSON.parse(e.data))));
   events.addEventListener("hours", (e) => { hours = JSON.parse(e.data); drawHours(); });
@@ -289,4 +324,5 @@ function connect() {
 
 $("source").onchange = (e) => { selected = e.target.value; };
 connect();
-setInterval(() => { drawTimeline(); drawSpectrogram(); }, 250);   // four pictures a second: enough, and easy on a phone
+setInterval(() => { drawTimeline(); drawSpectrogram(); }, 250);
+setInterval(() => each("the status", drawStatus), 1000);          // a daemon that falls silent is seen to   // four pictures a second: enough, and easy on a phone
