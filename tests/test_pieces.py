@@ -482,7 +482,7 @@ def test_microphone_callback_downmixes_channels_into_the_ring():
     mic.channels, mic.rate, mic.ring = 2, RATE, RingBuffer(1000)
     mic._mono = np.zeros(256, np.float32)
     mic._overflow_pos, mic._overflow_count = np.zeros(OVERFLOW_SLOTS, np.int64), 0
-    mic.stream_start_wall, mic._last_callback = None, 0.0
+    mic.stream_start_wall, mic._last_callback, mic._first_pos = None, 0.0, -1
     block = np.stack([np.linspace(0, 1, 100), np.linspace(1, 3, 100)], axis=1).astype(np.float32)
     mic._callback(block, 100, None, SimpleNamespace(input_overflow=True))
     start, got = mic.ring.read(1000)

@@ -15,7 +15,7 @@ ENVELOPE = ("v", "type", "ts", "run_id")
 
 FIELDS = {
     "loss": ("source", "seq", "t_start", "t_end", "loss", "score", "anomaly", "silent", "energy_db", "file", "offset"),
-    "event": ("source", "event_id", "state", "onset", "peak_score", "band_hz", "offset", "duration", "windows", "clip", "file", "file_onset"),
+    "event": ("source", "event_id", "state", "onset", "peak_score", "band_hz", "offset", "duration", "windows", "clip", "file", "file_onset", "cut", "continues"),
     "gap": ("source", "t", "samples", "duration_s", "reason", "seq_next"),
     "source_down": ("source", "t", "seq_next", "reason"),
     "source_up": ("source", "t", "seq_next"),
