@@ -52,12 +52,10 @@ def _certificate(public: bytes, secret: bytes | None) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
+def _write_new(path: Path, data: bytes, mode: int) -> None:
     """Write `path` with `mode` from its first byte, whatever the umask: a fresh file in the same
     folder, created with that mode (O_EXCL: never an existing file or a planted link), filled,
-    then renamed into place; without `force` an existing `path` is refused."""
-    if not force and (path.exists() or path.is_symlink()):
-        raise SecurityError(f"{path}: exists already (a new pair cuts off every peer holding the old one); pass --force to replace it")
+    then renamed into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
     try:
@@ -88,8 +86,8 @@ def make_keys(folder: Path, name: str, force: bool = False) -> tuple[Path, Path]
             if not force and (path.exists() or path.is_symlink()):
                 raise SecurityError(f"{path}: exists already (a new pair cuts off every peer holding the old one); pass --force to replace it")
         public, secret = zmq.curve_keypair()
-        _write_new(secret_path, _certificate(public, secret), 0o600, force)
-        _write_new(public_path, _certificate(public, None), 0o644, force)
+        _write_new(secret_path, _certificate(public, secret), 0o600)
+        _write_new(public_path, _certificate(public, None), 0o644)
     except FileExistsError:
         raise SecurityError(f"{folder}: another `streamdet keys` is writing there") from None
     except OSError as exc:

@@ -30,7 +30,8 @@ class Clips:
         # A replay waits for room in its ring; keep half of it behind the reader for clips' pre-roll,
         # and read in small steps, so that what a clip needs is still behind the reader.
         self.ring.keep_behind = self.ring.capacity // 2 if recording.enabled else 0
-        self.ring.hold_pos = None if not recording.enabled else self.ring.hold_pos
+        if not recording.enabled:
+            self.ring.hold_pos = None
         self.read_chunk = min(read_chunk, self.ring.capacity // 8) if recording.enabled else read_chunk
         return self.read_chunk
 
