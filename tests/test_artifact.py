@@ -65,7 +65,7 @@ def test_a_subpixel_convolution_is_the_transposed_one(channels_in, channels_out,
         subpixel(torch.nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1))
 
 
-@pytest.mark.parametrize("encoder", ["strided", "pooled"])
+@pytest.mark.parametrize("encoder", ["strided", "pooled", "lean"])
 def test_a_decision_net_is_saved_in_its_inference_form_and_scores_as_trained(tmp_path, encoder):
     """Batch-norm folded, transposed convolutions as sub-pixel ones: the file says so, scores as
     the trained network does, and rebuilds eagerly (with its encoder's shape); the trained network

@@ -8,8 +8,8 @@ import torch
 from helpers import REPO
 
 from streamdet.detect import artifact
-from train.calibrate import spread, threshold_for
-from train.config import DataConfig
+from train.calibrate import calibrate, spread, threshold_for
+from train.config import DataConfig, TrainConfig
 from train.datasets import DatasetError, Item, read_bad, read_dataset, read_manifest
 from train.metrics import roc_auc
 from train.splits import k_folds, split_by_group
@@ -128,6 +128,24 @@ def test_calibration_strategies():
     with pytest.raises(ValueError, match="both classes"):
         threshold_for("f1", normal, False, clip_s, np.zeros(5), 95, 0.95)
     assert spread(rng.standard_normal(100000)) == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_threshold_per_block_holds_the_false_alarm_rate_in_every_block_not_only_pooled():
+    """Many easy no-bird clips (synthetic speech) and a few hard ones (a field recorder): pooled,
+    the 5% allowance is spent on the hard block; per block, each keeps to it."""
+    rng = np.random.default_rng(0)
+    items = [Item(REPO / f"easy{i}.wav", 0, "synthetic", f"e{i}") for i in range(400)] + [Item(REPO / f"hard{i}.wav", 0, "field", f"h{i}") for i in range(40)]
+    items += [Item(REPO / f"bird{i}.wav", 1, "field", f"b{i}") for i in range(40)]
+    level = {"synthetic": -3.0, "field": 0.0}
+    decisions = {i: rng.normal(2.0 if i.label else level[i.dataset], 1.0, 10) for i in items}
+    called = {}
+    for per_block in (False, True):
+        config = TrainConfig()
+        config.mode, config.calibration.per_block = "contrast", per_block
+        t = calibrate(config, {}, decisions)[0]["threshold"]
+        called[per_block] = {b: np.mean([decisions[i].max() >= t for i in items if i.label == 0 and i.dataset == b]) for b in level}
+    assert called[False]["field"] > 0.2  # pooled: the hard block's clips called bird far beyond 5%
+    assert all(share <= 0.05 for share in called[True].values())
 
 
 def test_roc_auc_matches_pairwise_counting():

@@ -104,6 +104,12 @@ def window_decisions(detector: ScoringNet, items: list[Item], cache: FeatureCach
     return out
 
 
+def fpr_level(nobird_clips: np.ndarray, fpr: float) -> float:
+    """The lowest level at most `fpr` of these clip scores reach: the allowed-th highest, or just above all."""
+    ordered, allowed = np.sort(nobird_clips), int(np.floor(fpr * len(nobird_clips)))
+    return float(ordered[len(ordered) - allowed]) if allowed else float(ordered[-1]) + 1e-6 * max(1.0, abs(float(ordered[-1])))
+
+
 def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]) -> tuple[dict, dict]:
     """Threshold and scale on held-out decision values; returns (scoring metadata, held-out metrics).
 
@@ -119,10 +125,11 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
         raise ValueError("calibration needs held-out clips of the normal class (and of no-bird clips); add data or raise training.val_fraction")
     labels = np.array([i.label for i in decisions])
     clip_d = np.array([clip_aggregate(d, c.clip_aggregate) for d in decisions.values()])
-    if c.strategy == "clip_fpr":
-        # At most clip_fpr of them reach it: the threshold is the allowed-th highest, or just above all.
-        ordered, allowed = np.sort(nobird_clips), int(np.floor(c.clip_fpr * len(nobird_clips)))
-        t = float(ordered[len(ordered) - allowed]) if allowed else float(ordered[-1]) + 1e-6 * max(1.0, abs(float(ordered[-1])))
+    if c.strategy == "clip_fpr" and c.per_block:
+        blocks = sorted({i.dataset for i in decisions if i.label == 0})
+        t = max(fpr_level(np.array([clip_aggregate(d, c.clip_aggregate) for i, d in decisions.items() if i.label == 0 and i.dataset == b]), c.clip_fpr) for b in blocks)
+    elif c.strategy == "clip_fpr":
+        t = fpr_level(nobird_clips, c.clip_fpr)
     else:
         t = threshold_for(c.strategy, normal, normal_label == 1, clip_d, labels, c.percentile, c.gamma_quantile)
     # Window scores keep the scale of normal windows' spread, which the daemon's hysteresis
@@ -142,7 +149,7 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
         else:
             t = float(values[-1]) + 1e-6
     alarms = sum(alarm_runs(d, t) for i, d in decisions.items() if i.label == 0)
-    scoring = {**base, "threshold": t, "scale": scale, "clip_scale": clip_scale, "strategy": c.strategy, "clip_fpr": c.clip_fpr, "calibration_folds": c.folds, "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
+    scoring = {**base, "threshold": t, "scale": scale, "clip_scale": clip_scale, "strategy": c.strategy, "clip_fpr": c.clip_fpr, "per_block": c.per_block, "calibration_folds": c.folds, "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
     auc = roc_auc(labels, clip_d) if len(set(labels)) > 1 else float("nan")
     metrics = {
         "val_clips": len(labels), "val_clip_auc": None if np.isnan(auc) else round(auc, 4),

@@ -59,11 +59,15 @@ class NetConfig:
     kind: str = field(default="mlp", metadata={"choices": ("mlp", "conv")})  # conv: 2-D convolutions over (time, mel)
     hidden: int = field(default=256, metadata={"min": 8, "max": 65536})  # mlp: width of the first layer
     channels: int = field(default=8, metadata={"min": 1, "max": 512})  # conv: channels of the first stage (then x2, x4)
-    encoder: str = field(default="strided", metadata={"choices": ("strided", "pooled")})  # conv: streamdet.detect.model.conv_stack
+    encoder: str = field(default="strided", metadata={"choices": ("strided", "pooled", "lean")})  # conv: streamdet.detect.model.conv_stack
     latent: int = field(default=16, metadata={"min": 1, "max": 4096})
     log_errors: bool = False  # contrast per band as a log ratio of the VAEs' errors (streamdet.detect.model.ReconstructNet)
     peak_frames: int = field(default=0, metadata={"min": 0, "max": 1000})  # 0: errors averaged over the window; k: where k frames peak
     top_bands: int = field(default=0, metadata={"min": 0, "max": 512})  # 0: the loss is the mean over all bands; k: over the k highest
+
+    def problems(self):
+        if self.kind == "conv" and self.encoder == "lean" and self.channels % 2:
+            yield "channels", f"the lean encoder's first stage has half of them, so they must be even, found {self.channels}"
 
 
 @dataclass
@@ -150,6 +154,10 @@ class CalibrationConfig:
     percentile: float = field(default=95.0, metadata={"above": 0.0, "max": 100.0})
     # gamma: a gamma distribution fitted to those scores (the DCASE baseline), cut at this quantile.
     gamma_quantile: float = field(default=0.95, metadata={"above": 0.0, "max": 0.9999})
+    # clip_fpr per block: the threshold is the highest of each block's clip_fpr level, so that at most
+    # clip_fpr of every block's held-out no-bird clips reach it, not only of all of them pooled (an
+    # easy block, such as synthetic speech, would otherwise let a hard one through).
+    per_block: bool = False
     # How a clip's score follows from its windows' (evaluate, predict): max, or topK (mean of the K best).
     clip_aggregate: str = "max"
 

@@ -76,6 +76,8 @@ class ConvVAE(_Sampling):
             raise ValueError(f"a convolutional VAE needs n_mels divisible by 8, found {n_mels}")
         if encoder not in ENCODERS:
             raise ValueError(f"model.encoder: expected one of {', '.join(ENCODERS)}, found {encoder!r}")
+        if encoder == "lean" and channels % 2:
+            raise ValueError(f"model.channels: the lean encoder's first stage has half of them, so they must be even, found {channels}")
         self.window_frames, self.n_mels, self.channels, self.encoder_kind = window_frames, n_mels, channels, encoder
         self.padded = (window_frames + 7) // 8 * 8
         self.encoder = conv_stack(channels, norm, encoder)
@@ -108,7 +110,7 @@ class ConvVAE(_Sampling):
         return self.decoder(h)[:, 0, : self.window_frames, :].reshape(z.shape[0], self.window_frames * self.n_mels)
 
 
-ENCODERS = ("strided", "pooled")
+ENCODERS = ("strided", "pooled", "lean")
 
 
 class MaxPool2(nn.Module):
@@ -127,7 +129,9 @@ def conv_stack(c: int, norm: bool, encoder: str) -> nn.Sequential:
     positions the one before did.  pooled: the discriminative reference's shape, each 3x3
     convolution at its stage's full resolution followed by a 2x2 max-pool, then one more 3x3
     convolution at 1/8: a short call anywhere in a stage's 2x2 cell survives the pooling, where a
-    stride-2 convolution sees it only at the positions it samples."""
+    stride-2 convolution sees it only at the positions it samples.  lean: the pooled shape at a
+    third of its cost (docs/encoder-and-segments.md), stages of c/2, c and 4c channels and each
+    max-pool before its activation, so the activation runs on a quarter of the positions."""
     def stage(a: int, b: int, stride: int) -> list:
         # Batch-norm (the decision-trained VAEs): windows of both classes, of every recorder, on one scale.
         return [nn.Conv2d(a, b, 3, stride=stride, padding=1)] + ([nn.BatchNorm2d(b)] if norm else []) + [nn.GELU()]
@@ -135,8 +139,13 @@ def conv_stack(c: int, norm: bool, encoder: str) -> nn.Sequential:
     if encoder == "strided":
         return nn.Sequential(*stage(1, c, 2), *stage(c, 2 * c, 2), *stage(2 * c, 4 * c, 2))
     layers = []
-    for a, b in ((1, c), (c, 2 * c), (2 * c, 4 * c)):
-        layers += stage(a, b, 1) + [MaxPool2()]
+    if encoder == "pooled":
+        for a, b in ((1, c), (c, 2 * c), (2 * c, 4 * c)):
+            layers += stage(a, b, 1) + [MaxPool2()]
+    else:
+        for a, b in ((1, c // 2), (c // 2, c), (c, 4 * c)):
+            *conv, act = stage(a, b, 1)
+            layers += conv + [MaxPool2(), act]
     return nn.Sequential(*layers, *stage(4 * c, 4 * c, 1))
 
 
