@@ -149,7 +149,8 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
         else:
             t = float(values[-1]) + 1e-6
     alarms = sum(alarm_runs(d, t) for i, d in decisions.items() if i.label == 0)
-    scoring = {**base, "threshold": t, "scale": scale, "clip_scale": clip_scale, "strategy": c.strategy, "clip_fpr": c.clip_fpr, "per_block": c.per_block, "calibration_folds": c.folds, "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
+    scoring = {**base, "threshold": t, "scale": scale, "clip_scale": clip_scale, "strategy": c.strategy, "clip_fpr": c.clip_fpr, "per_block": c.per_block, "calibration_folds": c.folds,
+               "percentile": c.percentile, "gamma_quantile": c.gamma_quantile, "clip_aggregate": c.clip_aggregate}
     auc = roc_auc(labels, clip_d) if len(set(labels)) > 1 else float("nan")
     metrics = {
         "val_clips": len(labels), "val_clip_auc": None if np.isnan(auc) else round(auc, 4),
