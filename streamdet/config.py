@@ -127,6 +127,9 @@ class RecordingConfig:
     post_roll_s: float = field(default=2.0, metadata={"min": 0.0, "max": 60.0})
     max_age_days: float = field(default=30.0, metadata={"above": 0.0, "max": 36500.0})
     max_total_mb: float = field(default=1000.0, metadata={"above": 0.0, "max": 1e9})
+    # Stretches the detector did not call bird, recorded for the operator to check ("missed a bird?"
+    # on the page): at most this many an hour, borderline scores first (streamdet/service/checks.py); 0: none.
+    checks_per_hour: float = field(default=2.0, metadata={"min": 0.0, "max": 60.0})
 
 
 @dataclass

@@ -72,3 +72,25 @@ def test_retention_deletes_only_clips_this_project_wrote(tmp_path):
     assert rec.written == 1 and rec.deleted == 1 and not ours.exists() and new.exists()
     assert all(p.exists() for p in theirs)
     assert json.loads(new.with_suffix(".json").read_text())["writer"] == "streamdet"
+
+
+# -- stretches offered for a check ("missed a bird?") ----------------------------------------------
+def test_checks_take_a_borderline_window_at_once_else_the_best_within_reach_at_the_period_end():
+    from streamdet.service.checks import CheckPicker
+
+    picker = CheckPicker(per_hour=60.0, reach_s=10.0)  # one stretch a minute
+    offered = []
+    for i in range(600):  # five minutes of windows, every 0.5 s
+        t = i * 0.5
+        minute = int(t // 60)
+        # minute 0: a borderline window at 20 s (score 0.4) among quiet ones, then a louder one inside an event;
+        # minute 1: nothing borderline, the best (0.3) at 65 s, out of reach by the minute's end, then 0.2 at 115 s;
+        # minute 2: silence (quiet) throughout; minutes 3-4: an event all along.
+        score = {0: 0.4 if t == 20.0 else 0.9 if t == 30.0 else 0.05, 1: 0.3 if t == 65.0 else 0.2 if t == 115.0 else 0.1}.get(minute, 0.0)
+        quiet = (minute == 0 and t == 30.0) or minute >= 2
+        offered += picker.offer(t, t + 1.0, score, 0.35, quiet)
+    assert offered == [(20.0, 21.0, 0.4), (115.0, 116.0, 0.2)]
+    picker.reset()  # a new segment: what was within reach is not any more
+    picker.offer(300.0, 301.0, 0.1, 0.35, False)
+    picker.reset()
+    assert picker.offer(361.0, 362.0, 0.0, 0.35, True) == []

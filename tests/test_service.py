@@ -213,6 +213,35 @@ def test_eight_minutes_of_continuous_song_give_events_no_longer_than_the_maximum
         assert sidecar["truncated"] == (end["offset"] + 1.0 > 480.0)
 
 
+def test_stretches_without_an_event_are_recorded_for_a_check_at_most_as_often_as_asked(tiny_model, tmp_path, endpoint):
+    """Only windows at the top score (1.0) reach the event thresholds, so nothing is borderline:
+    each minute's end records the best window outside events still within reach of the ring,
+    named _cN beside the events' clips, its sidecar `kind: check`; status counts them apart."""
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    write(replay / "long.wav", clip(150.0, 22050, [(20.0, 1.0), (100.0, 1.0)], seed=6), 22050)
+    clips = tmp_path / "clips"
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{on_score: 1.0, off_score: 1.0}}\n"
+                      f"recording: {{enabled: true, directory: {clips}, checks_per_hour: 60, pre_roll_s: 1.0, post_roll_s: 1.0}}\n")
+    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
+    got = collect(endpoint, timeout_s=60)
+    assert daemon.wait(30) == 0
+    events = [(m["onset"], m["offset"]) for _, m, _ in got if m["type"] == "event" and m["state"] == "end"]
+    # Windows an event did not hold (it holds from its onset to the window that closed it).
+    scores = {m["t_start"]: m["score"] for _, m, _ in got if m["type"] == "loss" and m["score"] < 1.0 and not any(a <= m["t_start"] <= b + 1.0 for a, b in events)}
+    checks = sorted((clips / "yard").glob("yard_*_c*.flac"))
+    assert [p.name.rsplit("_", 1)[1] for p in checks] == ["c1.flac", "c2.flac"]
+    for period_end, path in zip((60.0, 120.0), checks):
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        assert sidecar["kind"] == "check" and sidecar["writer"] == "streamdet" and sidecar["file"] == "long.wav"
+        reach = [t for t in scores if period_end - 26.0 <= t < period_end]
+        assert sidecar["onset"] in reach and sidecar["peak_score"] == pytest.approx(max(scores[t] for t in reach), abs=1e-4)
+        assert sf.info(str(path)).duration == pytest.approx(1.0 + 1.0 + 1.0, abs=0.05)
+    final = got[-1][1]["sources"]["yard"]["recording"]
+    assert final["checks"] == 2 and final["written"] == len(events)
+
+
 def test_retention_deletes_the_oldest_clips_beyond_age_and_size(tiny_model, tmp_path, endpoint):
     replay = tmp_path / "replay"
     replay.mkdir()

@@ -460,3 +460,86 @@ def test_without_the_web_extra_it_is_one_line_naming_the_install(tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('no aiohttp')\n")
     result = subprocess.run(streamdet_command("web"), capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(tmp_path / "fake")}, timeout=60)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "pip install 'streamdet[web]'" in result.stderr
+
+
+def post(url: str, body, headers: dict | None = None) -> tuple[int, bytes]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers or {}, method="POST"), timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def recorded(folder, name: str, ts: float, kind: str | None = None, writer: str = "streamdet") -> None:
+    """A clip and sidecar as the recorder writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write(folder / f"{name}.flac", clip(1.0, 22050, seed=3), 22050)
+    meta = {"writer": writer, "source": folder.name, "run_id": "0a0b0c0d", "event_id": 1, "onset_wall": ts, "duration": 1.5, "peak_score": 0.8, "written_at": "2026-12-01T10:00:00+00:00"}
+    (folder / f"{name}.json").write_text(json.dumps({**meta, **({"kind": kind} if kind else {})}))
+
+
+@pytest.mark.slow
+def test_past_days_come_from_the_sidecars_and_only_the_page_itself_can_store_a_review(tmp_path):
+    """A day's events and checks listed from the sidecars after a (re)start; a review stored in the
+    clip's sidecar, but never from another site, without the page's secret, for a file the station
+    did not record, through a symlink, or with a label it does not know."""
+    clips, day_ts = tmp_path / "clips", 1_796_000_000.0  # 2026-11-30
+    garden = clips / "garden"
+    recorded(garden, "garden_20261130T100000_0a0b0c0d_e1", day_ts)
+    recorded(garden, "garden_20261130T110000_0a0b0c0d_c1", day_ts + 3600, kind="check")
+    recorded(garden, "garden_20261130T120000_0a0b0c0d_e2", day_ts + 7200, writer="someone")  # not ours: never listed, never written
+    recorded(garden, "holiday", day_ts)  # the user's own recording, with a JSON beside it
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"writer": "streamdet", "note": "outside"}))
+    write(garden / "garden_20261130T130000_0a0b0c0d_e3.flac", clip(1.0, 22050, seed=4), 22050)
+    (garden / "garden_20261130T130000_0a0b0c0d_e3.json").symlink_to(outside)
+    web, base = start_web("--endpoint", "tcp://127.0.0.1:9", "--clips", str(clips))
+    try:
+        from datetime import datetime
+        day = datetime.fromtimestamp(day_ts).astimezone().date().isoformat()
+        days = json.loads(get(base + "/api/days")[1])
+        assert days["days"] == {day: {"events": 1, "checks": 1}} and days["reviews"] == {"bird": 0, "not_bird": 0}
+        rows = json.loads(get(base + f"/api/day/{day}")[1])
+        assert [(r["kind"], r["clip_url"]) for r in rows] == [("check", "garden/garden_20261130T110000_0a0b0c0d_c1.flac"), ("event", "garden/garden_20261130T100000_0a0b0c0d_e1.flac")]
+        assert get(base + "/api/day/..%2F..")[0] in (400, 404) and get(base + "/api/day/2026-13-45")[0] == 400
+
+        csrf = json.loads(get(base + "/api/state")[1])["csrf"]
+        host = base.split("//")[1]
+        own = {"Origin": base, "Content-Type": "application/json", "X-Streamdet-Csrf": csrf}
+        clip_url = rows[1]["clip_url"]
+        refused = [
+            ({**own, "Origin": "http://evil.example"}, {"clip": clip_url, "label": "bird"}, 403),  # a page of another site
+            ({k: v for k, v in own.items() if k != "Origin"}, {"clip": clip_url, "label": "bird"}, 403),
+            ({**own, "X-Streamdet-Csrf": "guess"}, {"clip": clip_url, "label": "bird"}, 403),
+            ({**own, "Origin": f"http://{host}.evil.example"}, {"clip": clip_url, "label": "bird"}, 403),
+            ({**own, "Content-Type": "text/plain"}, {"clip": clip_url, "label": "bird"}, 403),
+            (own, {"clip": clip_url, "label": "owl"}, 400),
+            (own, {"clip": "garden/holiday.flac", "label": "bird"}, 400),  # the user's own file
+            (own, {"clip": "garden/garden_20261130T120000_0a0b0c0d_e2.flac", "label": "bird"}, 400),  # another writer's sidecar
+            (own, {"clip": "garden/garden_20261130T130000_0a0b0c0d_e3.flac", "label": "bird"}, 400),  # a symlinked sidecar
+            (own, {"clip": "../outside.flac", "label": "bird"}, 400),
+            (own, {"clip": "garden/../../outside.json", "label": "bird"}, 400),
+            (own, [1, 2], 400),
+            (own, b"{not json", 400),
+            (own, b"x" * 5000, 413),
+        ]
+        for headers, body, expected in refused:
+            status, text = post(base + "/api/review", body, headers)
+            assert status == expected, (headers, body, status, text)
+            assert text.count(b"\n") <= 1
+        assert json.loads(outside.read_text()) == {"writer": "streamdet", "note": "outside"}
+        assert "review" not in json.loads((garden / "garden_20261130T120000_0a0b0c0d_e2.json").read_text())
+        assert "review" not in json.loads((garden / "holiday.json").read_text())
+
+        status, text = post(base + "/api/review", {"clip": clip_url, "label": "not_bird"}, own)
+        assert status == 200 and json.loads(text)["review"] == "not_bird"
+        sidecar = json.loads((garden / "garden_20261130T100000_0a0b0c0d_e1.json").read_text())
+        assert sidecar["review"]["label"] == "not_bird" and sidecar["writer"] == "streamdet" and sidecar["peak_score"] == 0.8
+        assert sorted(p.name for p in garden.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+        assert json.loads(get(base + "/api/days")[1])["reviews"] == {"bird": 0, "not_bird": 1}
+        assert post(base + "/api/review", {"clip": clip_url, "label": None}, own)[0] == 200  # taken back
+        assert "review" not in json.loads((garden / "garden_20261130T100000_0a0b0c0d_e1.json").read_text())
+        assert web.poll() is None
+    finally:
+        stop(web)

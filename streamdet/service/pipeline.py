@@ -139,8 +139,7 @@ class Channel:
             r.begin(SegmentStart(r.fed_pos, current.file, {**current.info, "file_offset_s": into}))
 
     def finish_clips(self) -> None:
-        for error in self.clips.finish():
-            self._report("recording", self.name, error)
+        [self._report("recording", self.name, error) for error in self.clips.finish()]
 
     def pump(self) -> bool:
         """Publish a scored batch; frame what has arrived (one batch ahead of the model at most); send
@@ -180,6 +179,7 @@ class Channel:
                 at += len(op.starts)
             elif isinstance(op, Start):
                 self.detector.new_segment()
+                self.clips.new_segment()
                 self._spec_upto = 0
             elif isinstance(op, End):
                 self._publish_events(self.detector.close(), op.segment, op.end_pos)
@@ -219,6 +219,8 @@ class Channel:
                 self.latencies.append(latency := time.monotonic() - arrived)
                 self.latency_histogram.observe(latency)
             self._publish_events(self.detector.step(t_start, t_end, score, scored.band_errors[i]), seg)
+            self.clips.offer((t_start, t_end, score), self.detector.tracker.active or bool(scored.silent[i]), self.detector.tracker.config.off_score, self.reader, seg,
+                             lambda: {"run_id": self.run_id, "model": self.model.describe(), **self.source.describe()})  # a stretch for a check ("missed a bird?")
         if arrived is not None and self.source.kind == "mic":  # audio arrives in real time: the next window a hop later
             self.quiet_until = arrived + p.hop_seconds - LIVE_WAKE_EARLY_S
 
@@ -247,10 +249,8 @@ class Channel:
     def stats(self) -> SourceStats:
         """The counters, read at once: what `status` publishes and the Prometheus collector serves.
         Safe from another thread: numbers, never the containers the loop is changing."""
-        return SourceStats(self.seq, self.events, self.reader.gaps, self.ring.overwritten, self.files_played, self.files_skipped,
-                           self.reader.samples_read / self.reader.rate, time.monotonic() - self.started_at,
-                           not self.finished and getattr(self.source, "state", "up") != "down", self.finished,
-                           self.latency_histogram.cumulative(), self.latency_histogram.sum)
+        return SourceStats(self.seq, self.events, self.reader.gaps, self.ring.overwritten, self.files_played, self.files_skipped, self.reader.samples_read / self.reader.rate,
+                           time.monotonic() - self.started_at, not self.finished and getattr(self.source, "state", "up") != "down", self.finished, self.latency_histogram.cumulative(), self.latency_histogram.sum)
 
 
 def source_status(channel: Channel, s: SourceStats | None = None) -> dict:

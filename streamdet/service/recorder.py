@@ -33,7 +33,8 @@ class ClipRecorder:
         self.configure(config)
         self.leftovers = self._remove_leftovers()
         self.jobs: list[_Job] = []
-        self.written = 0
+        self.written = 0  # events' clips
+        self.checks = 0  # stretches recorded for a check
         self.failed = 0
         self.deleted = 0
         self.errors: list[str] = []  # taken by the channel for its status reports
@@ -66,8 +67,9 @@ class ClipRecorder:
     def _remove_leftovers(self) -> int:
         """`.part` files a crash left behind: never clips, but they took space; remove them."""
         removed = 0
-        for part in self.directory.glob(f"{self.source}_*.flac.part") if self.directory.is_dir() else []:
-            if not CLIP_NAME.fullmatch(part.name[: -len(".part")]):
+        for part in sorted(self.directory.glob(f"{self.source}_*.part")) if self.directory.is_dir() else []:
+            clip = part.name[: -len(".part")]
+            if not CLIP_NAME.fullmatch(clip.removesuffix(".json") + ".flac" if clip.endswith(".json") else clip):
                 continue
             part.unlink(missing_ok=True)
             removed += 1
@@ -75,15 +77,16 @@ class ClipRecorder:
             log.warning("%s: removed %d unfinished clip file(s) left by an earlier run in %s", self.source, removed, self.directory)
         return removed
 
-    def schedule(self, event: dict, onset_pos: int, offset_pos: int, segment_start: int, segment_end: int | None, sidecar: dict) -> Path:
-        """Plan the clip of an event that has ended; it is written once its post-roll has arrived.
-        The clip never reaches outside the event's segment (another file, or across a gap)."""
+    def schedule(self, event: dict, onset_pos: int, offset_pos: int, segment_start: int, segment_end: int | None, sidecar: dict, tag: str = "e") -> Path:
+        """Plan the clip of an event that has ended (tag "e"), or of a stretch offered for a check
+        (tag "c"); it is written once its post-roll has arrived.  The clip never reaches outside
+        the event's segment (another file, or across a gap)."""
         start = max(onset_pos - int(self.config.pre_roll_s * self.rate), segment_start)
         end = offset_pos + int(self.config.post_roll_s * self.rate)
         if segment_end is not None:
             end = min(end, segment_end)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        path = self.directory / f"{self.source}_{stamp}_{sidecar['run_id']}_e{event['event_id']}.flac"
+        path = self.directory / f"{self.source}_{stamp}_{sidecar['run_id']}_{tag}{event['event_id']}.flac"
         self.jobs.append(_Job(path, start, end, sidecar))
         return path
 
@@ -117,8 +120,14 @@ class ClipRecorder:
             job.path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(str(tmp), audio, self.rate, format="FLAC", subtype="PCM_24")
             tmp.replace(job.path)
-            job.path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
-            self.written += 1
+            # Whole or not at all: the web server reads sidecars while clips are written.
+            part = job.path.with_suffix(".json.part")
+            part.write_text(json.dumps(sidecar, indent=1))
+            part.replace(job.path.with_suffix(".json"))
+            if job.sidecar.get("kind") == "check":
+                self.checks += 1
+            else:
+                self.written += 1
             clips = self._clips()
             size = _size(job.path) + _size(job.path.with_suffix(".json"))
             clips.append([time.time(), job.path, size])
@@ -128,6 +137,7 @@ class ClipRecorder:
             self.failed += 1
             try:
                 tmp.unlink(missing_ok=True)
+                job.path.with_suffix(".json.part").unlink(missing_ok=True)
             except OSError:  # its folder may be what failed (a file where the folder should be)
                 pass
             reason = f"could not write {job.path}: {getattr(exc, 'strerror', None) or one_line(exc, 160)}"
@@ -150,11 +160,12 @@ class ClipRecorder:
             self.deleted += 1
 
     def describe(self) -> dict:
-        return {"directory": str(self.directory), "written": self.written, "failed": self.failed, "deleted": self.deleted, "pending": len(self.jobs)}
+        return {"directory": str(self.directory), "written": self.written, "checks": self.checks, "failed": self.failed, "deleted": self.deleted, "pending": len(self.jobs)}
 
 
-# What schedule() names a clip: SOURCE_YYYYmmddTHHMMSS_RUNID_eN.flac
-CLIP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}_\d{8}T\d{6}_[0-9a-f]{4,64}_e\d+\.flac")
+# What schedule() names a clip: SOURCE_YYYYmmddTHHMMSS_RUNID_eN.flac (an event's), _cN (a check's)
+CLIP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}_\d{8}T\d{6}_[0-9a-f]{4,64}_[ec]\d+\.flac")
+CHECK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}_\d{8}T\d{6}_[0-9a-f]{4,64}_c\d+\.flac")
 WRITER = "streamdet"  # every sidecar says who wrote its clip
 
 

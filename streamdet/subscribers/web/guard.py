@@ -6,7 +6,7 @@ import asyncio
 import hmac
 import ipaddress
 import socket
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
@@ -89,6 +89,31 @@ def guard(token: str | None, names: frozenset[str], served: set[int]):
         return response
 
     return middleware
+
+
+CSRF_HEADER = "X-Streamdet-Csrf"
+
+
+def change_refused(request: web.Request, csrf: str) -> str | None:
+    """Why a request that changes the station (a review) must be refused, or None.  Beyond the
+    token (the middleware), it must come from this server's own page: its Origin names the Host it
+    was sent to (a page of another site sends its own), and it carries the per-server secret the
+    page read from /api/state, which another origin cannot read.  A JSON body with that header
+    also makes a browser ask first (CORS preflight), which this server never grants."""
+    origin = request.headers.get("Origin")
+    if not origin:
+        return "a change must come from the station's page (no Origin)"
+    try:
+        netloc = urlsplit(origin).netloc.lower()
+    except ValueError:
+        netloc = ""
+    if not netloc or netloc != request.headers.get("Host", "").strip().lower():
+        return "a page of another site cannot change this station"
+    if not hmac.compare_digest(request.headers.get(CSRF_HEADER, "").encode(), csrf.encode()):
+        return "the page's session is out of date: reload it"
+    if request.content_type != "application/json":
+        return "expected a JSON body"
+    return None
 
 
 class CappedSite(web.TCPSite):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ from pathlib import Path
 from aiohttp import web
 
 from streamdet.subscribers.web.clips import ClipsFolder, spectrogram
-from streamdet.subscribers.web.guard import IDLE_S, CappedSite, guard, host_names
+from streamdet.subscribers.web.guard import IDLE_S, CappedSite, change_refused, guard, host_names
+from streamdet.subscribers.web.history import History, ReviewError
 from streamdet.subscribers.web.state import WebState
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class Hub:
 
     def __init__(self, state: WebState, clips: ClipsFolder | None, sources: tuple[str, ...] = ()):
         self.state, self.clips, self.sources = state, clips, sources
+        self.history = History(clips) if clips is not None else None
+        self.csrf = secrets.token_urlsafe(24)  # what the server's own page sends with a change; other origins cannot read it
         self.endpoints: tuple[str, ...] = ()  # what the page is waiting on, when no daemon has spoken
         self.browsers: set[Browser] = set()
         self.dropped_browsers = self.disconnects = self.failed = 0
@@ -87,7 +91,7 @@ class Hub:
         """What a page needs when it (re)connects, with the server's own counters, as JSON text
         (its frames are kept serialised: a snapshot is joined, not encoded again, so the event loop
         is not held by it)."""
-        return self.state.snapshot_json({"server": self.server_status(), "clips": self.clips is not None, "endpoints": list(self.endpoints)})
+        return self.state.snapshot_json({"server": self.server_status(), "clips": self.clips is not None, "endpoints": list(self.endpoints), "csrf": self.csrf})
 
     def server_status(self) -> dict:
         return {"browsers": len(self.browsers), "dropped_browsers": self.dropped_browsers, "disconnects": self.disconnects, "failed": self.failed,
@@ -171,11 +175,52 @@ def make_app(hub: Hub, token: str | None = None, names: frozenset[str] = frozens
 
     for path in PAGES:
         app.router.add_get(path, page)
+    history_routes(app, hub)
     app.router.add_get("/api/state", state)
     app.router.add_get("/api/stream", stream)
     app.router.add_get("/clips/{source}/{name}", clip)
     app.router.add_get("/api/clip-spectrogram/{source}/{name}", clip_spectrogram)
     return app
+
+
+def history_routes(app: web.Application, hub: Hub) -> None:
+    """The kept days, one day's events and checks (from the sidecars), and reviews: the only
+    request that changes anything, so it must also pass change_refused (Origin and the page's secret)."""
+    async def in_thread(call, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, call, *args)
+
+    async def days(request: web.Request) -> web.Response:
+        if hub.history is None:
+            raise web.HTTPNotFound(text="no clips folder\n")
+        return web.json_response(await in_thread(hub.history.days))
+
+    async def day(request: web.Request) -> web.Response:
+        if hub.history is None:
+            raise web.HTTPNotFound(text="no clips folder\n")
+        try:
+            return web.json_response(await in_thread(hub.history.day, request.match_info["day"]))
+        except ReviewError as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+
+    async def review(request: web.Request) -> web.Response:
+        refused = change_refused(request, hub.csrf)
+        if refused:
+            raise web.HTTPForbidden(text=f"streamdet web: {refused}\n")
+        if hub.history is None:
+            raise web.HTTPNotFound(text="no clips folder\n")
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ReviewError("expected a JSON object with clip and label")
+            return web.json_response(await in_thread(hub.history.review, body.get("clip"), body.get("label")))
+        except (ValueError, UnicodeDecodeError) as exc:  # ReviewError among them, and a body that is not JSON
+            raise web.HTTPBadRequest(text=f"streamdet web: review refused: {str(exc)[:160]}\n") from None
+        except OSError as exc:  # a read-only clips folder, a full disk
+            raise web.HTTPServiceUnavailable(text=f"streamdet web: could not store the review: {exc.strerror or exc}\n") from None
+
+    app.router.add_get("/api/days", days)
+    app.router.add_get("/api/day/{day}", day)
+    app.router.add_post("/api/review", review)
 
 
 async def _send(response: web.StreamResponse, name: str, data: dict) -> None:
