@@ -387,6 +387,39 @@ LIT = """(() => { const c = document.getElementById('spectrogram'), d = c.getCon
 let lit = 0; for (let i = 0; i < d.length; i += 4) lit += d[i] + d[i + 1] + d[i + 2] > 60; return lit / (d.length / 4) > 0.2; })()"""
 
 
+def axes_shown(driver, clip: bool = True) -> None:
+    """The score chart's scale, time ticks and both thresholds' values, the spectrograms' kHz."""
+    axes = wait_page(driver, "p.axes.timeline && p.axes.spectrogram && p.axes.spectrogram.khz.length && p.axes", 10, "the charts' axes")
+    assert axes["timeline"]["score"] == [0, 0.25, 0.5, 0.75, 1] and len(axes["timeline"]["time"]) >= 3
+    assert (axes["timeline"]["on"], axes["timeline"]["off"]) == ("0.50", "0.35")
+    assert {1, 2, 4, 8} <= set(axes["spectrogram"]["khz"]) and len(axes["spectrogram"]["time"]) >= 3
+    if clip:
+        assert {1, 2, 4} <= set(axes["clip"]["khz"]) and axes["clip"]["time"][0] == 0
+
+
+def review_a_past_event(driver, clips) -> None:
+    """Today's events listed from the sidecars (the web server was restarted), one played, marked
+    'not a bird', stored in its sidecar and shown so after a reload."""
+    from selenium.webdriver.support.ui import Select
+
+    today = time.strftime("%Y-%m-%d")
+    wait_page(driver, f"[...document.getElementById('day').options].some((o) => o.value === '{today}')", 20, "today among the days")
+    Select(driver.find_element("id", "day")).select_by_value(today)
+    wait_page(driver, "p.pastEvents > 0", 10, "today's events from the sidecars")
+    row = driver.find_element("css selector", "#events tbody tr.playable")
+    row.click()
+    wait_page(driver, "document.querySelector('#events tr.playing') && p.clipSpectrogram > 10", 20, "the row's clip playing, the row marked")
+    clip_url = row.get_attribute("data-clip")
+    row.find_element("css selector", "button.verdict.not_bird").click()
+    wait_page(driver, "p.reviews === 1", 10, "the review stored")
+    sidecar = json.loads((clips / clip_url).with_suffix(".json").read_text())
+    assert sidecar["review"]["label"] == "not_bird" and sidecar["writer"] == "streamdet"
+    driver.refresh()
+    wait_page(driver, f"[...document.getElementById('day').options].some((o) => o.value === '{today}')", 20, "the days after a reload")
+    Select(driver.find_element("id", "day")).select_by_value(today)
+    wait_page(driver, f"document.querySelector('#events tr[data-clip=\"{clip_url}\"] button.verdict.not_bird.chosen')", 10, "the review shown after a reload")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER) and not needs_browser, reason="needs Debian's chromium and chromium-driver")
 def test_the_page_in_a_real_browser_shows_scores_spectrogram_and_clips_and_recovers_from_a_daemon_restart(tmp_path, endpoint):
@@ -406,6 +439,7 @@ def test_the_page_in_a_real_browser_shows_scores_spectrogram_and_clips_and_recov
         driver.find_element("css selector", "button.play").click()
         assert wait_page(driver, "p.clipDuration", 20, "the clip playing (a duration)") > 1.0
         wait_page(driver, "p.clipSpectrogram > 10", 20, "the clip's spectrogram")
+        axes_shown(driver)
 
         driver.set_window_size(390, 844)  # a phone: the same page, reloaded at its size
         driver.get(base + "/")
@@ -442,9 +476,19 @@ def test_the_page_in_a_real_browser_shows_scores_spectrogram_and_clips_and_recov
             assert now > last, f"the spectrogram stalled at {now} frames after {time.monotonic() - started:.0f} s"
             last = now
         assert restarts == ["daemon", "web"]
+        axes_shown(driver, clip=False)
+        review_a_past_event(driver, clips)
         # The only errors allowed are the stream's own while its server was away.
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "api/stream" not in e["message"]]
         assert errors == [], errors
+        # A page of another origin (localhost is not 127.0.0.1 to a browser) posting a review without
+        # a preflight: refused, and the sidecar unchanged.
+        driver.get(base.replace("127.0.0.1", "localhost") + "/style.css")
+        reviewed = sorted(clips.glob("*/*.json"), key=lambda p: "review" in p.read_text())[0]
+        target = f"{reviewed.parent.name}/{reviewed.with_suffix('.flac').name}"
+        driver.execute_script(f"fetch('{base}/api/review', {{method: 'POST', mode: 'no-cors', body: JSON.stringify({{clip: '{target}', label: 'bird'}})}});")
+        time.sleep(1.0)
+        assert "review" not in json.loads(reviewed.read_text())
     finally:
         if driver is not None:
             driver.quit()

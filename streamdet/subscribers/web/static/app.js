@@ -127,18 +127,19 @@ function timeTicks(g, x, start, end, y, grid = true) {
   return ticks;
 }
 function melOf(hz) { return 2595 * Math.log10(1 + hz / 700); }   // the HTK mel scale of the daemon's front end
-// kHz ticks up the left of a picture whose rows run from band[0] (bottom) to band[1] (top), mel- or log-spaced.
+// kHz ticks up the left of a picture whose rows run from band[0] (bottom) to band[1] (top), mel- or
+// log-spaced; the highest tick carries the unit.
 function khzTicks(g, band, scale, top, bottom, x) {
   const [lo, hi] = band, f = scale === "mel" ? melOf : Math.log, shown = [];
   for (const khz of [0.5, 1, 2, 3, 4, 6, 8, 10, 12, 16]) {
     const hz = khz * 1000;
     if (hz < lo || hz > hi) continue;
     const y = bottom - ((f(hz) - f(lo)) / (f(hi) - f(lo))) * (bottom - top);
+    if (y < top + px(LABEL_PX / 2) || y > bottom - px(LABEL_PX / 2)) continue;   // a label cut by the edge
     if (shown.length && Math.abs(y - shown[shown.length - 1][1]) < px(LABEL_PX + 2)) continue;
-    label(g, `${khz}`, x - px(3), y, "right");
     shown.push([khz, y]);
   }
-  label(g, "kHz", x - px(3), top + px(6), "right");
+  shown.forEach(([khz, y], i) => label(g, i === shown.length - 1 ? `${khz} kHz` : `${khz}`, x - px(3), y, "right"));
   return shown.map(([khz]) => khz);
 }
 
@@ -240,7 +241,7 @@ function drawFrames(s, m) {
 function drawSpectrogram() {
   const canvas = $("spectrogram"), s = sources.get(selected);
   fit(canvas);
-  const g = canvas.getContext("2d"), w = canvas.width, h = canvas.height, left = px(34), bottom = h - px(16);
+  const g = canvas.getContext("2d"), w = canvas.width, h = canvas.height, left = px(42), bottom = h - px(16);
   g.clearRect(0, 0, w, h);
   g.imageSmoothingEnabled = false;
   g.fillStyle = "#000"; g.fillRect(left, 0, w - left, bottom);
@@ -255,7 +256,7 @@ function addEvent(m, body = $("events").tBodies[0], at = 0) {
   page.events++;
   const row = body.insertRow(at);
   row.className = "bird";
-  const when = new Date(m.ts * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const when = new Date(m.ts * 1000).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
   const band = m.band_hz ? `${(m.band_hz[0] / 1000).toFixed(1)}-${(m.band_hz[1] / 1000).toFixed(1)}` : "";
   for (const text of [when, m.source, `${(m.duration || 0).toFixed(1)} s`, (m.peak_score || 0).toFixed(2), band]) row.insertCell().textContent = text;
   const cell = row.insertCell();
@@ -354,7 +355,7 @@ async function playClip(clip, row) {
   off.width = m.n_frames; off.height = m.n_mels;
   paint(off, m, m.n_frames);
   fit(canvas);
-  const g = canvas.getContext("2d"), w = canvas.width, h = canvas.height, left = px(34), bottom = h - px(16), span = m.n_frames * m.frame_s;
+  const g = canvas.getContext("2d"), w = canvas.width, h = canvas.height, left = px(42), bottom = h - px(16), span = m.n_frames * m.frame_s;
   g.clearRect(0, 0, w, h);
   g.imageSmoothingEnabled = false;
   g.drawImage(off, left, 0, w - left, bottom);
