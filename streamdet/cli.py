@@ -71,6 +71,7 @@ def add_subscribers(sub) -> None:
     source.add_argument("--endpoint", help="subscribe to a running daemon until it finishes (start it with --wait-subscribers 1)")
     export.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the tables go")
     export.add_argument("--timeout", type=float, help="with --endpoint: give up after this many seconds without a message")
+    export.add_argument("--clips", type=Path, metavar="DIR", help="the daemon's recording directory: each detection's review on the page (bird, not_bird) from its clip's sidecar")
     add_curve_client_args(export)
     export.set_defaults(handler=cmd_export)
 
@@ -400,7 +401,7 @@ def cmd_export(args) -> int:
 
     messages = read_jsonl(args.jsonl) if args.jsonl else from_bus(args.endpoint, args.timeout, subscriber_curve(args, args.endpoint))
     try:
-        result = export(messages, args.out)
+        result = export(messages, args.out, args.clips)
     except ExportError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:

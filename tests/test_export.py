@@ -22,7 +22,7 @@ def test_raven_selection_table_has_its_columns_and_one_row_per_selection():
     found = [Detection("s", "a.wav", 5.0, 6.5, 2000.0, 5000.0, 0.91, 3), Detection("s", "a.wav", 1.0, 2.0, None, None, 0.7, 1)]
     lines = raven_table(found).splitlines()
     # Raven Pro: a tab-separated header naming the standard measurements, then one line per selection.
-    assert lines[0].split("\t") == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)", "Peak Score", "Event ID"]
+    assert lines[0].split("\t") == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)", "Peak Score", "Event ID", "Review"]
     rows = [dict(zip(RAVEN_COLUMNS, line.split("\t"))) for line in lines[1:]]
     assert [r["Selection"] for r in rows] == ["1", "2"]  # numbered from 1, in time order
     assert all(r["View"] == "Spectrogram 1" and r["Channel"] == "1" for r in rows)
@@ -120,3 +120,27 @@ def test_an_export_that_joined_after_the_stream_began_says_so(tmp_path):
     on_time.write_text("".join(json.dumps({"topic": "loss.s", "message": {**m, "seq": m["seq"] - 40}}) + "\n" for m in late))
     result = subprocess.run(streamdet_command("export", "--jsonl", str(on_time), "--out", str(tmp_path / "out2")), capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0 and "joined after" not in result.stderr
+
+
+def test_reviews_on_the_page_reach_the_tables_from_the_clips_sidecars_and_nothing_outside_is_read(tmp_path):
+    """With --clips, each detection carries the review stored in its clip's sidecar; a clip name in a
+    message that leaves the folder, or names a sidecar the station did not write, gives none."""
+    clips = tmp_path / "clips" / "s"
+    clips.mkdir(parents=True)
+    names = [f"s_20261130T10000{i}_0a0b0c0d_e{i}" for i in range(4)]
+    sidecars = [{"writer": "streamdet", "review": {"label": "not_bird"}}, {"writer": "streamdet", "review": {"label": "bird"}}, {"writer": "streamdet"}, {"review": {"label": "bird"}}]
+    for name, meta in zip(names, sidecars):
+        (clips / f"{name}.json").write_text(json.dumps(meta))
+    outside = tmp_path / "s_20261130T100009_0a0b0c0d_e9.json"
+    outside.write_text(json.dumps({"writer": "streamdet", "review": {"label": "bird"}}))
+    good = {"v": 1, "type": "event", "source": "s", "state": "end", "onset": 1.0, "offset": 2.0, "duration": 1.0, "peak_score": 0.9, "band_hz": [2000, 4000], "file": "a.wav", "file_onset": 1.0}
+    events = [{**good, "event_id": i, "clip": f"/var/lib/streamdet/clips/s/{name}.flac"} for i, name in enumerate(names)]
+    events += [{**good, "event_id": 9, "clip": f"{tmp_path}/clips/s/../../s_20261130T100009_0a0b0c0d_e9.flac"}, {**good, "event_id": 10, "clip": None}]
+    recording = tmp_path / "run.jsonl"
+    recording.write_text("".join(json.dumps({"topic": "event.s", "message": m}) + "\n" for m in events))
+    result = subprocess.run(streamdet_command("export", "--jsonl", str(recording), "--out", str(tmp_path / "out"), "--clips", str(tmp_path / "clips")), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    with (tmp_path / "out" / "streamdet.detections.csv").open() as f:
+        reviews = {int(r["event_id"]): r["review"] for r in csv.DictReader(f)}
+    assert reviews == {0: "not_bird", 1: "bird", 2: "", 3: "", 9: "", 10: ""}
+    assert {r["Event ID"]: r["Review"] for r in read_raven(tmp_path / "out" / "a.wav.streamdet.selections.txt")}["1"] == "bird"

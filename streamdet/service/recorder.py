@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -179,6 +181,28 @@ def written_by_us(clip: Path, source: str) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(sidecar, dict) and (sidecar.get("writer") == WRITER or {"run_id", "written_at", "clip_start"} <= sidecar.keys()) and sidecar.get("source", source) == source
+
+
+def read_sidecar(path: Path, max_bytes: int = 1 << 16) -> dict | None:
+    """A sidecar this project wrote, as a dict, or None: not a regular file (a symlink is not
+    followed), larger than `max_bytes`, not JSON, or not ours."""
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            return None
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, being written, or not text
+        return None
+    if not isinstance(meta, dict) or not (meta.get("writer") == WRITER or {"run_id", "written_at", "clip_start"} <= meta.keys()):
+        return None
+    return meta
+
+
+def review_of(meta: dict | None) -> str | None:
+    """The operator's answer stored in a sidecar (the web page's review): bird, not_bird or None."""
+    review = meta.get("review") if isinstance(meta, dict) else None
+    label = review.get("label") if isinstance(review, dict) else None
+    return label if label in ("bird", "not_bird") else None
 
 
 def _size(path: Path) -> int:

@@ -15,8 +15,8 @@ from typing import Iterable, Iterator
 
 from streamdet.bus.messages import UnreadableMessage, body_problem
 
-RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)", "Peak Score", "Event ID")
-CSV_COLUMNS = ("source", "file", "begin_s", "end_s", "low_hz", "high_hz", "peak_score", "event_id")
+RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)", "Peak Score", "Event ID", "Review")
+CSV_COLUMNS = ("source", "file", "begin_s", "end_s", "low_hz", "high_hz", "peak_score", "event_id", "review")
 LABEL = "bird"
 
 
@@ -34,6 +34,7 @@ class Detection:
     high_hz: float | None
     peak_score: float
     event_id: int
+    review: str | None = None  # the operator's answer on the page (bird, not_bird), read from the clip's sidecar with --clips
 
 
 def detection(msg: dict) -> Detection:
@@ -41,6 +42,22 @@ def detection(msg: dict) -> Detection:
     band = msg.get("band_hz") or [None, None]
     begin = msg["file_onset"] if "file" in msg else msg["onset"]
     return Detection(msg["source"], msg.get("file"), begin, begin + msg["duration"], band[0], band[1], msg["peak_score"], msg["event_id"])
+
+
+def reviewed(d: Detection, clip, clips: Path | None) -> Detection:
+    """`d` with the review stored in its clip's sidecar under `clips` (the daemon's recording
+    directory), if any.  The clip's name comes from a message: only `<source>/<name>` as the
+    recorder names clips is looked up, inside `clips`."""
+    from dataclasses import replace
+
+    from streamdet.service.recorder import CLIP_NAME, read_sidecar, review_of
+
+    if clips is None or not isinstance(clip, str):
+        return d
+    parts = PurePosixPath(clip.replace("\\", "/")).parts[-2:]
+    if len(parts) != 2 or not CLIP_NAME.fullmatch(parts[1]) or not parts[1].startswith(parts[0] + "_"):
+        return d
+    return replace(d, review=review_of(read_sidecar((clips / parts[0] / parts[1]).with_suffix(".json"))))
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[str, dict | UnreadableMessage]]:
@@ -70,7 +87,8 @@ class Collector:
     """Folds messages into the files scored and the detections found; a message it cannot read
     (a field missing or of the wrong type) is counted and the first one described, never fatal."""
 
-    def __init__(self):
+    def __init__(self, clips: Path | None = None):
+        self.clips = clips  # the daemon's recording directory: reviews are read from its sidecars
         self.files: dict[tuple[str, str], None] = {}  # (source, file) in the order first scored
         self.detections: list[Detection] = []
         self.unreadable = 0
@@ -101,7 +119,7 @@ class Collector:
         if kind == "loss" and "file" in msg:
             self.files.setdefault((msg["source"], msg["file"]))
         elif kind == "event" and msg.get("state") == "end":
-            self.detections.append(detection(msg))
+            self.detections.append(reviewed(detection(msg), msg.get("clip"), self.clips))
             if "file" in msg:
                 self.files.setdefault((msg["source"], msg["file"]))
 
@@ -114,7 +132,7 @@ def raven_table(detections: list[Detection]) -> str:
     """A Raven Pro selection table: tab-separated, one selection per row, in the spectrogram view."""
     rows = ["\t".join(RAVEN_COLUMNS)]
     for i, d in enumerate(sorted(detections, key=lambda d: d.begin_s), 1):
-        rows.append("\t".join([str(i), "Spectrogram 1", "1", _n(d.begin_s), _n(d.end_s), _n(d.low_hz), _n(d.high_hz), f"{d.peak_score:.4f}", str(d.event_id)]))
+        rows.append("\t".join([str(i), "Spectrogram 1", "1", _n(d.begin_s), _n(d.end_s), _n(d.low_hz), _n(d.high_hz), f"{d.peak_score:.4f}", str(d.event_id), d.review or ""]))
     return "\n".join(rows) + "\n"
 
 
@@ -155,7 +173,7 @@ def write_tables(collector: Collector, out: Path) -> dict:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for d in sorted(collector.detections, key=lambda d: (d.source, d.file or "", d.begin_s)):
-            writer.writerow([d.source, d.file or "", _n(d.begin_s), _n(d.end_s), _n(d.low_hz), _n(d.high_hz), f"{d.peak_score:.4f}", d.event_id])
+            writer.writerow([d.source, d.file or "", _n(d.begin_s), _n(d.end_s), _n(d.low_hz), _n(d.high_hz), f"{d.peak_score:.4f}", d.event_id, d.review or ""])
     return {"files": len(by_file) - len(refused), "detections": len(collector.detections), "tables": written, "csv": table, "refused": refused}
 
 
@@ -171,8 +189,8 @@ def safe_relative(source: str, file: str, per_source: bool) -> Path | None:
     return Path(*parts)
 
 
-def export(messages: Iterable[tuple[str, dict]], out: Path) -> dict:
-    collector = Collector()
+def export(messages: Iterable[tuple[str, dict]], out: Path, clips: Path | None = None) -> dict:
+    collector = Collector(clips)
     for _, msg in messages:
         collector.add(msg)
     missed = {source: seq for source, seq in collector.first_seq.items() if seq > 0}

@@ -13,30 +13,15 @@ import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
-from streamdet.service.recorder import CHECK_NAME, CLIP_NAME, WRITER
-from streamdet.subscribers.web.clips import MAX_SIDECAR_BYTES, ClipsFolder, well_formed
+from streamdet.service.recorder import CHECK_NAME, CLIP_NAME, read_sidecar, review_of
+from streamdet.subscribers.web.clips import ClipsFolder, well_formed
 
-LABELS = ("bird", "not_bird")  # what an operator can say a clip holds; None clears a review
+LABELS = ("bird", "not_bird")  # what an operator can say a clip holds (recorder.review_of); None clears a review
 MAX_LISTED = 500  # events of one day sent to a page; a busier day shows its newest
 
 
 class ReviewError(ValueError):
     """A review that cannot be stored; its text is the one line the page shows."""
-
-
-def read_sidecar(path: Path) -> dict | None:
-    """A sidecar of ours as a dict, or None: not a regular file (a symlink is not followed), too
-    large, not JSON, or not written by this project."""
-    try:
-        info = os.lstat(path)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SIDECAR_BYTES:
-            return None
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):  # missing, being written, or not text
-        return None
-    if not isinstance(meta, dict) or not (meta.get("writer") == WRITER or {"run_id", "written_at", "clip_start"} <= meta.keys()):
-        return None
-    return meta
 
 
 def wall_of(meta: dict) -> float | None:
@@ -77,8 +62,7 @@ class History:
         for wall, clip, meta in self._entries():
             kind = "checks" if CHECK_NAME.fullmatch(clip.name) else "events"
             days.setdefault(local_day(wall), {"events": 0, "checks": 0})[kind] += 1
-            label = (meta.get("review") or {}).get("label") if isinstance(meta.get("review"), dict) else None
-            if label in reviews:
+            if (label := review_of(meta)) is not None:
                 reviews[label] += 1
         return {"days": dict(sorted(days.items(), reverse=True)), "reviews": reviews}
 
@@ -115,10 +99,9 @@ class History:
 
 
 def row(wall: float, clip: Path, meta: dict) -> dict:
-    review = meta.get("review") if isinstance(meta.get("review"), dict) else {}
     return {"ts": wall, "source": clip.parent.name, "kind": "check" if CHECK_NAME.fullmatch(clip.name) else "event",
             "event_id": meta.get("event_id"), "duration": meta.get("duration"), "peak_score": meta.get("peak_score"), "band_hz": meta.get("band_hz"),
-            "clip_url": f"{clip.parent.name}/{clip.name}", "review": review.get("label")}
+            "clip_url": f"{clip.parent.name}/{clip.name}", "review": review_of(meta)}
 
 
 def replace_json(path: Path, meta: dict) -> None:
