@@ -91,6 +91,27 @@ def add_scoring(sub) -> None:
     threads_arg(pr)
     pr.set_defaults(handler=cmd_predict)
 
+    ad = sub.add_parser("adapt", help="fit a model to a site's reviewed clips: a new artifact with the site's threshold")
+    ad.add_argument("--model", type=Path, help="the base artifact (default: the bundled model)")
+    ad.add_argument("--data", type=Path, help="folder the labels' file names are relative to")
+    ad.add_argument("--labels", type=Path, help="BAD CSV (itemid,hasbird) or a file,label table, as evaluate reads them")
+    ad.add_argument("--reviews", type=Path, metavar="CLIPS_DIR", help="or: the daemon's recording directory, whose clips were reviewed on the web page")
+    ad.add_argument("--out", type=Path, required=True, help="the adapted artifact to write (the daemon loads it on SIGHUP)")
+    ad.add_argument("--cache", type=Path, default=default_cache_dir())
+    ad.add_argument("--seed", type=int, default=0)
+    threads_arg(ad)
+    ad.set_defaults(handler=cmd_adapt)
+
+    ks = sub.add_parser("kshot", help="how many reviews a site needs: per block, a model trained without it adapted on k of its clips, scored on the rest")
+    ks.add_argument("--config", type=Path, required=True)
+    ks.add_argument("--blocks", nargs="+", required=True, help="development blocks to hold out in turn, e.g. nips4b esc50 other maad24h")
+    ks.add_argument("--k", type=int, nargs="+", default=[10, 25, 50, 100], help="reviewed clips per draw (a fifth of them bird)")
+    ks.add_argument("--draws", type=int, default=5)
+    ks.add_argument("--out", type=Path, required=True, help="JSON of the curves (blocks already in it are kept)")
+    ks.add_argument("--cache", type=Path)
+    threads_arg(ks)
+    ks.set_defaults(handler=cmd_kshot)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train", description="Train and export streamdet models.")
@@ -105,6 +126,45 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, ArtifactError, CheckpointError, ValueError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
+
+
+def cmd_adapt(args) -> int:
+    from streamdet.detect import artifact
+    from train.adapt import adapt, adapted_meta, read_reviews
+    from train.cache import FeatureCache
+    from train.datasets import read_labels
+    from train.progress import progress_bar
+
+    if (args.reviews is None) == (args.labels is None) or (args.labels is not None and args.data is None):
+        raise ValueError("adapt: give either --data DIR --labels LABELS, or --reviews CLIPS_DIR")
+    model = artifact.load(args.model, "cpu")
+    items = read_reviews(args.reviews) if args.reviews else read_labels(args.labels, args.data, None, False)
+    cache = FeatureCache(args.cache, model.features)
+    with progress_bar() as progress:
+        cache.ensure([i.path for i in items], progress)
+        net, result = adapt(model, items, cache, args.seed, progress)
+    meta = adapted_meta(model, result, items, str(args.reviews or args.labels))
+    path = artifact.save(net, meta, args.out)
+    f = result["figures"]
+    console = Console()
+    for name, g in (("base model", f["base"]), ("adapted (out of fold)", f["adapted_out_of_fold"])):
+        auc = "n/a" if g["auc"] is None else f"{g['auc']:.3f}"
+        console.print(f"{name:>22}: ROC AUC {auc}, birds found {g['birds_found']:.0%}, no-bird clips called bird {g['nobird_called_bird']:.0%} ({g['clips']} clips, {g['bird']} bird)")
+    console.print(f"wrote {path}: load it with `--model {path}` or `model.path` and SIGHUP")
+    return 0
+
+
+def cmd_kshot(args) -> int:
+    from train.config import load_train_config
+    from train.kshot import kshot
+
+    results = kshot(load_train_config(args.config), args.blocks, args.k, args.draws, args.out, args.cache)
+    for block, r in results.items():
+        for k, c in r["curve"].items():
+            print(f"{block} ({r['clips']} clips, {r['bird']} bird), k={k}: ROC AUC base {c['base_auc'][0]:.3f} adapted {c['adapted_auc'][0]:.3f} (sd {c['adapted_auc'][1]:.3f}); "
+                  f"birds found {c['base_birds_found'][0]:.0%} -> {c['adapted_birds_found'][0]:.0%}; no-bird called bird {c['base_nobird_called_bird'][0]:.0%} -> {c['adapted_nobird_called_bird'][0]:.0%}")
+    print(f"wrote {args.out}")
+    return 0
 
 
 def set_threads(threads: int | None, device: str | None) -> None:

@@ -1,0 +1,85 @@
+"""`python -m train adapt`: the bundled model fitted to a site's reviews (from the clips' sidecars, as
+the web page stores them), measured on the site's other clips; too few reviews refused in one line."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import REPO
+
+from streamdet.detect import artifact
+from streamdet.detect.features import windows_from_frames
+
+from audiogen import clip, noise, write
+
+pytestmark = pytest.mark.slow  # starts processes (see the README's contributing notes)
+RATE = 22050
+
+
+def squeak(seed: int) -> np.ndarray:
+    """A site's own nuisance the bundled model takes for a bird: a machine's pulsed 4-5 kHz squeak."""
+    x = noise(5.0, RATE, seed=seed)
+    t = np.arange(len(x)) / RATE
+    f = 4000 + 1000 * np.random.default_rng(seed).random()
+    return (x + 0.05 * ((t % 0.4) < 0.1) * np.sin(2 * np.pi * f * t)).astype(np.float32)
+
+
+def site_clip(kind: str, seed: int) -> np.ndarray:
+    return {"bird": lambda: clip(5.0, RATE, [(1.0, 1.5)], seed=seed), "squeak": lambda: squeak(seed), "quiet": lambda: noise(5.0, RATE, seed=seed)}[kind]()
+
+
+def reviewed_station(root, counts: dict[str, int]):
+    """A recording directory as the daemon and the page leave it: clips named by the recorder, each
+    sidecar with its review (a squeak and a quiet stretch are both 'not a bird')."""
+    folder = root / "clips" / "yard"
+    folder.mkdir(parents=True)
+    n = 0
+    for kind, count in counts.items():
+        for i in range(count):
+            n += 1
+            name = f"yard_20261201T{n // 60:02d}{n % 60:02d}00_0a0b0c0d_e{n}"
+            write(folder / f"{name}.flac", site_clip(kind, 1000 * n + i), RATE)
+            label = "bird" if kind == "bird" else "not_bird"
+            (folder / f"{name}.json").write_text(json.dumps({"writer": "streamdet", "source": "yard", "run_id": "0a0b0c0d", "event_id": n, "review": {"label": label}}))
+    (folder / "yard_20261201T235900_0a0b0c0d_e999.json").write_text(json.dumps({"writer": "streamdet", "source": "yard"}))  # not reviewed: left out
+    return root / "clips"
+
+
+def called(model, kind: str, seeds) -> int:
+    out = 0
+    for seed in seeds:
+        frames = model.frontend(torch.from_numpy(site_clip(kind, seed)))
+        windows = windows_from_frames(frames.numpy(), model.features)[1]
+        out += float(model.losses(windows).max()) >= model.meta["scoring"]["threshold"]
+    return out
+
+
+def adapt(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train", "adapt", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+def test_fifty_reviews_teach_the_bundled_model_a_site_nuisance_and_keep_its_birds(tmp_path):
+    clips = reviewed_station(tmp_path, {"bird": 10, "squeak": 20, "quiet": 20})
+    out = tmp_path / "site.pt"
+    result = adapt("--reviews", str(clips), "--out", str(out), "--cache", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "adapted (out of fold)" in result.stdout and str(out) in result.stdout
+    base, site = artifact.load(None, "cpu"), artifact.load(out, "cpu")  # the daemon's own checks
+    p = site.meta["provenance"]
+    assert p["adapted_from"]["sha256"] == base.sha256 and (p["site"]["bird"], p["site"]["no_bird"]) == (10, 40)
+    # The site's other clips, never reviewed: the squeak is no longer a bird, the birds still are.
+    fresh = range(50_000, 50_012)
+    assert called(base, "squeak", fresh) >= 10
+    assert called(site, "squeak", fresh) <= 1 and called(site, "bird", fresh) >= 6 and called(site, "quiet", fresh) == 0  # at least half the birds
+
+
+def test_too_few_reviews_of_either_label_are_refused_in_one_line_naming_what_it_needs(tmp_path):
+    clips = reviewed_station(tmp_path, {"bird": 3, "quiet": 12})
+    result = adapt("--reviews", str(clips), "--out", str(tmp_path / "site.pt"), "--cache", str(tmp_path / "cache"))
+    assert result.returncode == 2 and not (tmp_path / "site.pt").exists()
+    line = result.stderr.strip().splitlines()[-1]
+    assert "too few reviewed clips" in line and "3 bird and 12 no-bird" in line and "at least 5 bird" in line
+    result = adapt("--reviews", str(tmp_path / "missing"), "--out", str(tmp_path / "site.pt"))
+    assert result.returncode == 2 and "missing: not a folder" in result.stderr

@@ -1,0 +1,96 @@
+"""`python -m train kshot`: how many reviews a new site needs, measured the way a site is met.
+
+For each development block in turn, a base model is trained on every other block (as `fit`
+trains, its threshold from its held-out part): the block is a recorder it never heard.  Then, for
+k = 10, 25, 50, 100 reviewed clips of that block (a fifth of them bird, as a station's reviews
+might run, more in a block with few no-bird clips; several random draws), the model is adapted (train/adapt.py) and both it and the base
+model score the block's *other* clips: ROC AUC, birds found and no-bird clips called bird at each
+one's threshold.  A block without birds (speech) cannot be adapted on alone and is not drawn."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from train.adapt import Head, adapted_head, clip_decisions, site_figures, site_windows, subsite
+from train.cache import FeatureCache, default_cache_dir
+from train.calibrate import calibrate
+from train.config import TrainConfig
+from train.crossval import _items
+from train.learn import train_on
+from train.progress import progress_bar
+
+BIRD_SHARE = 0.2
+
+
+def base_model(config: TrainConfig, items, block: str, cache: FeatureCache, progress):
+    """A detector trained without `block` (nor synthetic speech, when the block is speech), and its
+    threshold calibrated on its own held-out part."""
+    c = copy.deepcopy(config)
+    c.calibration.folds = 0
+    others = [i for i in items if i.dataset != block and not (block == "speech" and i.dataset == "espeak")]
+    detector, base, _, val_items = train_on(c, others, cache, progress)
+    from train.calibrate import window_decisions
+
+    scoring, _ = calibrate(c, base, window_decisions(detector, val_items, cache, c.features, base, progress, "calibrating the base model"))
+    return detector.eval(), float(scoring["threshold"])
+
+
+def draw(labels: np.ndarray, k: int, rng: np.random.Generator, keep: int = 5) -> np.ndarray | None:
+    """k clips, a fifth of them bird (more when the block has too few no-bird clips), leaving at
+    least `keep` of each label to score; None when the block is too small for k."""
+    birds, nobirds = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    n_nobird = min(k - max(1, round(BIRD_SHARE * k)), len(nobirds) - keep)
+    n_bird = k - n_nobird
+    if n_nobird < 1 or n_bird > len(birds) - keep:
+        return None
+    return np.concatenate([rng.choice(birds, n_bird, replace=False), rng.choice(nobirds, n_nobird, replace=False)])
+
+
+def block_curve(net, threshold: float, site, ks: list[int], draws: int, seed: int) -> dict:
+    labels = site.labels.numpy().astype(int)
+    with torch.no_grad():
+        base_all = clip_decisions(Head(net), site).numpy()
+    out = {}
+    for k in ks:
+        runs = []
+        for d in range(draws):
+            chosen = draw(labels, k, np.random.default_rng(seed + 1000 * k + d))
+            if chosen is None:
+                break
+            rest = np.setdiff1d(np.arange(len(labels)), chosen)
+            head, adapted_threshold, _ = adapted_head(net, subsite(site, chosen), seed + d)
+            with torch.no_grad():
+                adapted = clip_decisions(head, subsite(site, rest)).numpy()
+            runs.append({"base": site_figures(labels[rest], base_all[rest], threshold), "adapted": site_figures(labels[rest], adapted, adapted_threshold)})
+        if runs:
+            out[str(k)] = {"draws": runs, **{f"{who}_{m}": summary([r[who][m] for r in runs]) for who in ("base", "adapted") for m in ("auc", "birds_found", "nobird_called_bird")}}
+    return out
+
+
+def summary(values: list) -> list[float] | None:
+    values = [v for v in values if v is not None]
+    return [round(float(np.mean(values)), 4), round(float(np.std(values)), 4)] if values else None
+
+
+def kshot(config: TrainConfig, blocks: list[str], ks: list[int], draws: int, out: Path, cache_dir=None, seed: int = 0) -> dict:
+    cache = FeatureCache(cache_dir or config.cache_dir or default_cache_dir(), config.features)
+    results = json.loads(out.read_text()) if out.exists() else {}  # blocks already measured are kept (a long run can be resumed)
+    with progress_bar() as progress:
+        items = _items(config, cache, progress)
+        task = progress.add_task("blocks", total=len(blocks), info="")
+        for block in blocks:
+            members = [i for i in items if i.dataset == block]
+            if not members:
+                raise ValueError(f"kshot: no block {block!r} (blocks: {', '.join(sorted({i.dataset for i in items}))})")
+            if block not in results:
+                net, threshold = base_model(config, items, block, cache, progress)
+                site, used = site_windows(net, config.features, members, cache)
+                results[block] = {"clips": len(used), "bird": int(site.labels.sum()), "curve": block_curve(net, threshold, site, ks, draws, seed)}
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(results, indent=1))
+            progress.update(task, advance=1, info=block)
+    return results
