@@ -130,6 +130,8 @@ def add_tools(sub) -> None:
     soak.add_argument("--json", type=Path, help="also write the figures here")
     soak.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for the daemon, e.g. --set recording.enabled=true")
     soak.add_argument("--jsonl", type=Path, metavar="FILE", help="also run `streamdet listen --jsonl FILE` as a second subscriber")
+    soak.add_argument("--web", action="store_true", help="also run `streamdet web` (on the clips folder, when recording is on) with a headless Chromium keeping its page open")
+    soak.add_argument("--pace", default="max", help="the replay's pace (max, realtime or Nx, as `run --pace`)")
     soak.add_argument("--heap", type=Path, metavar="DIR", help="the daemon writes heap snapshots and memory counters to DIR; the soak compares them")
     soak.set_defaults(handler=cmd_soak)
 
@@ -288,7 +290,7 @@ def cmd_soak(args) -> int:
     if not args.minutes > 0 or not args.interval > 0:
         raise UserError("--minutes and --interval: expected positive numbers")
     try:
-        result = run_soak(args.data, args.minutes, args.model, args.interval, overrides=args.set, jsonl=args.jsonl, heap=args.heap)
+        result = run_soak(args.data, args.minutes, args.model, args.interval, overrides=args.set, jsonl=args.jsonl, heap=args.heap, pace=args.pace, web=args.web)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     if args.json:

@@ -1,5 +1,6 @@
-"""`streamdet soak`: the daemon replaying a folder in a loop at max pace for a given time, with a
-subscriber counting every window: its memory every interval, the memory's slope, and what was lost.
+"""`streamdet soak`: the daemon replaying a folder in a loop (at max pace, or `--pace`) for a given
+time, with a subscriber counting every window: its memory every interval, the memory's slope, and
+what was lost; with `--jsonl` and `--web` the other subscribers a station runs beside it.
 
 Running for months is the product; this is how a leak, or a loss under load, shows up in an hour.
 With `--heap DIR` the daemon also writes heap snapshots and malloc's counters (see heapwatch), and
@@ -7,6 +8,7 @@ the soak says which of them grows with RSS.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -42,8 +44,8 @@ def halves(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return (slope_mib_per_hour([s for s in samples if s[0] <= middle]), slope_mib_per_hour([s for s in samples if s[0] >= middle]))
 
 
-def daemon_command(data: Path, endpoint: str, model: Path | None, overrides: list[str], subscribers: int, heap: Path | None, interval_s: float) -> list[str]:
-    command = [sys.executable, "-m", "streamdet", "run", "--replay", str(data), "--loop", "--pace", "max", "--endpoint", endpoint,
+def daemon_command(data: Path, endpoint: str, model: Path | None, overrides: list[str], subscribers: int, heap: Path | None, interval_s: float, pace: str = "max") -> list[str]:
+    command = [sys.executable, "-m", "streamdet", "run", "--replay", str(data), "--loop", "--pace", pace, "--endpoint", endpoint,
                "--wait-subscribers", str(subscribers), "--log-level", "warning"]
     if model:
         command += ["--model", str(model)]
@@ -54,59 +56,79 @@ def daemon_command(data: Path, endpoint: str, model: Path | None, overrides: lis
     return command
 
 
+def start_subscribers(endpoint: str, jsonl: Path | None, web: bool, overrides: list[str]) -> dict[str, subprocess.Popen]:
+    """The other subscribers a station runs: a JSONL listener, and the web server (serving the
+    clips folder when recording is on) with a headless Chromium keeping its page open."""
+    out = {}
+    if jsonl:
+        out["listener"] = subprocess.Popen([sys.executable, "-m", "streamdet", "listen", "--endpoint", endpoint, "--jsonl", str(jsonl), "--quiet"])
+    if web:
+        port = int(free_tcp_endpoint().rsplit(":", 1)[1])
+        clips = next((o.split("=", 1)[1] for o in overrides if o.startswith("recording.directory=")), None)
+        out["web"] = subprocess.Popen([sys.executable, "-m", "streamdet", "web", "--endpoint", endpoint, "--listen", f"127.0.0.1:{port}", *(["--clips", clips] if clips else [])],
+                                      stderr=subprocess.DEVNULL)
+        browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+        if browser is None:
+            raise RuntimeError("--web: no Chromium to keep the page open (Debian: apt-get install chromium)")
+        time.sleep(3)  # the server's socket first
+        out["browser"] = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0", f"http://127.0.0.1:{port}/"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out
+
+
 def run_soak(data: Path, minutes: float, model: Path | None = None, interval_s: float = 60.0, console: Console | None = None,
-             overrides: list[str] = (), jsonl: Path | None = None, heap: Path | None = None) -> dict:
+             overrides: list[str] = (), jsonl: Path | None = None, heap: Path | None = None, pace: str = "max", web: bool = False) -> dict:
     console = console or Console()
     endpoint = free_tcp_endpoint()
     sub = Subscriber(endpoint, topics=("loss.", "status"))
-    daemon = subprocess.Popen(daemon_command(data, endpoint, model, list(overrides), 2 if jsonl else 1, heap, interval_s))
-    listener = None
-    if jsonl:
-        listener = subprocess.Popen([sys.executable, "-m", "streamdet", "listen", "--endpoint", endpoint, "--jsonl", str(jsonl), "--quiet"])
+    others = start_subscribers(endpoint, jsonl, web, list(overrides))
+    daemon = subprocess.Popen(daemon_command(data, endpoint, model, list(overrides), 1 + ("listener" in others) + ("web" in others), heap, interval_s, pace))
+    watched = {"daemon": daemon, **{k: v for k, v in others.items() if k != "browser"}}  # a browser is many processes: only its life is watched
     started, next_sample = time.monotonic(), 0.0
-    samples, listener_samples, windows, missed, last_seq, run_id = [], [], 0, 0, None, None
+    samples: dict[str, list] = {name: [] for name in watched}
+    windows, missed, last_seq, run_id = 0, 0, None, None
     try:
         while time.monotonic() - started < minutes * 60:
-            if daemon.poll() is not None:
-                raise RuntimeError(f"the daemon exited with status {daemon.returncode} during the soak")
-            if listener is not None and listener.poll() is not None:
-                raise RuntimeError(f"the JSONL listener exited with status {listener.returncode} during the soak")
+            for name, process in {"daemon": daemon, **others}.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"the {name} exited with status {process.returncode} during the soak")
             got = sub.receive(timeout_s=0.5)
-            if got is not None:
-                _, msg = got
-                if msg["type"] == "loss":
-                    if msg["run_id"] != run_id:
-                        run_id, last_seq = msg["run_id"], None
-                    if last_seq is not None and msg["seq"] != last_seq + 1:
-                        missed += max(0, msg["seq"] - last_seq - 1)
-                    last_seq = msg["seq"]
-                    windows += 1
+            if got is not None and got[1]["type"] == "loss":
+                msg = got[1]
+                if msg["run_id"] != run_id:
+                    run_id, last_seq = msg["run_id"], None
+                if last_seq is not None and msg["seq"] != last_seq + 1:
+                    missed += max(0, msg["seq"] - last_seq - 1)
+                last_seq = msg["seq"]
+                windows += 1
             elapsed = time.monotonic() - started
             if elapsed >= next_sample and windows:
-                samples.append((elapsed, rss_mib(daemon.pid)))
-                line = f"{elapsed / 60:6.1f} min  RSS {samples[-1][1]:7.1f} MiB  windows {windows:>10,}  missed {missed}"
-                if listener is not None:
-                    listener_samples.append((elapsed, rss_mib(listener.pid)))
-                    line += f"  listener RSS {listener_samples[-1][1]:6.1f} MiB"
-                console.print(line)
+                for name, process in watched.items():
+                    samples[name].append((elapsed, rss_mib(process.pid)))
+                console.print(f"{elapsed / 60:6.1f} min  windows {windows:>10,}  missed {missed}  RSS " + "  ".join(f"{n} {s[-1][1]:.1f} MiB" for n, s in samples.items()))
                 next_sample += interval_s
     finally:
-        for process in (listener, daemon):
-            if process is not None:
-                process.terminate()
-                process.wait(60)
+        for process in (*others.values(), daemon):
+            process.terminate()
+            process.wait(60)
         sub.close()
-    rss = steady(samples, interval_s)
+    return _report(samples, windows, missed, (time.monotonic() - started) / 60, interval_s, heap, console)
+
+
+def _report(samples: dict, windows: int, missed: int, minutes: float, interval_s: float, heap: Path | None, console: Console) -> dict:
+    rss = steady(samples["daemon"], interval_s)
     first_half, second_half = halves(rss)
-    result = {"minutes": round((time.monotonic() - started) / 60, 2), "windows": windows, "missed": missed,
-              "rss_mib": [round(m, 1) for _, m in samples], "slope_mib_per_hour": round(slope_mib_per_hour(rss), 2),
+    result = {"minutes": round(minutes, 2), "windows": windows, "missed": missed,
+              "rss_mib": [round(m, 1) for _, m in samples["daemon"]], "slope_mib_per_hour": round(slope_mib_per_hour(rss), 2),
               "slope_halves_mib_per_hour": [round(first_half, 2), round(second_half, 2)]}
-    console.print(f"soak: {result['minutes']} min, {windows:,} windows, {missed} missed; RSS {result['rss_mib'][0] if samples else '-'} -> "
-                  f"{result['rss_mib'][-1] if samples else '-'} MiB, slope {result['slope_mib_per_hour']} MiB/h after the first interval "
+    console.print(f"soak: {result['minutes']} min, {windows:,} windows, {missed} missed; RSS {result['rss_mib'][0] if rss else '-'} -> "
+                  f"{result['rss_mib'][-1] if rss else '-'} MiB, slope {result['slope_mib_per_hour']} MiB/h after the first interval "
                   f"({result['slope_halves_mib_per_hour'][0]} and {result['slope_halves_mib_per_hour'][1]} MiB/h over its halves)")
-    if listener_samples:
-        result["listener_slope_mib_per_hour"] = round(slope_mib_per_hour(steady(listener_samples, interval_s)), 2)
-        console.print(f"listener: RSS {listener_samples[0][1]:.1f} -> {listener_samples[-1][1]:.1f} MiB, slope {result['listener_slope_mib_per_hour']} MiB/h")
+    for name in ("listener", "web"):
+        if samples.get(name):
+            result[f"{name}_rss_mib"] = [round(m, 1) for _, m in samples[name]]
+            result[f"{name}_slope_mib_per_hour"] = round(slope_mib_per_hour(steady(samples[name], interval_s)), 2)
+            console.print(f"{name}: RSS {samples[name][0][1]:.1f} -> {samples[name][-1][1]:.1f} MiB, slope {result[f'{name}_slope_mib_per_hour']} MiB/h")
     if heap:
         result["heap"] = heap_report(heap, interval_s, console)
     return result
