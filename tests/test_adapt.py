@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, two_site_manifest
 
 from streamdet.detect import artifact
 from streamdet.detect.features import windows_from_frames
@@ -83,3 +83,28 @@ def test_too_few_reviews_of_either_label_are_refused_in_one_line_naming_what_it_
     assert "too few reviewed clips" in line and "3 bird and 12 no-bird" in line and "at least 5 bird" in line
     result = adapt("--reviews", str(tmp_path / "missing"), "--out", str(tmp_path / "site.pt"))
     assert result.returncode == 2 and "missing: not a folder" in result.stderr
+
+
+def test_kshot_holds_each_block_out_of_training_and_adapts_on_k_of_its_clips(tmp_path):
+    """The curve a site's reviews are planned by: a base model trained without the block (kept, so
+    a second pull toward the base is measured without training again), adapted on k clips of it,
+    both scored on its other clips."""
+    from train.config import load_train_config
+    from train.kshot import kshot
+
+    config = load_train_config(two_site_manifest(tmp_path, epochs=2))
+    config.training.objective, config.model.kind, config.model.channels = "decision", "conv", 4
+    out = tmp_path / "kshot.json"
+    result = kshot(config, ["siteA"], [6], 1, out, pulls=(1.0,))
+    base = tmp_path / "kshot.base-siteA.pt"
+    assert base.exists() and json.loads(out.read_text()) == result
+    curve = result["siteA"]["curves"]["1.0"]["6"]
+    assert result["siteA"]["clips"] == 16 and len(curve["draws"]) == 1
+    for run in curve["draws"]:  # 6 reviewed, the other 10 scored by both models
+        assert run["base"]["clips"] == run["adapted"]["clips"] == 10 and 0.0 <= run["adapted"]["auc"] <= 1.0
+    kept = base.stat().st_mtime_ns
+    again = kshot(config, ["siteA"], [6], 1, out, pulls=(1.0, 10.0))
+    assert base.stat().st_mtime_ns == kept and set(again["siteA"]["curves"]) == {"1.0", "10.0"}
+    with pytest.raises(ValueError, match="decision-trained convolutional"):
+        config.training.objective = "reconstruct"
+        kshot(config, ["siteA"], [6], 1, tmp_path / "other.json")

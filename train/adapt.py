@@ -144,7 +144,7 @@ def subsite(site: SiteWindows, clips) -> SiteWindows:
     return SiteWindows(site.contrast[keep], site.pooled[keep], number[site.clip[keep]], site.silent[keep], site.labels[clips])
 
 
-def tune(net: DecisionNet, site: SiteWindows, seed: int = 0) -> Head:
+def tune(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float = PULL) -> Head:
     """The head fitted to every clip of `site`, pulled toward the base."""
     torch.manual_seed(seed)
     head, base = Head(net), [p.detach().clone() for p in Head(net).parameters()]
@@ -155,13 +155,13 @@ def tune(net: DecisionNet, site: SiteWindows, seed: int = 0) -> Head:
         optimiser.zero_grad()
         logits = clip_decisions(head, site).clamp_min(-50.0)  # a wholly silent clip has no logit
         loss = (weight * torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")).sum()
-        loss = loss + PULL * sum(((p - p0) ** 2).sum() for p, p0 in zip(head.parameters(), base)) / len(base)
+        loss = loss + pull * sum(((p - p0) ** 2).sum() for p, p0 in zip(head.parameters(), base)) / len(base)
         loss.backward()
         optimiser.step()
     return head
 
 
-def out_of_fold(net: DecisionNet, site: SiteWindows, seed: int = 0) -> torch.Tensor:
+def out_of_fold(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float = PULL) -> torch.Tensor:
     """Every clip's decision from a head tuned without it (folds stratified by label): what the
     threshold is set on."""
     rng = np.random.default_rng(seed)
@@ -174,16 +174,16 @@ def out_of_fold(net: DecisionNet, site: SiteWindows, seed: int = 0) -> torch.Ten
     for fold in range(FOLDS):
         held = np.flatnonzero(fold_of == fold)
         if len(held):
-            head = tune(net, subsite(site, np.flatnonzero(fold_of != fold)), seed)
+            head = tune(net, subsite(site, np.flatnonzero(fold_of != fold)), seed, pull)
             with torch.no_grad():
                 out[held] = clip_decisions(head, subsite(site, held))
     return out
 
 
-def adapted_head(net: DecisionNet, site: SiteWindows, seed: int = 0) -> tuple[Head, float, np.ndarray]:
+def adapted_head(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float = PULL) -> tuple[Head, float, np.ndarray]:
     """(the head tuned on every clip of `site`, its threshold from out-of-fold decisions, those decisions)."""
-    oof = out_of_fold(net, site, seed).numpy()
-    return tune(net, site, seed), fpr_level(oof[site.labels.numpy() == 0], CLIP_FPR), oof
+    oof = out_of_fold(net, site, seed, pull).numpy()
+    return tune(net, site, seed, pull), fpr_level(oof[site.labels.numpy() == 0], CLIP_FPR), oof
 
 
 def site_figures(labels: np.ndarray, decisions: np.ndarray, threshold: float) -> dict:

@@ -109,6 +109,7 @@ def add_scoring(sub) -> None:
     ks.add_argument("--draws", type=int, default=5)
     ks.add_argument("--out", type=Path, required=True, help="JSON of the curves (blocks already in it are kept)")
     ks.add_argument("--cache", type=Path)
+    ks.add_argument("--pull", type=float, nargs="+", help="pulls toward the base model to measure (default: train.adapt.PULL)")
     threads_arg(ks)
     ks.set_defaults(handler=cmd_kshot)
 
@@ -155,13 +156,15 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_kshot(args) -> int:
+    from train.adapt import PULL
     from train.config import load_train_config
     from train.kshot import kshot
 
-    results = kshot(load_train_config(args.config), args.blocks, args.k, args.draws, args.out, args.cache)
+    results = kshot(load_train_config(args.config), args.blocks, args.k, args.draws, args.out, args.cache, pulls=tuple(args.pull or (PULL,)))
     for block, r in results.items():
-        for k, c in r["curve"].items():
-            print(f"{block} ({r['clips']} clips, {r['bird']} bird), k={k}: ROC AUC base {c['base_auc'][0]:.3f} adapted {c['adapted_auc'][0]:.3f} (sd {c['adapted_auc'][1]:.3f}); "
+        for (pull, curve) in r["curves"].items():
+            for k, c in curve.items():
+                print(f"{block} ({r['clips']} clips, {r['bird']} bird), pull {pull}, k={k}: ROC AUC base {c['base_auc'][0]:.3f} adapted {c['adapted_auc'][0]:.3f} (sd {c['adapted_auc'][1]:.3f}); "
                   f"birds found {c['base_birds_found'][0]:.0%} -> {c['adapted_birds_found'][0]:.0%}; no-bird called bird {c['base_nobird_called_bird'][0]:.0%} -> {c['adapted_nobird_called_bird'][0]:.0%}")
     print(f"wrote {args.out}")
     return 0

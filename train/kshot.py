@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.adapt import Head, adapted_head, clip_decisions, site_figures, site_windows, subsite
+from train.adapt import PULL, Head, adapted_head, clip_decisions, site_figures, site_windows, subsite
 from train.cache import FeatureCache, default_cache_dir
 from train.calibrate import calibrate
 from train.config import TrainConfig
@@ -50,7 +50,7 @@ def draw(labels: np.ndarray, k: int, rng: np.random.Generator, keep: int = 5) ->
     return np.concatenate([rng.choice(birds, n_bird, replace=False), rng.choice(nobirds, n_nobird, replace=False)])
 
 
-def block_curve(net, threshold: float, site, ks: list[int], draws: int, seed: int) -> dict:
+def block_curve(net, threshold: float, site, ks: list[int], draws: int, seed: int, pull: float) -> dict:
     labels = site.labels.numpy().astype(int)
     with torch.no_grad():
         base_all = clip_decisions(Head(net), site).numpy()
@@ -62,7 +62,7 @@ def block_curve(net, threshold: float, site, ks: list[int], draws: int, seed: in
             if chosen is None:
                 break
             rest = np.setdiff1d(np.arange(len(labels)), chosen)
-            head, adapted_threshold, _ = adapted_head(net, subsite(site, chosen), seed + d)
+            head, adapted_threshold, _ = adapted_head(net, subsite(site, chosen), seed + d, pull)
             with torch.no_grad():
                 adapted = clip_decisions(head, subsite(site, rest)).numpy()
             runs.append({"base": site_figures(labels[rest], base_all[rest], threshold), "adapted": site_figures(labels[rest], adapted, adapted_threshold)})
@@ -76,7 +76,11 @@ def summary(values: list) -> list[float] | None:
     return [round(float(np.mean(values)), 4), round(float(np.std(values)), 4)] if values else None
 
 
-def kshot(config: TrainConfig, blocks: list[str], ks: list[int], draws: int, out: Path, cache_dir=None, seed: int = 0) -> dict:
+def kshot(config: TrainConfig, blocks: list[str], ks: list[int], draws: int, out: Path, cache_dir=None, seed: int = 0, pulls: tuple[float, ...] = (PULL,)) -> dict:
+    """Per block and per pull toward the base (train.adapt.PULL), the curves; the base models are
+    kept beside `out`, so that other settings are measured without training them again."""
+    if config.training.objective != "decision" or config.model.kind != "conv":
+        raise ValueError("kshot: adapting needs a decision-trained convolutional model (training.objective decision, model.kind conv)")
     cache = FeatureCache(cache_dir or config.cache_dir or default_cache_dir(), config.features)
     results = json.loads(out.read_text()) if out.exists() else {}  # blocks already measured are kept (a long run can be resumed)
     with progress_bar() as progress:
@@ -86,11 +90,29 @@ def kshot(config: TrainConfig, blocks: list[str], ks: list[int], draws: int, out
             members = [i for i in items if i.dataset == block]
             if not members:
                 raise ValueError(f"kshot: no block {block!r} (blocks: {', '.join(sorted({i.dataset for i in items}))})")
-            if block not in results:
-                net, threshold = base_model(config, items, block, cache, progress)
-                site, used = site_windows(net, config.features, members, cache)
-                results[block] = {"clips": len(used), "bird": int(site.labels.sum()), "curve": block_curve(net, threshold, site, ks, draws, seed)}
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(results, indent=1))
+            net, threshold = kept_base(config, items, block, cache, progress, out.with_name(f"{out.stem}.base-{block}.pt"))
+            site, used = site_windows(net, config.features, members, cache)
+            entry = results.setdefault(block, {"clips": len(used), "bird": int(site.labels.sum()), "curves": {}})
+            for pull in pulls:
+                if str(pull) not in entry["curves"]:
+                    entry["curves"][str(pull)] = block_curve(net, threshold, site, ks, draws, seed, pull)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text(json.dumps(results, indent=1))
             progress.update(task, advance=1, info=block)
     return results
+
+
+def kept_base(config: TrainConfig, items, block: str, cache: FeatureCache, progress, path: Path):
+    """The base model without `block`, trained once and kept at `path`."""
+    from train.decide import new_detector
+
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        m = config.features.n_mels
+        net = new_detector(config, [torch.zeros(m)] * 2, [torch.ones(m)] * 2)
+        net.load_state_dict(saved["state"])
+        return net.eval(), float(saved["threshold"])
+    net, threshold = base_model(config, items, block, cache, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": net.state_dict(), "threshold": threshold}, path)
+    return net, threshold
