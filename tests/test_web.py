@@ -142,6 +142,8 @@ def test_clips_are_served_only_from_inside_the_clips_folder(tmp_path):
     assert [h for h in hostile if folder.file(h) is not None] == []
     assert folder.url_of(str(root / "s" / "a.flac")) == "s/a.flac" and folder.url_of("/elsewhere/s/b.flac") == "s/b.flac"  # not written yet: asked for later
     assert [c for c in ("/x/../s.flac", "/x/s/a.json", "", None, 5, "s\x00/a.flac") if folder.url_of(c) is not None] == []
+    write(root / "s" / "c.flac", clip(1.0, 22050, seed=2), 22050)
+    (root / "s" / "c.json").write_text(json.dumps({"run_id": "r", "source": "s", "event_id": 1, "kind": "check", "onset_wall": 1_800_000_000.0}))  # not a detection
     hours = HourCounts(now=lambda: 1_800_000_000.0)
     assert folder.count_hours(hours) == 1
     picture = spectrogram(root / "s" / "a.flac")

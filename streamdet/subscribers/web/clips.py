@@ -50,6 +50,8 @@ class ClipsFolder:
                 if sidecar.stat().st_size > MAX_SIDECAR_BYTES:
                     continue
                 meta = json.loads(sidecar.read_text())
+                if meta.get("kind") == "check":
+                    continue  # a stretch recorded for a check is not a detection
                 wall = meta.get("onset_wall") or _iso_seconds(meta.get("written_at"))
                 key = f"{meta.get('run_id')}/{meta.get('source')}/{meta.get('event_id')}"
             except (OSError, ValueError, AttributeError, TypeError):
