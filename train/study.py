@@ -53,6 +53,8 @@ LEVERS = [
     ("encoders of the reference's shape (pooled; measured only: half the model's speed)", {"model.encoder": "pooled"}),
     ("pooled encoders and 300 clips of synthetic speech (measured only: half the model's speed)", {"model.encoder": "pooled", SPEECH: "300"}),
     ("300 clips of synthetic speech", {SPEECH: "300"}),
+    # The recipe bundled before the lean encoders: strided encoders, no synthetic speech, one threshold over all blocks pooled.
+    ("strided encoders, no synthetic speech, pooled calibration (bundled before)", {"model.encoder": "strided", NO_SPEECH: "", "calibration.per_block": "false"}),
 ]
 
 
