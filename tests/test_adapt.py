@@ -19,11 +19,13 @@ RATE = 22050
 
 
 def squeak(seed: int) -> np.ndarray:
-    """A site's own nuisance the bundled model takes for a bird: a machine's pulsed 4-5 kHz squeak."""
+    """A site's own nuisance the bundled model takes for a bird: a machine's squeak, a 100-ms sweep
+    up 1.5 kHz from 4-5 kHz every 0.4 s."""
     x = noise(5.0, RATE, seed=seed)
     t = np.arange(len(x)) / RATE
-    f = 4000 + 1000 * np.random.default_rng(seed).random()
-    return (x + 0.05 * ((t % 0.4) < 0.1) * np.sin(2 * np.pi * f * t)).astype(np.float32)
+    into = t % 0.4
+    f = 4000 + 1000 * np.random.default_rng(seed).random() + 15000 * into
+    return (x + 0.05 * (into < 0.1) * np.sin(2 * np.pi * np.cumsum(f) / RATE)).astype(np.float32)
 
 
 def site_clip(kind: str, seed: int) -> np.ndarray:
@@ -72,7 +74,7 @@ def test_fifty_reviews_teach_the_bundled_model_a_site_nuisance_and_keep_its_bird
     # The site's other clips, never reviewed: the squeak is no longer a bird, the birds still are.
     fresh = range(50_000, 50_012)
     assert called(base, "squeak", fresh) >= 10
-    assert called(site, "squeak", fresh) <= 1 and called(site, "bird", fresh) >= 6 and called(site, "quiet", fresh) == 0  # at least half the birds
+    assert called(site, "squeak", fresh) <= 1 and called(site, "bird", fresh) >= 9 and called(site, "quiet", fresh) == 0
 
 
 def test_too_few_reviews_of_either_label_are_refused_in_one_line_naming_what_it_needs(tmp_path):

@@ -33,7 +33,7 @@ from train.metrics import roc_auc
 # Fewer reviews than these of either label, and the k-shot curves (docs/adapting.md) say the
 # adapted model is not better than the base one on the site's other clips: refused.
 MIN_BIRD, MIN_NOBIRD = 5, 10
-STEPS, LEARNING_RATE, PULL = 300, 0.01, 1.0  # full-batch Adam; PULL weighs the L2-SP penalty toward the base
+STEPS, LEARNING_RATE, PULL = 300, 0.01, 0.01  # full-batch Adam; PULL weighs the L2-SP penalty toward the base (chosen by kshot: docs/adapting.md)
 CLIP_FPR = 0.05  # at most this share of the site's no-bird clips reach the adapted threshold
 FOLDS = 5
 
@@ -144,8 +144,9 @@ def subsite(site: SiteWindows, clips) -> SiteWindows:
     return SiteWindows(site.contrast[keep], site.pooled[keep], number[site.clip[keep]], site.silent[keep], site.labels[clips])
 
 
-def tune(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float = PULL) -> Head:
-    """The head fitted to every clip of `site`, pulled toward the base."""
+def tune(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float | None = None) -> Head:
+    """The head fitted to every clip of `site`, pulled toward the base (by PULL unless given)."""
+    pull = PULL if pull is None else pull
     torch.manual_seed(seed)
     head, base = Head(net), [p.detach().clone() for p in Head(net).parameters()]
     y = site.labels
@@ -161,7 +162,7 @@ def tune(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float = PULL)
     return head
 
 
-def out_of_fold(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float = PULL) -> torch.Tensor:
+def out_of_fold(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float | None = None) -> torch.Tensor:
     """Every clip's decision from a head tuned without it (folds stratified by label): what the
     threshold is set on."""
     rng = np.random.default_rng(seed)
@@ -180,7 +181,7 @@ def out_of_fold(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float 
     return out
 
 
-def adapted_head(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float = PULL) -> tuple[Head, float, np.ndarray]:
+def adapted_head(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float | None = None) -> tuple[Head, float, np.ndarray]:
     """(the head tuned on every clip of `site`, its threshold from out-of-fold decisions, those decisions)."""
     oof = out_of_fold(net, site, seed, pull).numpy()
     return tune(net, site, seed, pull), fpr_level(oof[site.labels.numpy() == 0], CLIP_FPR), oof
