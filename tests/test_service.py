@@ -139,11 +139,11 @@ def test_sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one(tiny_model,
     assert all(abs(m["offset"] - m["t_start"] % 4.0) < 2e-3 for m in losses), [(m["t_start"], m["offset"]) for m in losses if abs(m["offset"] - m["t_start"] % 4.0) >= 2e-3]
 
 
-def replay_recording(tiny_model, replay, endpoint, recording: str, timeout_s: float = 60):
-    """Replay a folder at max pace with clip recording on (`recording`: the section's YAML keys);
-    returns every message and the events' ends."""
+def replay_recording(tiny_model, replay, endpoint, recording: str, timeout_s: float = 60, detector: str = "min_event_s: 1.4"):
+    """Replay a folder at max pace with clip recording on (`recording`, `detector`: the sections'
+    YAML keys); returns every message and the events' ends."""
     config = replay.parent / "daemon.yaml"
-    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{min_event_s: 1.4}}\nrecording: {{enabled: true, {recording}}}\n")
+    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{{detector}}}\nrecording: {{enabled: true, {recording}}}\n")
     daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
     got = collect(endpoint, timeout_s=timeout_s)
     assert daemon.wait(timeout_s) == 0
@@ -196,14 +196,8 @@ def test_eight_minutes_of_continuous_song_give_events_no_longer_than_the_maximum
     replay = tmp_path / "replay"
     replay.mkdir()
     write(replay / "chorus.wav", clip(480.0, 22050, [(t, 1.5) for t in range(0, 480, 2)], seed=9), 22050)
-    config = tmp_path / "daemon.yaml"
     clips = tmp_path / "clips"
-    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\n"
-                      f"detector: {{on_score: 0.0, off_score: 0.0, max_event_s: 20}}\nrecording: {{enabled: true, directory: {clips}, pre_roll_s: 2.0, post_roll_s: 1.0}}\n")
-    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
-    got = collect(endpoint, timeout_s=120)
-    assert daemon.wait(60) == 0
-    ends = [m for _, m, _ in got if m["type"] == "event" and m["state"] == "end"]
+    got, ends = replay_recording(tiny_model, replay, endpoint, f"directory: {clips}, pre_roll_s: 2.0, post_roll_s: 1.0", 120, "on_score: 0.0, off_score: 0.0, max_event_s: 20")
     assert len(ends) == 24 and all(e["duration"] <= 20.0 for e in ends)
     assert all(e.get("cut") for e in ends[:-1]) and [e.get("continues") for e in ends[1:]] == [e["event_id"] for e in ends[:-1]]
     for end in ends:
@@ -221,13 +215,8 @@ def test_stretches_without_an_event_are_recorded_for_a_check_at_most_as_often_as
     replay.mkdir()
     write(replay / "long.wav", clip(150.0, 22050, [(20.0, 1.0), (100.0, 1.0)], seed=6), 22050)
     clips = tmp_path / "clips"
-    config = tmp_path / "daemon.yaml"
-    config.write_text(f"sources: [{{kind: replay, name: yard, path: {replay}, pace: max}}]\nmodel: {{path: {tiny_model}}}\ndetector: {{on_score: 1.0, off_score: 1.0}}\n"
-                      f"recording: {{enabled: true, directory: {clips}, checks_per_hour: 60, pre_roll_s: 1.0, post_roll_s: 1.0}}\n")
-    daemon = start_daemon("--config", str(config), "--endpoint", endpoint, "--wait-subscribers", "1")
-    got = collect(endpoint, timeout_s=60)
-    assert daemon.wait(30) == 0
-    events = [(m["onset"], m["offset"]) for _, m, _ in got if m["type"] == "event" and m["state"] == "end"]
+    got, ends = replay_recording(tiny_model, replay, endpoint, f"directory: {clips}, checks_per_hour: 60, pre_roll_s: 1.0, post_roll_s: 1.0", 60, "on_score: 1.0, off_score: 1.0")
+    events = [(m["onset"], m["offset"]) for m in ends]
     # Windows an event did not hold (it holds from its onset to the window that closed it).
     scores = {m["t_start"]: m["score"] for _, m, _ in got if m["type"] == "loss" and m["score"] < 1.0 and not any(a <= m["t_start"] <= b + 1.0 for a, b in events)}
     checks = sorted((clips / "yard").glob("yard_*_c*.flac"))

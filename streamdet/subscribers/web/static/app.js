@@ -316,27 +316,26 @@ async function loadDays() {
   loadChecks(select.value === "live" ? Object.keys(d.days)[0] : select.value);
 }
 
+// One day's rows of one kind ("event" or "check") into `table`, newest first; how many.
+async function listDay(day, kind, table) {
+  const response = await fetch("api/day/" + encodeURIComponent(day));
+  if (!response.ok) return null;
+  const rows = (await response.json()).filter((m) => m.kind === kind), body = $(table).tBodies[0];
+  body.replaceChildren();
+  for (const m of rows) each(`a past ${kind}`, () => addEvent(m, body, -1));
+  return rows.length;
+}
+
 async function showDay(day) {
   const body = $("events").tBodies[0];
   if (day === "live") { body.replaceChildren(); for (const m of [...liveEvents].reverse()) each("an event", () => addEvent(m)); return; }
-  const response = await fetch("api/day/" + encodeURIComponent(day));
-  if (!response.ok) return;
-  const rows = (await response.json()).filter((m) => m.kind === "event");
-  body.replaceChildren();
-  for (const m of rows) each("a past event", () => addEvent(m, body, -1));
-  page.pastEvents = rows.length;
+  page.pastEvents = await listDay(day, "event", "events");
   loadChecks(day);
 }
 
 async function loadChecks(day) {
-  const body = $("checks").tBodies[0];
-  if (!day) { body.replaceChildren(); return; }
-  const response = await fetch("api/day/" + encodeURIComponent(day));
-  if (!response.ok) return;
-  const rows = (await response.json()).filter((m) => m.kind === "check");
-  body.replaceChildren();
-  for (const m of rows) each("a check", () => addEvent(m, body, -1));
-  page.checks = rows.length;
+  if (!day) { $("checks").tBodies[0].replaceChildren(); return; }
+  page.checks = await listDay(day, "check", "checks");
   $("checks-panel").hidden = false;
 }
 
