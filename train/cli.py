@@ -166,6 +166,13 @@ def cmd_kshot(args) -> int:
             for k, c in curve.items():
                 print(f"{block} ({r['clips']} clips, {r['bird']} bird), pull {pull}, k={k}: ROC AUC base {c['base_auc'][0]:.3f} adapted {c['adapted_auc'][0]:.3f} (sd {c['adapted_auc'][1]:.3f}); "
                   f"birds found {c['base_birds_found'][0]:.0%} -> {c['adapted_birds_found'][0]:.0%}; no-bird called bird {c['base_nobird_called_bird'][0]:.0%} -> {c['adapted_nobird_called_bird'][0]:.0%}")
+    from train.plot import PlotUnavailable, kshot_plot
+
+    try:
+        for pull in args.pull or (PULL,):
+            print(f"wrote {kshot_plot(args.out.with_name(f'{args.out.stem}-pull-{pull}.png'), results, str(float(pull)))}")
+    except PlotUnavailable as exc:
+        print(f"no plot: {exc}")
     print(f"wrote {args.out}")
     return 0
 

@@ -76,3 +76,35 @@ def score_histograms(path: Path, blocks: dict[str, tuple[np.ndarray, np.ndarray,
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def kshot_plot(path: Path, results: dict, pull: str) -> Path:
+    """Per held-out block, against the number of reviewed clips: ROC AUC on the block's other clips
+    (base dashed, adapted solid, a band of one standard deviation over the draws) and the share of
+    its no-bird clips called bird at each model's threshold."""
+    plt = _pyplot()
+    fig, (auc_ax, fp_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, (block, r) in enumerate(sorted(results.items())):
+        curve = r["curves"].get(pull, {})
+        if not curve:
+            continue
+        ks = [int(k) for k in curve]
+        colour = f"C{i}"
+        for ax, metric in ((auc_ax, "auc"), (fp_ax, "nobird_called_bird")):
+            base = np.array([curve[str(k)][f"base_{metric}"][0] for k in ks])
+            mean, sd = (np.array([curve[str(k)][f"adapted_{metric}"][j] for k in ks]) for j in (0, 1))
+            ax.plot(ks, base, "--", color=colour, alpha=0.7)
+            ax.plot(ks, mean, "o-", color=colour, label=f"{block} ({r['clips']} clips)")
+            ax.fill_between(ks, mean - sd, mean + sd, color=colour, alpha=0.15)
+    for ax, label in ((auc_ax, "ROC AUC on the block's other clips"), (fp_ax, "no-bird clips called bird")):
+        ax.set_xscale("log")
+        ax.set_xlabel("reviewed clips of the block (a fifth of them bird)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fp_ax.axhline(0.05, color="grey", lw=0.8)
+    auc_ax.legend(fontsize=8)
+    fig.suptitle(f"Adapting to a block held out of training: adapted (solid) against the base model (dashed); pull {pull}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
