@@ -196,7 +196,10 @@ def test_ctrl_c_during_fit_says_how_to_resume_and_the_output_folder_is_made(data
     config = (dataset / "contrast.yaml").read_text().replace("output: model.pt", f"output: {tmp_path / 'new' / 'deeper' / 'm.pt'}")
     config = config.replace("epochs: 15", "epochs: 100000, patience: 100000")  # it must still be training when interrupted, however loaded the machine
     (dataset / "long.yaml").write_text(config)
-    proc = subprocess.Popen([sys.executable, "-m", "train", "fit", "--config", str(dataset / "long.yaml")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job ignores SIGINT, and its children inherit that (Python then installs no
+    # KeyboardInterrupt): the fit gets the default back, as from a terminal.
+    proc = subprocess.Popen([sys.executable, "-m", "train", "fit", "--config", str(dataset / "long.yaml")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = tmp_path / "new" / "deeper" / "m.ckpt"
     deadline = time.monotonic() + 120
     while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
