@@ -176,11 +176,8 @@ def written_by_us(clip: Path, source: str) -> bool:
     says so (sidecars before the `writer` field carry the run id and the time they were written)."""
     if not (CLIP_NAME.fullmatch(clip.name) and clip.name.startswith(source + "_")):
         return False
-    try:
-        sidecar = json.loads(clip.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(sidecar, dict) and (sidecar.get("writer") == WRITER or {"run_id", "written_at", "clip_start"} <= sidecar.keys()) and sidecar.get("source", source) == source
+    sidecar = read_sidecar(clip.with_suffix(".json"))
+    return sidecar is not None and sidecar.get("source", source) == source
 
 
 def read_sidecar(path: Path, max_bytes: int = 1 << 16) -> dict | None:
