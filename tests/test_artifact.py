@@ -6,7 +6,7 @@ import torch
 
 from streamdet.detect import artifact
 from streamdet.detect.features import FeatureParams, LogMel, offline_windows
-from streamdet.detect.model import INFERENCE_FORM, DecisionNet, ReconstructNet, architecture, inference_form, make_vae, rebuild_eager, subpixel
+from streamdet.detect.model import INFERENCE_FORM, DecisionNet, MaxPool2, PooledPhaseConv, ReconstructNet, architecture, inference_form, make_vae, phase_conv, rebuild_eager, subpixel
 
 P = FeatureParams()
 
@@ -65,6 +65,21 @@ def test_a_subpixel_convolution_is_the_transposed_one(channels_in, channels_out,
         subpixel(torch.nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1))
 
 
+@pytest.mark.parametrize("channels,bias,height,width", [(4, True, 56, 64), (8, False, 6, 10), (2, True, 2, 2)])
+def test_a_phase_convolution_is_the_convolution_then_the_pooling(channels, bias, height, width):
+    """Scripted too (the artifact's form): every output phase, the edges' zero padding and the
+    bias land where the full-resolution convolution puts them."""
+    torch.manual_seed(2)
+    conv = torch.nn.Conv2d(1, channels, 3, padding=1, bias=bias)
+    x = torch.randn(5, 1, height, width) * 3
+    phases = torch.jit.script(phase_conv(conv))
+    with torch.no_grad():
+        assert torch.allclose(phases(x), MaxPool2()(conv(x)), atol=1e-5)
+    assert phases.state_dict().keys() == conv.state_dict().keys()
+    with pytest.raises(ValueError, match="from one channel"):
+        phase_conv(torch.nn.Conv2d(2, 4, 3, padding=1))
+
+
 @pytest.mark.parametrize("encoder", ["strided", "pooled", "lean"])
 def test_a_decision_net_is_saved_in_its_inference_form_and_scores_as_trained(tmp_path, encoder):
     """Batch-norm folded, transposed convolutions as sub-pixel ones: the file says so, scores as
@@ -81,6 +96,8 @@ def test_a_decision_net_is_saved_in_its_inference_form_and_scores_as_trained(tmp
     fast = inference_form(net)
     assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.ConvTranspose2d)) for m in fast.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # a copy was changed
+    # Only the lean encoder pools its first convolution before the activation.
+    assert any(isinstance(m, PooledPhaseConv) for m in fast.modules()) == (encoder == "lean")
     meta = make_meta(net)
     meta["model"] = architecture(net, "conv", 0, 4, 4)
     path = artifact.save(net, meta, tmp_path / "d.pt")

@@ -41,6 +41,8 @@ def test_bench_prints_its_figures(tiny_model, tmp_path):
     got = json.loads(figures.read_text())
     assert got["audio_s"] == 40.0 and got["end_to_end_missed"] == 0
     assert got["end_to_end_x"] > 1 and got["latency_ms_scripted"]["p99"] > 0
+    low, high = got["model_windows_per_s_range"]
+    assert 0 < low <= got["model_windows_per_s"] <= high and "model alone (batches of 64, warm" in result.stdout
     assert got["decode_only_x"] > got["decode_resample_x"] > 0 and "end to end steady / decode alone" in result.stdout
     assert set(got["vs"]) == {"streamdet predict (cold cache)", "reader", "broken"}
     assert got["vs"]["reader"]["exit"] == 0 and got["vs"]["reader"]["x"] > 0 and got["vs"]["streamdet predict (cold cache)"]["exit"] == 0

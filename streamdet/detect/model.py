@@ -181,9 +181,44 @@ def subpixel(up: nn.ConvTranspose2d) -> nn.Sequential:
     return nn.Sequential(conv, DepthToSpace())
 
 
+class PooledPhaseConv(nn.Conv2d):
+    """A 3x3, padding-1 convolution from one channel followed by MaxPool2, computed on the four
+    phases of the input (space-to-depth: rows and columns by parity) as one 3x3 convolution from 4
+    channels to 4x the channels, one group per output phase, and the maximum over the groups.
+
+    oneDNN runs a convolution from one channel at a few GFLOP/s; the phase form does 4x the
+    multiply-adds (most taps are zero) in about half the time, and its pooling is a maximum over
+    contiguous channel blocks instead of strided views.  Equal up to float rounding.  It keeps the
+    convolution's own weight and bias (the state_dict does not change): the phase kernel, a few
+    hundred numbers, is built from them on each call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        phases = x.reshape(b, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3).reshape(b, 4, h // 2, w // 2)
+        c = self.out_channels
+        # Output phase (a, b) reads full-resolution rows 2i+a-1..2i+a+1: the 3x3 kernel placed at
+        # (a+1, b+1) in the 6x6 that a 3x3 kernel over phases spans, then split by parity.
+        w = self.weight
+        k = torch.stack([nn.functional.pad(w, (1, 2, 1, 2)), nn.functional.pad(w, (2, 1, 1, 2)), nn.functional.pad(w, (1, 2, 2, 1)), nn.functional.pad(w, (2, 1, 2, 1))]).reshape(4 * c, 3, 2, 3, 2).permute(0, 2, 4, 1, 3).reshape(4 * c, 4, 3, 3)
+        bias = self.bias
+        y = nn.functional.conv2d(phases, k, None if bias is None else bias.repeat(4), padding=1)
+        return torch.maximum(torch.maximum(y[:, :c], y[:, c : 2 * c]), torch.maximum(y[:, 2 * c : 3 * c], y[:, 3 * c :]))
+
+
+def phase_conv(conv: nn.Conv2d) -> PooledPhaseConv:
+    """`conv` (one channel in, 3x3, stride 1, padding 1) as a PooledPhaseConv with its weights."""
+    if conv.in_channels != 1 or conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1 or conv.dilation != (1, 1):
+        raise ValueError(f"phase_conv: expected a 3x3, stride-1, padding-1 convolution from one channel, found {conv}")
+    out = PooledPhaseConv(1, conv.out_channels, 3, padding=1, bias=conv.bias is not None)
+    out.load_state_dict(conv.state_dict())
+    return out
+
+
 def _fused(layers: nn.Sequential) -> nn.Sequential:
     """Convolution + batch-norm pairs folded into one convolution (inference only); transposed
-    convolutions as sub-pixel ones; everything else kept."""
+    convolutions as sub-pixel ones; a first convolution from one channel pooled at once as a
+    PooledPhaseConv (its MaxPool2 kept in place as an Identity, so every layer keeps its name and
+    an artifact saved before this rewrite has the same state_dict); everything else kept."""
     out, items = [], list(layers)
     for i, layer in enumerate(items):
         if isinstance(layer, nn.BatchNorm2d):
@@ -193,8 +228,18 @@ def _fused(layers: nn.Sequential) -> nn.Sequential:
         elif isinstance(layer, nn.ConvTranspose2d):
             out.extend(subpixel(layer))
             continue
+        if type(layer) is nn.Conv2d and layer.in_channels == 1 and isinstance(_after(items, i), MaxPool2):
+            layer = phase_conv(layer)
+        elif isinstance(layer, MaxPool2) and isinstance(out[-1], PooledPhaseConv):
+            layer = nn.Identity()
         out.append(layer)
     return nn.Sequential(*out)
+
+
+def _after(items: list, i: int):
+    """The layer after items[i], past a batch-norm that folds into it."""
+    j = i + 1 + (i + 1 < len(items) and isinstance(items[i + 1], nn.BatchNorm2d))
+    return items[j] if j < len(items) else None
 
 
 INFERENCE_FORM = "fused_subpixel"
