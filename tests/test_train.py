@@ -301,6 +301,40 @@ def test_call_selection_keeps_the_windows_of_the_call_and_ambience_the_rest(tmp_
     assert len(WindowSet.of(cache, params, items, call_db=3.0, max_per_clip=2)) == min(2, len(calls))
 
 
+def test_strong_labels_choose_a_bird_clips_call_windows_and_its_quiet_ones(tmp_path):
+    """select.strong: of a NIPS4B clip with strong labels, the bird VAE learns the windows a bird
+    vocalisation overlaps by more than 50 ms, the background VAE (calls_and_quiet) those nothing
+    overlaps (an Unknown vocalisation may be a bird: neither); a clip without them is unchanged."""
+    from streamdet.detect.features import FeatureParams
+    from train.cache import FeatureCache
+    from train.strong import window_choosers
+    from train.windows import WindowSet
+
+    params = FeatureParams()
+    folder = tmp_path / "nips4b"
+    folder.mkdir()
+    labelled = write(folder / "nips4b_birds_trainfile001.flac", clip(10.0, 22050, [(6.0, 1.0)], seed=3), 22050)
+    other = write(folder / "nips4b_birds_trainfile002.flac", clip(5.0, 22050, seed=4), 22050)
+    (tmp_path / "nips4bplus").mkdir()
+    (tmp_path / "nips4bplus" / "events.csv").write_text("file_number,start_s,duration_s,end_s,label,taxon,call_type\n"
+                                                         "1,6.0,1.0,7.0,Sp_song,bird,song\n1,2.0,0.5,2.5,Unknown,Unknown,Unknown\n")
+    (tmp_path / "nips4bplus" / "file_summary.csv").write_text("file_number,has_annotation_file,annotation_file_empty,file_duration_s\n1,True,False,10.0\n")
+    cache = FeatureCache(tmp_path / "cache", params)
+    cache.ensure([labelled, other])
+    items = [Item(labelled, 1, "x", "one"), Item(other, 1, "x", "two")]
+    calls, quiet = window_choosers(params.window_seconds)
+    to_s = params.hop_length / params.sample_rate
+    everything = WindowSet.of(cache, params, items)
+    bird = WindowSet.of(cache, params, items, chooser=calls)
+    starts = {item.itemid: bird.rows[bird.rows[:, 0] == cache.entry(item.path)["offset"], 1] * to_s for item in items}
+    assert len(starts["one"]) and all(5.0 < s < 6.95 for s in starts["one"]), starts["one"]
+    assert len(starts["two"]) == int((everything.rows[:, 0] == cache.entry(other)["offset"]).sum())  # no strong labels: all of it
+    background = WindowSet.of(cache, params, items, chooser=quiet)
+    assert set(background.rows[:, 0]) == {cache.entry(labelled)["offset"]}
+    begins = background.rows[:, 1] * to_s
+    assert len(begins) > 5 and not any(1.0 < s < 2.5 or 5.0 < s < 7.0 for s in begins), begins
+
+
 def test_mixing_adds_powers_and_draws_only_what_it_needs():
     from train.windows import WindowSet, mix_windows
 

@@ -112,6 +112,10 @@ class SelectConfig:
     # Windows of bird clips at most this many dB above their clip's median also teach the background
     # VAE: the ambience of the sites birds were recorded at (most windows of a bird clip hold no call).
     background_quiet_db: float | None = None
+    # Bird clips with strong labels (NIPS4Bplus beside NIPS4B): "calls" keeps only their windows a
+    # bird vocalisation overlaps; "calls_and_quiet" also teaches the background VAE their windows no
+    # vocalisation overlaps; "off" labels every window by its clip, as clips without them are.
+    strong: str = field(default="off", metadata={"choices": ("off", "calls", "calls_and_quiet")})
 
 
 @dataclass

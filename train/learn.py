@@ -20,6 +20,7 @@ from train.datasets import Item
 from train.decide import fit_decision
 from train.loop import fit_vae
 from train.splits import k_folds, split_by_group
+from train.strong import window_choosers
 from train.windows import WindowSet, mix_windows
 
 
@@ -28,11 +29,18 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
     params, device = config.features, artifact.resolve_device(config.training.device)
     roles = MODES[config.mode].roles
 
+    strong = config.select.strong
+    calls, quiet_of = window_choosers(params.window_seconds) if strong != "off" else (None, None)
+
     def windows(items, label):
         chosen = [i for i in items if i.label == label]
-        return WindowSet.of(cache, params, chosen, config.select.call_db if label == 1 else None, config.training.max_windows_per_clip)
+        return WindowSet.of(cache, params, chosen, config.select.call_db if label == 1 else None, config.training.max_windows_per_clip, chooser=calls if label == 1 else None)
 
     sets = {"background": (windows(train_items, 0), windows(val_items, 0)), "bird": (windows(train_items, 1), windows(val_items, 1))}
+    if strong == "calls_and_quiet" and "background" in roles:
+        # The quiet stretches between a bird clip's calls: the same recorder's background, labelled by hand.
+        sets["background"] = tuple(s.joined(WindowSet.of(cache, params, [i for i in items if i.label == 1], None, config.training.max_windows_per_clip, chooser=quiet_of))
+                                   for s, items in zip(sets["background"], (train_items, val_items)))
     quiet = config.select.background_quiet_db
     if quiet is not None and "background" in roles:
         def ambience(items):

@@ -90,6 +90,38 @@ class StrongLabels:
         return self._folders[folder].get(Path(path).name)
 
 
+# A window is a call's when a bird vocalisation overlaps it by at least this long (about 5 frames).
+CALL_OVERLAP_S = 0.05
+
+
+def overlapping(spans: list[tuple[float, float]], starts_s: np.ndarray, window_s: float, at_least: float) -> np.ndarray:
+    """Which windows (starting at `starts_s`, `window_s` long) a span overlaps by more than `at_least` s."""
+    starts = np.asarray(starts_s, dtype=np.float64)
+    out = np.zeros(len(starts), dtype=bool)
+    for a, b in spans:
+        out |= np.minimum(starts + window_s, b) - np.maximum(starts, a) > at_least
+    return out
+
+
+def window_choosers(window_s: float) -> tuple:
+    """(calls, quiet): for WindowSet.of, the windows of a clip with strong labels that a bird
+    vocalisation overlaps, and those no vocalisation overlaps at all (an Unknown one neither: it
+    may be a bird); None or nothing for a clip without them."""
+    strong = StrongLabels()
+
+    def calls(item, starts_s: np.ndarray) -> np.ndarray | None:
+        labels = strong.of(item.path)
+        return None if labels is None else overlapping(labels.birds, starts_s, window_s, CALL_OVERLAP_S)
+
+    def quiet(item, starts_s: np.ndarray) -> np.ndarray:
+        labels = strong.of(item.path)
+        if labels is None:
+            return np.zeros(len(starts_s), dtype=bool)
+        return ~overlapping(labels.birds + labels.unknown, starts_s, window_s, 0.0)
+
+    return calls, quiet
+
+
 def window_segment_scores(decisions: np.ndarray, starts_s: np.ndarray, n_segments: int, window_s: float) -> np.ndarray:
     """Each segment's highest window decision among the windows overlapping it (-inf where none does)."""
     out = np.full(n_segments, -np.inf)

@@ -42,6 +42,10 @@ LEVERS = [
     ("ELBO weight 0.01", {"training.elbo_weight": "0.01"}),
     ("16 channels (measured only: 2.5x the model's compute)", {"model.channels": "16"}),
     ("bird windows: likely calls only", {"select.call_db": "3.0"}),
+    # NIPS4Bplus's strong labels: a NIPS4B bird clip's bird windows are its annotated calls only,
+    # and (second row) its windows between calls teach the background VAE.
+    ("NIPS4B bird windows: annotated calls only", {"select.strong": "calls"}),
+    ("NIPS4B annotated calls, and the quiet between them as background", {"select.strong": "calls_and_quiet"}),
     ("clips as bags of 8 windows", {"training.clip_bags": "8"}),
     ("VAEs pretrained alone, 10 epochs", {"training.pretrain_epochs": "10"}),
     ("no band-limit augmentation", {"augment.lowpass": "0"}),

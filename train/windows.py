@@ -1,6 +1,8 @@
 """Training windows as positions in the memory-mapped cache, gathered per batch."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -67,11 +69,13 @@ class WindowSet:
         return mean.float(), std.float()
 
     @classmethod
-    def of(cls, cache: FeatureCache, params: FeatureParams, items: list[Item], call_db: float | None = None, max_per_clip: int = 0, quiet_db: float | None = None) -> "WindowSet":
+    def of(cls, cache: FeatureCache, params: FeatureParams, items: list[Item], call_db: float | None = None, max_per_clip: int = 0, quiet_db: float | None = None,
+           chooser: Callable[[Item, np.ndarray], np.ndarray | None] | None = None) -> "WindowSet":
         """Every window of `items`; with `call_db`, only those whose 2-8 kHz energy is at least
         `call_db` dB above their clip's median window (the likely calls of a bird clip), or with
-        `quiet_db` only those at most that far above it (its ambience); with `max_per_clip`, at
-        most that many per clip, evenly spread over it."""
+        `quiet_db` only those at most that far above it (its ambience); with `chooser(item,
+        window starts in s)`, only the windows of its mask (None: the clip as the rest decide);
+        with `max_per_clip`, at most that many per clip, evenly spread over it."""
         db = cache.memmap()
         rows, floors = [], []
         for item in items:
@@ -85,6 +89,8 @@ class WindowSet:
                 energy = band_energy_db(np.asarray(db[entry["offset"] + window_index(starts, n, params)]), params)
                 above = energy - np.median(energy)
                 keep = np.nonzero(above >= call_db if call_db is not None else above <= quiet_db)[0]
+            if chooser is not None and (mask := chooser(item, np.asarray(starts, dtype=np.float64) * params.hop_length / params.sample_rate)) is not None:
+                keep = keep[mask[keep]]
             if max_per_clip and len(keep) > max_per_clip:
                 keep = keep[np.linspace(0, len(keep) - 1, max_per_clip).round().astype(int)]
             rows.append(np.stack([np.full(len(keep), entry["offset"]), np.asarray(starts)[keep], np.full(len(keep), n)], axis=1).astype(np.int64))
