@@ -114,8 +114,8 @@ class SelectConfig:
     background_quiet_db: float | None = None
     # Bird clips with strong labels (NIPS4Bplus beside NIPS4B): "calls" keeps only their windows a
     # bird vocalisation overlaps; "calls_and_quiet" also teaches the background VAE their windows no
-    # vocalisation overlaps; "off" labels every window by its clip, as clips without them are.
-    strong: str = field(default="off", metadata={"choices": ("off", "calls", "calls_and_quiet")})
+    # vocalisation overlaps; "none" labels every window by its clip, as clips without them are.
+    strong: str = field(default="none", metadata={"choices": ("none", "calls", "calls_and_quiet")})
 
 
 @dataclass

@@ -30,7 +30,7 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
     roles = MODES[config.mode].roles
 
     strong = config.select.strong
-    calls, quiet_of = window_choosers(params.window_seconds) if strong != "off" else (None, None)
+    calls, quiet_of = window_choosers(params.window_seconds) if strong != "none" else (None, None)
 
     def windows(items, label):
         chosen = [i for i in items if i.label == label]
