@@ -42,10 +42,11 @@ LEVERS = [
     ("ELBO weight 0.01", {"training.elbo_weight": "0.01"}),
     ("16 channels (measured only: 2.5x the model's compute)", {"model.channels": "16"}),
     ("bird windows: likely calls only", {"select.call_db": "3.0"}),
-    # NIPS4Bplus's strong labels: a NIPS4B bird clip's bird windows are its annotated calls only,
-    # and (second row) its windows between calls teach the background VAE.
-    ("NIPS4B bird windows: annotated calls only", {"select.strong": "calls"}),
+    # NIPS4Bplus's strong labels: a NIPS4B bird clip's bird windows are its annotated calls only
+    # (bundled: this config), its windows between calls teaching the background VAE as well, or
+    # every window labelled by its clip (the lean model bundled before).
     ("NIPS4B annotated calls, and the quiet between them as background", {"select.strong": "calls_and_quiet"}),
+    ("every window by its clip's label (the lean model bundled before)", {"select.strong": "none"}),
     ("clips as bags of 8 windows", {"training.clip_bags": "8"}),
     ("VAEs pretrained alone, 10 epochs", {"training.pretrain_epochs": "10"}),
     ("no band-limit augmentation", {"augment.lowpass": "0"}),
@@ -58,7 +59,7 @@ LEVERS = [
     ("pooled encoders and 300 clips of synthetic speech (measured only: half the model's speed)", {"model.encoder": "pooled", SPEECH: "300"}),
     ("300 clips of synthetic speech", {SPEECH: "300"}),
     # The recipe bundled before the lean encoders: strided encoders, no synthetic speech, one threshold over all blocks pooled.
-    ("strided encoders, no synthetic speech, pooled calibration (bundled before)", {"model.encoder": "strided", NO_SPEECH: "", "calibration.per_block": "false"}),
+    ("strided encoders, no synthetic speech, pooled calibration (bundled before)", {"model.encoder": "strided", NO_SPEECH: "", "calibration.per_block": "false", "select.strong": "none"}),
 ]
 
 
