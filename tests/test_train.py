@@ -142,7 +142,10 @@ def test_a_threshold_per_block_holds_the_false_alarm_rate_in_every_block_not_onl
     for per_block in (False, True):
         config = TrainConfig()
         config.mode, config.calibration.per_block = "contrast", per_block
-        t = calibrate(config, {}, decisions)[0]["threshold"]
+        scoring, metrics = calibrate(config, {}, decisions)
+        t = scoring["threshold"]
+        if per_block:  # the artifact says which block set it
+            assert max(metrics["val_block_levels"], key=metrics["val_block_levels"].get) == "field" and metrics["val_block_levels"]["field"] == pytest.approx(t, abs=1e-4)
         called[per_block] = {b: np.mean([decisions[i].max() >= t for i in items if i.label == 0 and i.dataset == b]) for b in level}
     assert called[False]["field"] > 0.2  # pooled: the hard block's clips called bird far beyond 5%
     assert all(share <= 0.05 for share in called[True].values())

@@ -125,9 +125,11 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
         raise ValueError("calibration needs held-out clips of the normal class (and of no-bird clips); add data or raise training.val_fraction")
     labels = np.array([i.label for i in decisions])
     clip_d = np.array([clip_aggregate(d, c.clip_aggregate) for d in decisions.values()])
+    levels = {}
     if c.strategy == "clip_fpr" and c.per_block:
         blocks = sorted({i.dataset for i in decisions if i.label == 0})
-        t = max(fpr_level(np.array([clip_aggregate(d, c.clip_aggregate) for i, d in decisions.items() if i.label == 0 and i.dataset == b]), c.clip_fpr) for b in blocks)
+        levels = {b: fpr_level(np.array([clip_aggregate(d, c.clip_aggregate) for i, d in decisions.items() if i.label == 0 and i.dataset == b]), c.clip_fpr) for b in blocks}
+        t = max(levels.values())
     elif c.strategy == "clip_fpr":
         t = fpr_level(nobird_clips, c.clip_fpr)
     else:
@@ -156,6 +158,8 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
         "val_clips": len(labels), "val_clip_auc": None if np.isnan(auc) else round(auc, 4),
         "val_nobird_clips_called_bird": round(float(np.mean(nobird_clips >= t)), 4) if len(nobird_clips) else None,
         "val_nobird_hours": round(nobird_hours, 4),
+        # Which block set the threshold, and how far the others' levels lie below it.
+        **({"val_block_levels": {b: round(v, 4) for b, v in levels.items()}} if levels else {}),
         "val_false_alarms_per_hour": round(alarms / nobird_hours, 2) if nobird_hours else None,
         **{f"val_{k}": round(v, 4) for k, v in precision_recall_f1(labels, clip_d >= t).items() if not np.isnan(v)},
     }
