@@ -151,6 +151,23 @@ def test_a_threshold_per_block_holds_the_false_alarm_rate_in_every_block_not_onl
     assert all(share <= 0.05 for share in called[True].values())
 
 
+def test_a_block_too_small_for_two_allowed_clips_is_pooled_with_the_other_small_ones():
+    """With 5% allowed, a block needs 40 no-bird clips of its own: 30 clips would allow one, so
+    its level would be its highest clip, and one odd recording would set the threshold."""
+    from train.calibrate import SMALL_BLOCKS, block_levels
+
+    rng = np.random.default_rng(1)
+    big = list(rng.normal(0.0, 1.0, 400))
+    odd = list(rng.normal(0.0, 1.0, 29)) + [9.0]  # one clip far above the rest
+    levels = block_levels({"big": big, "odd": odd, "tiny": list(rng.normal(0.0, 1.0, 14))}, 0.05)
+    assert set(levels) == {"big", SMALL_BLOCKS} and levels[SMALL_BLOCKS] < 9.0  # 44 clips together: two allowed
+    assert levels["big"] == pytest.approx(np.sort(big)[-20])
+    alone = block_levels({"odd": odd}, 0.05)  # nothing to pool with: still a level
+    assert alone == {SMALL_BLOCKS: pytest.approx(9.0 * (1 + 1e-6))}
+    few = block_levels({"big": big, "tiny": [5.0, 6.0]}, 0.05)  # too few even together: they count with everything
+    assert few[SMALL_BLOCKS] == pytest.approx(np.sort(big + [5.0, 6.0])[-20])
+
+
 def test_roc_auc_matches_pairwise_counting():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 200)

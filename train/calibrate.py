@@ -110,6 +110,34 @@ def fpr_level(nobird_clips: np.ndarray, fpr: float) -> float:
     return float(ordered[len(ordered) - allowed]) if allowed else float(ordered[-1]) + 1e-6 * max(1.0, abs(float(ordered[-1])))
 
 
+SMALL_BLOCKS = "(blocks under the minimum, pooled)"
+
+
+def block_levels(nobird_by_block: dict[str, list[float]], fpr: float) -> dict[str, float]:
+    """Each block's level that at most `fpr` of its no-bird clips reach.  A block needs at least
+    2/fpr no-bird clips (an allowance of two) for a level of its own: with fewer, its level is its
+    single highest clip, and one odd recording would set every station's threshold (the dev
+    `other` block's 30 clips, a cafe and a bus among them, did).  Smaller blocks are pooled into
+    one, which gets a level of its own when it is big enough, and else counts with all of them."""
+    least = int(np.ceil(2 / fpr - 1e-9))
+    big = {b: v for b, v in nobird_by_block.items() if len(v) >= least}
+    small = [x for b, v in nobird_by_block.items() if len(v) < least for x in v]
+    levels = {b: fpr_level(np.array(v), fpr) for b, v in big.items()}
+    if len(small) >= least or (small and not levels):
+        levels[SMALL_BLOCKS] = fpr_level(np.array(small), fpr)
+    elif small:  # too few even together: they join the pool of every block's clips
+        levels[SMALL_BLOCKS] = fpr_level(np.array(small + [x for v in big.values() for x in v]), fpr)
+    return levels
+
+
+def _by_block(decisions: dict[Item, np.ndarray], aggregate: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for item, d in decisions.items():
+        if item.label == 0:
+            out.setdefault(item.dataset, []).append(clip_aggregate(d, aggregate))
+    return out
+
+
 def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]) -> tuple[dict, dict]:
     """Threshold and scale on held-out decision values; returns (scoring metadata, held-out metrics).
 
@@ -127,8 +155,7 @@ def calibrate(config: TrainConfig, base: dict, decisions: dict[Item, np.ndarray]
     clip_d = np.array([clip_aggregate(d, c.clip_aggregate) for d in decisions.values()])
     levels = {}
     if c.strategy == "clip_fpr" and c.per_block:
-        blocks = sorted({i.dataset for i in decisions if i.label == 0})
-        levels = {b: fpr_level(np.array([clip_aggregate(d, c.clip_aggregate) for i, d in decisions.items() if i.label == 0 and i.dataset == b]), c.clip_fpr) for b in blocks}
+        levels = block_levels(_by_block(decisions, c.clip_aggregate), c.clip_fpr)
         t = max(levels.values())
     elif c.strategy == "clip_fpr":
         t = fpr_level(nobird_clips, c.clip_fpr)

@@ -160,7 +160,8 @@ class CalibrationConfig:
     gamma_quantile: float = field(default=0.95, metadata={"above": 0.0, "max": 0.9999})
     # clip_fpr per block: the threshold is the highest of each block's clip_fpr level, so that at most
     # clip_fpr of every block's held-out no-bird clips reach it, not only of all of them pooled (an
-    # easy block, such as synthetic speech, would otherwise let a hard one through).
+    # easy block, such as synthetic speech, would otherwise let a hard one through).  A block with
+    # fewer than 2/clip_fpr no-bird clips is pooled with the other small ones (train/calibrate.py).
     per_block: bool = False
     # How a clip's score follows from its windows' (evaluate, predict): max, or topK (mean of the K best).
     clip_aggregate: str = "max"
