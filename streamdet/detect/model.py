@@ -193,8 +193,8 @@ class PooledPhaseConv(nn.Conv2d):
     hundred numbers, is built from them on each call."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        phases = x.reshape(b, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3).reshape(b, 4, h // 2, w // 2)
+        b, _, height, width = x.shape
+        phases = x.reshape(b, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3).reshape(b, 4, height // 2, width // 2)
         c = self.out_channels
         # Output phase (a, b) reads full-resolution rows 2i+a-1..2i+a+1: the 3x3 kernel placed at
         # (a+1, b+1) in the 6x6 that a 3x3 kernel over phases spans, then split by parity.
