@@ -37,16 +37,17 @@ def train_detector(config: TrainConfig, train_items: list[Item], val_items: list
         return WindowSet.of(cache, params, chosen, config.select.call_db if label == 1 else None, config.training.max_windows_per_clip, chooser=calls if label == 1 else None)
 
     sets = {"background": (windows(train_items, 0), windows(val_items, 0)), "bird": (windows(train_items, 1), windows(val_items, 1))}
-    if strong == "calls_and_quiet" and "background" in roles:
-        # The quiet stretches between a bird clip's calls: the same recorder's background, labelled by hand.
-        sets["background"] = tuple(s.joined(WindowSet.of(cache, params, [i for i in items if i.label == 1], None, config.training.max_windows_per_clip, chooser=quiet_of))
-                                   for s, items in zip(sets["background"], (train_items, val_items)))
-    quiet = config.select.background_quiet_db
-    if quiet is not None and "background" in roles:
-        def ambience(items):
-            return WindowSet.of(cache, params, [i for i in items if i.label == 1], None, config.training.max_windows_per_clip, quiet_db=quiet)
 
-        sets["background"] = tuple(s.joined(ambience(items)) for s, items in zip(sets["background"], (train_items, val_items)))
+    def also_background(**choice):
+        """Windows of bird clips (the recorders' ambience between calls) added to the background VAE's."""
+        sets["background"] = tuple(s.joined(WindowSet.of(cache, params, [i for i in items if i.label == 1], None, config.training.max_windows_per_clip, **choice))
+                                   for s, items in zip(sets["background"], (train_items, val_items)))
+
+    if "background" in roles:
+        if strong == "calls_and_quiet":  # the quiet between annotated calls, labelled by hand
+            also_background(chooser=quiet_of)
+        if config.select.background_quiet_db is not None:  # the quiet by energy
+            also_background(quiet_db=config.select.background_quiet_db)
     for role in roles:
         if not len(sets[role][0]):
             raise ValueError(f"no {role} windows to train on (mode {config.mode})")
