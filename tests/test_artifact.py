@@ -80,7 +80,7 @@ def test_a_phase_convolution_is_the_convolution_then_the_pooling(channels, bias,
         phase_conv(torch.nn.Conv2d(2, 4, 3, padding=1))
 
 
-@pytest.mark.parametrize("encoder", ["strided", "pooled", "lean"])
+@pytest.mark.parametrize("encoder", ["strided", "pooled", "lean", "wide"])
 def test_a_decision_net_is_saved_in_its_inference_form_and_scores_as_trained(tmp_path, encoder):
     """Batch-norm folded, transposed convolutions as sub-pixel ones: the file says so, scores as
     the trained network does, and rebuilds eagerly (with its encoder's shape); the trained network
@@ -96,8 +96,8 @@ def test_a_decision_net_is_saved_in_its_inference_form_and_scores_as_trained(tmp
     fast = inference_form(net)
     assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.ConvTranspose2d)) for m in fast.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # a copy was changed
-    # Only the lean encoder pools its first convolution before the activation.
-    assert any(isinstance(m, PooledPhaseConv) for m in fast.modules()) == (encoder == "lean")
+    # Only the lean and wide encoders pool their first convolution before the activation.
+    assert any(isinstance(m, PooledPhaseConv) for m in fast.modules()) == (encoder in ("lean", "wide"))
     meta = make_meta(net)
     meta["model"] = architecture(net, "conv", 0, 4, 4)
     path = artifact.save(net, meta, tmp_path / "d.pt")

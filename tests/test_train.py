@@ -389,3 +389,32 @@ def test_synthetic_speech_is_made_once_in_many_voices_as_recorders_give_it(tmp_p
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(DatasetError, match="espeak-ng is not installed"):
         read_dataset(DataConfig(kind="espeak", clips=2, seed=4, root=str(tmp_path)))
+
+
+def test_band_limits_are_drawn_from_lowpass_hz(tmp_path):
+    """Each chosen window loses every band above its cut and keeps every band below it; the cut
+    lies in augment.lowpass_hz; a range that is not one is refused naming the field."""
+    import dataclasses
+
+    from streamdet.detect.features import mel_band_edges
+    from streamdet.typedconfig import ConfigError
+    from train.config import load_train_config
+    from train.decide import Augmenter
+
+    config = TrainConfig()
+    config.features = dataclasses.replace(config.features, kind="bgnorm", f_max=10000.0)
+    config.augment.lowpass, config.augment.level_db = 1.0, 0.0
+    centres = mel_band_edges(config.features)[:, 1]
+    x = torch.ones(400, config.features.window_frames, config.features.n_mels)
+    lowest_cut = {}
+    for name, hz in (("narrow", [8000.0, 9500.0]), ("default", [4000.0, 11000.0])):
+        config.augment.lowpass_hz = hz
+        emptied = (Augmenter(config, torch.Generator().manual_seed(0))(x) == 0).all(dim=1).numpy()  # [windows, bands]
+        assert (emptied == (emptied.cumsum(axis=1) > 0)).all()  # a cut empties every band above it
+        cuts = np.array([centres[row].min() if row.any() else np.inf for row in emptied])
+        assert (cuts > hz[0]).all() and np.isfinite(cuts).mean() > 0.5
+        lowest_cut[name] = cuts.min()
+    assert lowest_cut["narrow"] > 8000.0 > lowest_cut["default"]
+    (tmp_path / "t.yaml").write_text("augment: {lowpass_hz: [6000, 5000]}\n")
+    with pytest.raises(ConfigError, match=r"augment.lowpass_hz: expected \[low, high\]"):
+        load_train_config(tmp_path / "t.yaml")

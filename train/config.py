@@ -59,7 +59,7 @@ class NetConfig:
     kind: str = field(default="mlp", metadata={"choices": ("mlp", "conv")})  # conv: 2-D convolutions over (time, mel)
     hidden: int = field(default=256, metadata={"min": 8, "max": 65536})  # mlp: width of the first layer
     channels: int = field(default=8, metadata={"min": 1, "max": 512})  # conv: channels of the first stage (then x2, x4)
-    encoder: str = field(default="strided", metadata={"choices": ("strided", "pooled", "lean")})  # conv: streamdet.detect.model.conv_stack
+    encoder: str = field(default="strided", metadata={"choices": ("strided", "pooled", "lean", "wide")})  # conv: streamdet.detect.model.conv_stack
     latent: int = field(default=16, metadata={"min": 1, "max": 4096})
     log_errors: bool = False  # contrast per band as a log ratio of the VAEs' errors (streamdet.detect.model.ReconstructNet)
     peak_frames: int = field(default=0, metadata={"min": 0, "max": 1000})  # 0: errors averaged over the window; k: where k frames peak
@@ -126,11 +126,14 @@ class AugmentConfig:
     gain_db: list[float] = field(default_factory=lambda: [0.0, 15.0])  # the call's gain range
     # decision objective, against what differs between recorders (birds and no-birds alike):
     level_db: float = field(default=0.0, metadata={"min": 0.0, "max": 40.0})  # each window moved by up to +-this many dB
-    lowpass: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})  # this share of windows band-limited at 4-11 kHz
+    lowpass: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})  # this share of windows band-limited ...
+    lowpass_hz: list[float] = field(default_factory=lambda: [4000.0, 11000.0])  # ... at a cut drawn from this range
 
     def problems(self):
         if len(self.gain_db) != 2 or self.gain_db[0] > self.gain_db[1]:
             yield "gain_db", f"expected [low, high], found {self.gain_db}"
+        if len(self.lowpass_hz) != 2 or not 0 < self.lowpass_hz[0] <= self.lowpass_hz[1]:
+            yield "lowpass_hz", f"expected [low, high] in Hz, low above 0, found {self.lowpass_hz}"
 
 
 @dataclass

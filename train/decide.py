@@ -22,19 +22,20 @@ from train.windows import WindowSet
 
 class Augmenter:
     """What differs between recorders, drawn anew for every window: its level (+-level_db), and
-    for a `lowpass` share of windows a band limit at 4-11 kHz, above which the bands hold nothing
-    (in bgnorm windows: 0 dB above their floor)."""
+    for a `lowpass` share of windows a band limit (drawn from `lowpass_hz`, 4-11 kHz by default),
+    above which the bands hold nothing (in bgnorm windows: 0 dB above their floor)."""
 
     def __init__(self, config: TrainConfig, generator: torch.Generator):
         a, p = config.augment, config.features
         self.level_db, self.lowpass, self.generator = a.level_db, a.lowpass, generator
+        self.cut_low, self.cut_span = a.lowpass_hz[0], a.lowpass_hz[1] - a.lowpass_hz[0]
         self.centres = torch.from_numpy(mel_band_edges(p)[:, 1].astype(np.float32))
         self.bgnorm = p.kind == "bgnorm"  # an empty band is 0 dB above its floor; otherwise the window's lowest value
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         if self.lowpass > 0:
-            cut = 4000.0 + 7000.0 * torch.rand(n, generator=self.generator)
+            cut = self.cut_low + self.cut_span * torch.rand(n, generator=self.generator)
             chosen = torch.rand(n, generator=self.generator) < self.lowpass
             above = (self.centres[None, :] > cut[:, None]) & chosen[:, None]  # [n, M]
             empty = torch.zeros(n, 1, 1) if self.bgnorm else x.amin(dim=(1, 2), keepdim=True)

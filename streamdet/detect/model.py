@@ -110,7 +110,7 @@ class ConvVAE(_Sampling):
         return self.decoder(h)[:, 0, : self.window_frames, :].reshape(z.shape[0], self.window_frames * self.n_mels)
 
 
-ENCODERS = ("strided", "pooled", "lean")
+ENCODERS = ("strided", "pooled", "lean", "wide")
 
 
 class MaxPool2(nn.Module):
@@ -131,7 +131,9 @@ def conv_stack(c: int, norm: bool, encoder: str) -> nn.Sequential:
     convolution at 1/8: a short call anywhere in a stage's 2x2 cell survives the pooling, where a
     stride-2 convolution sees it only at the positions it samples.  lean: the pooled shape at a
     third of its cost (docs/encoder-and-segments.md), stages of c/2, c and 4c channels and each
-    max-pool before its activation, so the activation runs on a quarter of the positions."""
+    max-pool before its activation, so the activation runs on a quarter of the positions.  wide:
+    the pooled encoder's stages (c, 2c, 4c) in the lean order: a lean first stage of c/2 channels
+    let more of ESC-50's everyday sounds score above NIPS4B's faint birds (docs/encoder-and-segments.md)."""
     def stage(a: int, b: int, stride: int) -> list:
         # Batch-norm (the decision-trained VAEs): windows of both classes, of every recorder, on one scale.
         return [nn.Conv2d(a, b, 3, stride=stride, padding=1)] + ([nn.BatchNorm2d(b)] if norm else []) + [nn.GELU()]
@@ -143,7 +145,8 @@ def conv_stack(c: int, norm: bool, encoder: str) -> nn.Sequential:
         for a, b in ((1, c), (c, 2 * c), (2 * c, 4 * c)):
             layers += stage(a, b, 1) + [MaxPool2()]
     else:
-        for a, b in ((1, c // 2), (c // 2, c), (c, 4 * c)):
+        widths = ((1, c // 2), (c // 2, c), (c, 4 * c)) if encoder == "lean" else ((1, c), (c, 2 * c), (2 * c, 4 * c))
+        for a, b in widths:
             *conv, act = stage(a, b, 1)
             layers += conv + [MaxPool2(), act]
     return nn.Sequential(*layers, *stage(4 * c, 4 * c, 1))
