@@ -598,3 +598,48 @@ def test_a_looping_replay_of_a_missing_folder_says_so_once_and_backs_off(tmp_pat
     reasons = [m.reason for m in source.markers if isinstance(m, Skipped)]
     assert reasons == ["directory missing"], reasons
     assert len(waits) > 5 and waits[-1] > waits[0] * 8  # 0.05, 0.1, 0.2, ... s
+
+
+def test_the_daemon_freezes_its_start_up_heap_and_settles_it_again_after_a_reload(tmp_path):
+    """Start-up's objects are frozen out of the garbage collector's sight before the sources start
+    (full collections scanned all of them in the processing loop: late live windows); a reload
+    unfreezes and collects, so cycles that died while frozen (an old model's) are freed, then
+    freezes again."""
+    import gc
+    import weakref
+
+    from streamdet.service.daemon import Daemon
+
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.me = cycle
+    dead, holder = weakref.ref(cycle), [cycle]
+    del cycle
+    class Model(FakeModel):
+        path = "fake.pt"
+
+    config = Config(sources=[SourceConfig(kind="replay", name="s", path=str(tmp_path))])
+    seen = {}
+
+    def reload():
+        seen["frozen_before_reload"] = gc.get_freeze_count()
+        holder.clear()  # now cyclic garbage, frozen: only a collection after an unfreeze frees it
+        return config, Model()
+
+    import zmq
+
+    from streamdet.bus.sockets import Publisher
+
+    context = zmq.Context()
+    daemon = Daemon(config, Model(), Publisher("inproc://settle", context=context), name="d", reload=reload)
+    daemon.request_reload()
+    try:
+        assert daemon.run() == "finished" and daemon.reloads["done"] == 1
+        assert seen["frozen_before_reload"] > 1000 and gc.get_freeze_count() > 1000
+        assert dead() is None
+    finally:
+        gc.unfreeze()
+        daemon.publisher.close()
+        context.term()

@@ -1,6 +1,7 @@
 """The daemon: sources, channels and the bus put together, with status, and a clean end."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
@@ -118,6 +119,7 @@ class Daemon:
             waiting = lambda: self.notifier.watchdog() or self._stop.is_set()  # noqa: E731 - the watchdog must not fire while we wait
             if not self.publisher.wait_for_subscribers(bus.wait_subscribers, bus.wait_timeout_s, waiting) and not self._stop.is_set():
                 log.warning("only %d of %d subscriber(s) after %g s; starting anyway", self.publisher.subscriptions, bus.wait_subscribers, bus.wait_timeout_s)
+        settle_heap()
         for channel in self.channels:
             channel.started_at = time.monotonic()
             channel.source.start()
@@ -153,6 +155,7 @@ class Daemon:
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 reload_daemon(self)
+                settle_heap()  # the old model's objects are gone, the new one's settle
                 next_status = 0.0
             if time.monotonic() >= next_stall:
                 log.warning("debug: the processing loop stalls for %g s (STREAMDET_DEBUG_STALL)", stall[1])
@@ -206,6 +209,18 @@ class Daemon:
             dropped_messages=d.dropped_messages, subscriber_overflows=d.subscriber_overflows, sources={c.name: source_status(c, d.sources[c.name]) for c in self.channels},
         )
         self.publisher.send("status", body)
+
+
+def settle_heap() -> None:
+    """Collect what start-up left, then freeze the survivors out of the garbage collector's sight.
+
+    torch, numpy and the model leave some 175,000 objects that live as long as the daemon; every
+    full collection scanned them all, 20-60 ms in the processing loop (one live window in sixty
+    came out late by that much: docs/measurements.md).  Frozen, they are never scanned again, and
+    a full collection sees only what was made since.  Reference counting still frees them."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def idle(channels: list[Channel], stop: threading.Event, wake_by: float = 0.0) -> None:
