@@ -114,6 +114,32 @@ def test_splits_and_folds_keep_each_recording_on_one_side(tmp_path):
         assert {(i.dataset, i.label) for i in fold} == {(b, label) for b in ("nips4b", "esc50") for label in (0, 1)}
 
 
+def test_group_runs_cut_one_block_s_groups_into_runs_of_consecutive_files(tmp_path):
+    """training.group_runs "esc50:8": each ESC-50 class becomes its own folds of 8 clips (a class
+    is then on both sides of a split, a run never is); other blocks and the items' order stay."""
+    from train.splits import regroup
+
+    items = [Item(tmp_path / f"{cls}-{c:02d}.flac", 0, "esc50", f"{cls}-{c:02d}", f"class_{cls}") for cls in ("Dog", "Rain") for c in range(24, 0, -1)]
+    items += [Item(tmp_path / f"n{c}.wav", 1, "nips4b", f"n{c}", "rec") for c in range(5)]
+    out = regroup(items, ["esc50:8"])
+    assert [i.path for i in out] == [i.path for i in items] and out[-5:] == items[-5:]
+    groups = {i.path.name: i.group for i in out}
+    assert groups["Dog-01.flac"] == groups["Dog-08.flac"] == "class_Dog#0" and groups["Dog-09.flac"] == "class_Dog#1"
+    assert len({g for g in groups.values() if g.startswith("class_")}) == 6
+    sides = {}
+    for k, fold in enumerate(k_folds(out, 3, seed=0)):
+        for i in fold:
+            sides.setdefault(i.group, set()).add(k)
+    assert all(len(s) == 1 for s in sides.values()) and len(sides["class_Dog#0"] | sides["class_Dog#1"] | sides["class_Dog#2"]) > 1
+    assert regroup(items, []) == items
+    (tmp_path / "t.yaml").write_text("training: {group_runs: ['esc50:0']}\n")
+    from streamdet.typedconfig import ConfigError
+    from train.config import load_train_config
+
+    with pytest.raises(ConfigError, match="training.group_runs: expected BLOCK:N"):
+        load_train_config(tmp_path / "t.yaml")
+
+
 def test_calibration_strategies():
     rng = np.random.default_rng(0)
     normal = rng.gamma(4.0, 0.5, 5000)  # background bird-ness, a gamma like DCASE assumes

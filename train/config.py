@@ -101,6 +101,17 @@ class TrainingConfig:
     # decision: first train each VAE alone on its own class for this many epochs (as `reconstruct`
     # does), so that the contrast starts out as the plain VAE detector's; 0: from scratch.
     pretrain_epochs: int = field(default=0, metadata={"min": 0, "max": 10000})
+    # "BLOCK:N": every group of BLOCK split into runs of N consecutive files for every split
+    # (held-out part, calibration and cross-validation folds).  ["esc50:8"] makes ESC-50's groups
+    # its own folds (a class's clips 1-8, 9-16, 17-24; ESC-50 keeps one source's clips in one
+    # fold) instead of whole classes, as a station meets new clips of sounds it has heard.
+    group_runs: list[str] = field(default_factory=list)
+
+    def problems(self):
+        for run in self.group_runs:
+            block, _, n = run.partition(":")
+            if not block or not n.isdigit() or int(n) < 1:
+                yield "group_runs", f"expected BLOCK:N with N at least 1, found {run!r}"
 
 
 @dataclass

@@ -21,7 +21,7 @@ from train.datasets import Item, read_dataset
 from train.learn import calibration_decisions, train_on
 from train.metrics import partial_auc, roc_auc
 from train.progress import progress_bar
-from train.splits import k_folds
+from train.splits import k_folds, regroup
 from train.strong import StrongLabels, segment_report
 
 
@@ -47,7 +47,7 @@ def _train_and_score(config: TrainConfig, train: list[Item], test: list[Item], c
 
 
 def _items(config: TrainConfig, cache: FeatureCache, progress) -> list[Item]:
-    items = [item for data in config.data for item in read_dataset(data)]
+    items = regroup([item for data in config.data for item in read_dataset(data)], config.training.group_runs)
     cache.ensure([i.path for i in items], progress)
     return [i for i in items if cache.entry(i.path) is not None]
 

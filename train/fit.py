@@ -21,7 +21,7 @@ from train.datasets import read_dataset
 from train.learn import calibration_decisions, train_detector
 from train.progress import progress_bar
 from train.provenance import code_version, data_summary
-from train.splits import split_by_group
+from train.splits import regroup, split_by_group
 
 log = logging.getLogger("train.fit")
 
@@ -35,7 +35,7 @@ def fit(config: TrainConfig, output: Path | None = None, resume: bool = False, c
     torch.manual_seed(config.training.seed)
     params = config.features
     output = Path(output or config.output)
-    items = [item for data in config.data for item in read_dataset(data)]
+    items = regroup([item for data in config.data for item in read_dataset(data)], config.training.group_runs)
     train_items, val_items = split_by_group(items, config.training.val_fraction, config.training.seed)
     output.parent.mkdir(parents=True, exist_ok=True)  # here, not after an hour of training
     cache = FeatureCache(cache_dir or config.cache_dir or default_cache_dir(), params)

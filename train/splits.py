@@ -6,10 +6,24 @@ or a model would be scored on the recording it learnt.  Groups are stratified by
 that every fold and every held-out set sees every kind of audio."""
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 
 from train.datasets import Item
+
+
+def regroup(items: list[Item], runs: list[str]) -> list[Item]:
+    """training.group_runs: for each "BLOCK:N", every group of BLOCK cut into runs of N consecutive
+    files (by path), each run a group of its own."""
+    size = {block: int(n) for block, _, n in (r.partition(":") for r in runs)}
+    seen: dict[str, int] = defaultdict(int)
+    run_of = {}
+    for item in sorted((i for i in items if i.dataset in size), key=lambda i: str(i.path)):
+        run_of[item.path] = seen[item.split_group] // size[item.dataset]
+        seen[item.split_group] += 1
+    # The items keep their order (training draws depend on it); only their groups change.
+    return [dataclasses.replace(i, group=f"{i.split_group}#{run_of[i.path]}") if i.path in run_of else i for i in items]
 
 
 def grouped_strata(items: list[Item], seed: int) -> list[list[list[Item]]]:
