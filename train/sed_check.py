@@ -20,16 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from streamdet.config import DetectorConfig
-from streamdet.detect.events import EventTracker
 from train.metrics import roc_auc
-from train.strong import SEGMENT_S, StrongLabels, event_segments, window_segment_scores
-
-
-def events_of(scores: np.ndarray, starts: np.ndarray, window_s: float, detector: DetectorConfig) -> list[tuple[float, float]]:
-    tracker, spans = EventTracker(detector), []
-    for start, s in zip(starts.tolist(), scores.tolist()):
-        spans += [(t["onset"], t["offset"]) for t in tracker.update(start, start + window_s, s) if t["state"] == "end"]
-    return spans + [(t["onset"], t["offset"]) for t in tracker.close() if t["state"] == "end"]
+from train.strong import SEGMENT_S, StrongLabels, event_segments, event_spans, window_segment_scores
 
 
 def main(path: str) -> int:
@@ -56,7 +48,7 @@ def main(path: str) -> int:
         # and segments() counts no last segment under 50 ms, where sed_eval would count a 4-ms one.
         end = len(truth) * SEGMENT_S
         ref = [{"event_label": "bird", "onset": a, "offset": min(b, end), "filename": r["file"]} for a, b in labels.birds if a < end]
-        est = [{"event_label": "bird", "onset": a, "offset": min(b, end), "filename": r["file"]} for a, b in events_of(scores, starts, r["window_s"], detector) if a < end]
+        est = [{"event_label": "bird", "onset": a, "offset": min(b, end), "filename": r["file"]} for a, b in event_spans(scores, starts, r["window_s"], detector) if a < end]
         metrics.evaluate(reference_event_list=MetaDataContainer(ref), estimated_event_list=MetaDataContainer(est))
     ours = {"Ntp": tp, "Nfp": fp, "Nfn": fn, "f_measure": 2 * tp / max(1, 2 * tp + fp + fn)}
     theirs = metrics.results_overall_metrics()

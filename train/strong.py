@@ -133,14 +133,18 @@ def window_segment_scores(decisions: np.ndarray, starts_s: np.ndarray, n_segment
     return out
 
 
-def event_segments(scores: np.ndarray, starts_s: np.ndarray, n_segments: int, window_s: float, detector: DetectorConfig) -> np.ndarray:
-    """Which segments an event of the daemon's hysteresis overlaps, over one clip's window scores."""
+def event_spans(scores: np.ndarray, starts_s: np.ndarray, window_s: float, detector: DetectorConfig) -> list[tuple[float, float]]:
+    """(onset, offset) of every event the daemon's hysteresis makes of one clip's window scores."""
     tracker, spans = EventTracker(detector), []
     for start, s in zip(np.asarray(starts_s, dtype=np.float64).tolist(), np.asarray(scores, dtype=np.float64).tolist()):
         spans += [(t["onset"], t["offset"]) for t in tracker.update(start, start + window_s, s) if t["state"] == "end"]
-    spans += [(t["onset"], t["offset"]) for t in tracker.close() if t["state"] == "end"]
+    return spans + [(t["onset"], t["offset"]) for t in tracker.close() if t["state"] == "end"]
+
+
+def event_segments(scores: np.ndarray, starts_s: np.ndarray, n_segments: int, window_s: float, detector: DetectorConfig) -> np.ndarray:
+    """Which segments an event of the daemon's hysteresis overlaps, over one clip's window scores."""
     out = np.zeros(n_segments, dtype=bool)
-    for onset, offset in spans:
+    for onset, offset in event_spans(scores, starts_s, window_s, detector):
         first, last = int(onset // SEGMENT_S), min(n_segments - 1, int(math.ceil(offset / SEGMENT_S - 1e-9)) - 1)
         out[first : last + 1] = True
     return out
