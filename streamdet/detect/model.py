@@ -132,8 +132,8 @@ def conv_stack(c: int, norm: bool, encoder: str) -> nn.Sequential:
     stride-2 convolution sees it only at the positions it samples.  lean: the pooled shape at a
     third of its cost (docs/encoder-and-segments.md), stages of c/2, c and 4c channels and each
     max-pool before its activation, so the activation runs on a quarter of the positions.  wide:
-    the pooled encoder's stages (c, 2c, 4c) in the lean order: a lean first stage of c/2 channels
-    let more of ESC-50's everyday sounds score above NIPS4B's faint birds (docs/encoder-and-segments.md)."""
+    the pooled encoder's stages (c, 2c, 4c) in the lean order, which asks whether the lean first
+    stage's c/2 channels cost anything (measured, not bundled: docs/encoder-and-segments.md)."""
     def stage(a: int, b: int, stride: int) -> list:
         # Batch-norm (the decision-trained VAEs): windows of both classes, of every recorder, on one scale.
         return [nn.Conv2d(a, b, 3, stride=stride, padding=1)] + ([nn.BatchNorm2d(b)] if norm else []) + [nn.GELU()]
