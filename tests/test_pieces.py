@@ -608,6 +608,9 @@ def test_the_daemon_freezes_its_start_up_heap_and_settles_it_again_after_a_reloa
     import gc
     import weakref
 
+    import zmq
+
+    from streamdet.bus.sockets import Publisher
     from streamdet.service.daemon import Daemon
 
     class Node:
@@ -617,6 +620,7 @@ def test_the_daemon_freezes_its_start_up_heap_and_settles_it_again_after_a_reloa
     cycle.me = cycle
     dead, holder = weakref.ref(cycle), [cycle]
     del cycle
+
     class Model(FakeModel):
         path = "fake.pt"
 
@@ -627,10 +631,6 @@ def test_the_daemon_freezes_its_start_up_heap_and_settles_it_again_after_a_reloa
         seen["frozen_before_reload"] = gc.get_freeze_count()
         holder.clear()  # now cyclic garbage, frozen: only a collection after an unfreeze frees it
         return config, Model()
-
-    import zmq
-
-    from streamdet.bus.sockets import Publisher
 
     context = zmq.Context()
     daemon = Daemon(config, Model(), Publisher("inproc://settle", context=context), name="d", reload=reload)

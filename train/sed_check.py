@@ -9,8 +9,9 @@ numba).  This checks the two agree, event for event:
 
 It rebuilds the daemon's events from each clip's window decisions (as segment_report does),
 gives them and the NIPS4Bplus vocalisations to sed_eval's SegmentBasedMetrics at a 1-s
-resolution, and prints both counts; and the segments' ROC AUC against scikit-learn's.  Clips with an `Unknown` vocalisation are left out here:
-segment_report leaves those segments out, which sed_eval cannot."""
+resolution and prints both counts, and the segments' ROC AUC beside scikit-learn's.  Clips with
+an `Unknown` vocalisation are left out here: segment_report leaves those segments out, which
+sed_eval cannot."""
 from __future__ import annotations
 
 import json
@@ -20,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from streamdet.config import DetectorConfig
+from streamdet.detect.scoring import calibrated_score
 from train.metrics import roc_auc
 from train.strong import SEGMENT_S, StrongLabels, event_segments, event_spans, window_segment_scores
 
 
 def main(path: str) -> int:
-    import sed_eval  # noqa: F401  (only this check needs it)
+    import sed_eval  # only this check needs it
     from dcase_util.containers import MetaDataContainer
 
     rows, strong, detector = json.loads(Path(path).read_text())["strong_windows"], StrongLabels(), DetectorConfig()
@@ -38,7 +40,7 @@ def main(path: str) -> int:
             continue
         clips += 1
         starts, d = np.asarray(r["starts"]), np.asarray(r["decisions"])
-        scores = 1.0 / (1.0 + np.exp(-np.clip((d - r["threshold"]) / r["scale"], -700, 700)))
+        scores = calibrated_score(d, r["threshold"], r["scale"])
         truth = labels.segments() == 1
         called = event_segments(scores, starts, len(truth), r["window_s"], detector)
         truths.append(truth)
@@ -50,11 +52,9 @@ def main(path: str) -> int:
         ref = [{"event_label": "bird", "onset": a, "offset": min(b, end), "filename": r["file"]} for a, b in labels.birds if a < end]
         est = [{"event_label": "bird", "onset": a, "offset": min(b, end), "filename": r["file"]} for a, b in event_spans(scores, starts, r["window_s"], detector) if a < end]
         metrics.evaluate(reference_event_list=MetaDataContainer(ref), estimated_event_list=MetaDataContainer(est))
-    ours = {"Ntp": tp, "Nfp": fp, "Nfn": fn, "f_measure": 2 * tp / max(1, 2 * tp + fp + fn)}
-    theirs = metrics.results_overall_metrics()
-    counts = metrics.overall
+    theirs, counts = metrics.results_overall_metrics(), metrics.overall
     print(f"{clips} clips without Unknown vocalisations")
-    print(f"ours:     TP {tp} FP {fp} FN {fn} F1 {ours['f_measure']:.4f}")
+    print(f"ours:     TP {tp} FP {fp} FN {fn} F1 {2 * tp / max(1, 2 * tp + fp + fn):.4f}")
     print(f"sed_eval: TP {int(counts['Ntp'])} FP {int(counts['Nfp'])} FN {int(counts['Nfn'])} F1 {theirs['f_measure']['f_measure']:.4f}")
     from sklearn.metrics import roc_auc_score  # sed_eval brings scikit-learn
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from streamdet.config import DetectorConfig
 from streamdet.detect.events import EventTracker
+from streamdet.detect.scoring import calibrated_score
 from train.metrics import roc_auc
 
 SEGMENT_S = 1.0
@@ -170,8 +171,7 @@ def segment_report(clips: list[tuple[Strong, np.ndarray, np.ndarray, float, floa
         labels = strong.segments()
         n = len(labels)
         seg = window_segment_scores(decisions, starts, n, window_s)
-        z = np.clip((np.asarray(decisions, dtype=np.float64) - threshold) / scale, -700, 700)
-        events = event_segments(1.0 / (1.0 + np.exp(-z)), starts, n, window_s, detector)
+        events = event_segments(calibrated_score(decisions, threshold, scale), starts, n, window_s, detector)
         keep = (labels >= 0) & np.isfinite(seg)
         truth.append(labels[keep] == 1)
         ranked.append(seg[keep])  # pooled as they are, as clip decisions are (cross_val_predict)

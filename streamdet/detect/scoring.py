@@ -70,8 +70,13 @@ class Scorer:
         return d, e
 
     def score(self, decision: np.ndarray) -> np.ndarray:
-        z = np.clip((np.asarray(decision, dtype=np.float64) - self.threshold) / self.scale, -700, 700)
-        return 1.0 / (1.0 + np.exp(-z))  # exact to 1 - 1e-16 (z = 37); only past that is it 1.0
+        return calibrated_score(decision, self.threshold, self.scale)
+
+
+def calibrated_score(decision: np.ndarray, threshold: float, scale: float) -> np.ndarray:
+    """The published score: sigmoid((decision - threshold) / scale), 0.5 at the threshold."""
+    z = np.clip((np.asarray(decision, dtype=np.float64) - threshold) / scale, -700, 700)
+    return 1.0 / (1.0 + np.exp(-z))  # exact to 1 - 1e-16 (z = 37); only past that is it 1.0
 
 
 def energy_problems(energy) -> list[str]:
