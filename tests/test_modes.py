@@ -315,7 +315,7 @@ def test_study_chooses_by_pooled_crossval_alone_and_resumes_from_its_variants(tm
     config = load_train_config(two_site_manifest(tmp_path, epochs=2))
     config.augment.bird_mixes = 20
     config.model.kind, config.model.channels, config.model.latent = "conv", 2, 4
-    config.training.objective, config.training.elbo_weight, config.select.call_db = "decision", 0.01, None  # as bundled: every lever changes it
+    config.training.objective, config.training.elbo_weight, config.select.call_db = "decision", 0.1, None  # every lever changes it
     config.augment.lowpass, config.calibration.per_block, config.select.strong = 0.3, True, "calls"  # as the bundled recipe: the levers of the ones before change it
     out = tmp_path / "study"
     result = study(config, None, None, None, out, folds=2, jobs=2)

@@ -34,8 +34,9 @@ from train.metrics import roc_auc
 # adapted model is not better than the base one on the site's other clips: refused.
 MIN_BIRD, MIN_NOBIRD = 5, 10
 STEPS, LEARNING_RATE, PULL = 1000, 0.01, 0.01  # full-batch Adam; PULL weighs the L2-SP penalty toward the base (chosen by kshot: docs/adapting.md)
-# 300 steps left a head far from its base short of converging (a squeak the base scored above
-# its birds); 1000 measured the same as 300 on the kshot blocks (docs/adapting.md).
+# 300 steps left a head far from its base short of converging (with a base trained at ELBO weight
+# 0.01, which scored a site's squeak above its birds); 1000 measured the same as 300 on the kshot
+# blocks (docs/adapting.md).
 CLIP_FPR = 0.05  # at most this share of the site's no-bird clips reach the adapted threshold
 FOLDS = 5
 
