@@ -113,6 +113,34 @@ def test_a_decision_net_is_saved_in_its_inference_form_and_scores_as_trained(tmp
     assert np.allclose(losses, expected_losses.numpy(), atol=1e-4) and np.allclose(bands, expected_bands.numpy(), atol=1e-4)
 
 
+def test_a_decision_nets_head_gain_travels_in_its_artifact(tmp_path):
+    """The head's weight in the loss is part of the architecture: an artifact without it (every
+    one before `head_gain`) rebuilds at 1/n_mels, one with it at its own, and both score as trained."""
+    w = windows_of_noise()
+    losses = {}
+    for gain in (None, 1.0):
+        torch.manual_seed(1)  # the same weights for both gains
+        vaes = [make_vae("conv", P.window_frames, P.n_mels, 0, 4, 4, norm=True, encoder="lean") for _ in range(2)]
+        net = DecisionNet(LogMel(P), vaes, torch.full((2, P.n_mels), -60.0), torch.full((2, P.n_mels), 12.0), P.window_frames, 8, gain)
+        with torch.no_grad():
+            net.head[-1].bias.fill_(5.0)  # a head whose logit moves the loss, so the gain shows
+        net.eval()
+        meta = make_meta(net)
+        meta["model"] = architecture(net, "conv", 0, 4, 4)
+        assert meta["model"].get("head_gain") == gain
+        path = artifact.save(net, meta, tmp_path / f"g{gain}.pt")
+        with torch.no_grad():
+            losses[gain] = net.errors(w)[0]
+            saved = artifact.load(path, "cpu")
+            eager = rebuild_eager(saved.module, saved.meta["model"], LogMel(P), P.window_frames, P.n_mels)
+            assert eager.head_gain == (1.0 / P.n_mels if gain is None else gain)
+            assert torch.allclose(eager.errors(w)[0], losses[gain], atol=1e-4)
+        assert np.allclose(artifact.load(path, "cpu", optimise=True).errors(w)[0], losses[gain].numpy(), atol=1e-4)
+    # The head's output is at least its last bias (5) less what the GELU layer below it can take away;
+    # at full weight it moves the loss by (1 - 1/n_mels) of it.
+    assert (losses[1.0] - losses[None]).abs().min() > 1.0
+
+
 def test_bench_forms_times_every_candidate_against_the_artifact_as_saved(tmp_path):
     from rich.console import Console
 

@@ -117,10 +117,10 @@ class Head(torch.nn.Module):
         self.band_weight = torch.nn.Parameter(net.band_weight.detach().clone())
         self.bias = torch.nn.Parameter(net.bias.detach().clone())
         self.head = copy.deepcopy(net.head)
-        self.n_mels = net.n_mels
+        self.head_gain = net.head_gain
 
     def forward(self, contrast: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        return (torch.nn.functional.softplus(self.band_weight) * contrast).mean(dim=1) + (self.bias + self.head(pooled)[:, 0]) / self.n_mels
+        return (torch.nn.functional.softplus(self.band_weight) * contrast).mean(dim=1) + (self.bias + self.head(pooled)[:, 0]) * self.head_gain
 
     def into(self, net: DecisionNet) -> DecisionNet:
         out = copy.deepcopy(net)

@@ -64,6 +64,9 @@ class NetConfig:
     log_errors: bool = False  # contrast per band as a log ratio of the VAEs' errors (streamdet.detect.model.ReconstructNet)
     peak_frames: int = field(default=0, metadata={"min": 0, "max": 1000})  # 0: errors averaged over the window; k: where k frames peak
     top_bands: int = field(default=0, metadata={"min": 0, "max": 512})  # 0: the loss is the mean over all bands; k: over the k highest
+    # decision: the weight of the head's logit in the loss; null: 1/n_mels, the head spread over the
+    # bands and averaged with them (every decision-trained artifact before it)
+    head_gain: float | None = field(default=None, metadata={"min": 0.0, "max": 1000.0})
 
     def problems(self):
         if self.kind == "conv" and self.encoder == "lean" and self.channels % 2:

@@ -20,7 +20,7 @@ over all of them: a call fills a few bands, and the mean over 64 dilutes it
 """
 from __future__ import annotations
 
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -349,12 +349,13 @@ class DecisionNet(nn.Module):
       - the reconstruction contrast, per band: softplus(w_b) * (error_background,b - error_bird,b),
         the errors averaged over the window's frames, and
       - a small head on what both encoders saw, max- and mean-pooled over time and frequency (a call
-        anywhere in the window counts the same), spread evenly over the bands.
+        anywhere in the window counts the same), added to every band at the weight `head_gain`
+        (1/M by default: spread evenly over the bands).
     So band_errors [B, M] are each band's share of the logit, and the loss is their mean: the
     daemon takes it as it takes any ReconstructNet's (top_bands 0), and which band peaks still says where
     the VAEs disagree.  Same contract as ReconstructNet."""
 
-    def __init__(self, frontend: LogMel, vaes: List[ConvVAE], mean: torch.Tensor, std: torch.Tensor, window_frames: int, head_hidden: int = 32):
+    def __init__(self, frontend: LogMel, vaes: List[ConvVAE], mean: torch.Tensor, std: torch.Tensor, window_frames: int, head_hidden: int = 32, head_gain: Optional[float] = None):
         super().__init__()
         if len(vaes) != 2 or mean.shape[0] != 2 or std.shape != mean.shape:
             raise ValueError("a background and a bird VAE, with one mean and one std row each")
@@ -370,6 +371,10 @@ class DecisionNet(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1))
         pooled = sum(2 * 4 * v.channels for v in vaes)
         self.head = nn.Sequential(nn.Linear(pooled, head_hidden), nn.GELU(), nn.Linear(head_hidden, 1))
+        # The head's logit enters each band's share at this weight, so the loss (their mean) holds
+        # it at this weight too.  1/n_mels (the default, every artifact before `head_gain`) left it
+        # a 64th of the contrast's scale at the start of training.
+        self.head_gain = 1.0 / self.n_mels if head_gain is None else float(head_gain)
 
     @torch.jit.export
     def features(self, samples: torch.Tensor) -> torch.Tensor:
@@ -394,7 +399,7 @@ class DecisionNet(nn.Module):
                 z = mu[m] + torch.randn_like(mu[m]) * torch.exp(0.5 * logvar[m])
                 elbo = elbo + vae_loss(x[m], vae.decode(z), mu[m], logvar[m], beta)
         logit = self.bias + self.head(torch.cat(pooled, dim=1))
-        return nn.functional.softplus(self.band_weight) * contrast + logit / self.n_mels, elbo
+        return nn.functional.softplus(self.band_weight) * contrast + logit * self.head_gain, elbo
 
     def training_pass(self, windows: torch.Tensor, labels: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(logit per window, the ELBO regulariser: background VAE on label 0, bird VAE on label 1)."""
@@ -426,6 +431,8 @@ def architecture(detector: ScoringNet, kind: str, hidden: int, latent: int, chan
         arch["encoder"] = detector.vaes[0].encoder_kind  # absent: strided, as every artifact before it
     if isinstance(detector, DecisionNet):
         arch.update({"objective": "decision", "norm": True, "head_hidden": detector.head[0].out_features})
+        if detector.head_gain != 1.0 / detector.n_mels:
+            arch["head_gain"] = detector.head_gain  # absent: 1/n_mels, as every decision artifact before it
     return arch
 
 
@@ -436,7 +443,7 @@ def rebuild_eager(scripted: torch.nn.Module, arch: dict, frontend: LogMel, windo
     state = scripted.state_dict()
     k = len(arch["signs"])
     if arch.get("objective") == "decision":
-        detector = DecisionNet(frontend, vaes, state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch["head_hidden"])
+        detector = DecisionNet(frontend, vaes, state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch["head_hidden"], arch.get("head_gain"))
     else:
         detector = ReconstructNet(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch.get("log_errors", False), arch.get("peak_frames", 0), arch.get("top_bands", 0))
     if arch.get("form") == INFERENCE_FORM:
