@@ -11,7 +11,7 @@ from streamdet.detect import artifact
 from train.calibrate import calibrate, spread, threshold_for
 from train.config import DataConfig, TrainConfig
 from train.datasets import DatasetError, Item, read_bad, read_dataset, read_manifest
-from train.metrics import roc_auc
+from train.metrics import block_balanced_auc, roc_auc, weighted_roc_auc
 from train.splits import k_folds, split_by_group
 
 from audiogen import clip, write
@@ -202,6 +202,25 @@ def test_roc_auc_matches_pairwise_counting():
     brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
     assert roc_auc(labels, scores) == pytest.approx(brute)
     assert np.isnan(roc_auc(np.ones(3), np.arange(3)))
+
+
+def test_weighted_and_block_balanced_auc():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.standard_normal(200) + labels, 1)
+    assert weighted_roc_auc(labels, scores, np.ones(200)) == pytest.approx(roc_auc(labels, scores))
+    doubled = np.r_[labels, labels[:50]], np.r_[scores, scores[:50]]  # weight 2 is the clip counted twice
+    assert weighted_roc_auc(labels, scores, np.r_[np.full(50, 2.0), np.ones(150)]) == pytest.approx(roc_auc(*doubled))
+    # A recorder prior: block "a" is mostly bird and scored high as a whole, "b" mostly not and low,
+    # each ranked at chance inside. Pooled the prior looks like skill; balanced it is chance.
+    labels = np.r_[np.ones(80), np.zeros(20), np.ones(10), np.zeros(90)]
+    scores = np.r_[rng.normal(5, 1, 100), rng.normal(0, 1, 100)]
+    blocks = ["a"] * 100 + ["b"] * 100
+    assert roc_auc(labels, scores) > 0.75
+    assert block_balanced_auc(labels, scores, blocks) == pytest.approx(0.5, abs=0.1)
+    # Clips of a block holding one class only do not count; ranking inside each block does.
+    perfect = np.r_[np.full(80, 9.0), np.full(20, 1.0), np.full(10, 8.0), np.full(90, 0.0)]
+    assert block_balanced_auc(np.r_[labels, 0], np.r_[perfect, 99.0], blocks + ["speech"]) == pytest.approx(1.0)
 
 
 def test_tiny_training_exports_an_artifact_with_full_metadata(tiny_model):

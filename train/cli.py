@@ -328,6 +328,8 @@ def cmd_crossval(args) -> int:
         table.add_row("all (pooled)" if block == "all" else block, str(r["clips"]), str(r["bird"]), *(f"{r[k]:.3f}" for k in ("model_auc", "model_pauc", "nobird_called_bird", "bird_found")), f"{r['false_alarms_per_hour']:.1f}", f"{r['reference_auc']:.3f}")
     console = Console()
     console.print(table)
+    if "balanced_auc" in result["blocks"].get("all", {}):
+        console.print(f"pooled ROC AUC with every two-class block at the same bird share: {result['blocks']['all']['balanced_auc']:.3f}")
     for block, r in result["blocks"].items():
         if block != "all" and r.get("segments"):
             console.print(segment_line(block, r["segments"]))

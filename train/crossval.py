@@ -19,7 +19,7 @@ from train.clips import alarm_runs, clip_aggregate, reference_clip_score, window
 from train.config import TrainConfig
 from train.datasets import Item, read_dataset
 from train.learn import calibration_decisions, train_on
-from train.metrics import partial_auc, roc_auc
+from train.metrics import block_balanced_auc, partial_auc, roc_auc
 from train.progress import progress_bar
 from train.splits import k_folds, regroup
 from train.strong import StrongLabels, segment_report
@@ -74,6 +74,8 @@ def block_report(scored: dict[Item, Scored], cache: FeatureCache, config: TrainC
             "bird_found": float(called[labels == 1].mean()) if (labels == 1).any() else float("nan"),
             "false_alarms_per_hour": sum(scored[i].alarms for i in members if i.label == 0) / nobird_hours if nobird_hours else float("nan"),
         }
+        if name == "all":
+            out[name]["balanced_auc"] = block_balanced_auc(labels, d, [i.dataset for i in members])
         segments = segment_figures(members, scored, cache, config)
         if segments:
             out[name]["segments"] = segments

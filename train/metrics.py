@@ -4,6 +4,35 @@ from __future__ import annotations
 import numpy as np
 
 
+def weighted_roc_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    """ROC AUC with each clip weighing `weights`: the weighted share of (bird, no-bird) pairs the
+    scores order correctly, ties counted half; NaN without both classes."""
+    labels = np.asarray(labels).astype(bool)
+    scores, weights = np.asarray(scores, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    w_pos, w_neg = weights[labels].sum(), weights[~labels].sum()
+    if not labels.any() or labels.all() or w_pos <= 0 or w_neg <= 0:
+        return float("nan")
+    values, group = np.unique(scores, return_inverse=True)
+    neg = np.bincount(group, weights * ~labels, minlength=len(values))
+    pos = np.bincount(group, weights * labels, minlength=len(values))
+    below = np.cumsum(neg) - neg  # no-bird weight strictly below each score
+    return float((pos * (below + neg / 2)).sum() / (w_pos * w_neg))
+
+
+def block_balanced_auc(labels: np.ndarray, scores: np.ndarray, blocks: list[str]) -> float:
+    """Pooled ROC AUC over the blocks holding both classes, each block's birds and no-birds
+    weighing the same in all (1/count each): one score scale as in the plain pooled figure, but a
+    block whose audio is mostly bird gains nothing by scoring its whole recorder high."""
+    labels, blocks = np.asarray(labels).astype(int), np.asarray(blocks)
+    weights = np.zeros(len(labels))
+    for block in np.unique(blocks):
+        for label in (0, 1):
+            members = (blocks == block) & (labels == label)
+            if members.any() and ((blocks == block) & (labels != label)).any():
+                weights[members] = 1.0 / members.sum()
+    return weighted_roc_auc(labels, scores, weights)
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (the Mann-Whitney statistic, ties counted half); NaN without both classes."""
     labels = np.asarray(labels).astype(bool)

@@ -238,19 +238,19 @@ def markdown(result: dict) -> str:
     nobird_blocks = [b for b in rows[0]["crossval"] if b != "all" and rows[0]["crossval"][b]["bird"] < rows[0]["crossval"][b]["clips"]]
     eval_blocks = [b for b in (rows[0]["eval"] or {}) if b != "all"]
     strong = [b for b in blocks if rows[0]["crossval"][b].get("segments")]  # blocks with strong labels (NIPS4B)
-    head = ["recipe", "CV pooled AUC (blocks every row has)"] + [f"CV {b}" for b in blocks] + [f"{b} segment AUC / event F1" for b in strong]
+    head = ["recipe", "CV pooled AUC (blocks every row has)", "CV pooled AUC, blocks balanced"] + [f"CV {b}" for b in blocks] + [f"{b} segment AUC / event F1" for b in strong]
     head += ["birds found (pooled)", "no-bird called bird: " + " / ".join(nobird_blocks), "false alarms per hour (pooled)", "eval AUC"] + [f"eval {b}" for b in eval_blocks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cv, e = r["crossval"], r["eval"]
         mark = "**" if r["variant"] == result["chosen"] else ""
-        cells = [r["variant"], _f(r.get("pooled_common", cv["all"]["model_auc"]))] + [_f(cv[b]["model_auc"]) if b in cv else "-" for b in blocks]
+        cells = [r["variant"], _f(r.get("pooled_common", cv["all"]["model_auc"])), _f(cv["all"].get("balanced_auc"))] + [_f(cv[b]["model_auc"]) if b in cv else "-" for b in blocks]
         cells += [f"{_f(seg['auc'])} / {_f(seg['events']['f1'])}" if (seg := cv.get(b, {}).get("segments")) else "-" for b in strong]
         cells += [_pct(cv["all"]["bird_found"]), " / ".join(_pct(cv[b]["nobird_called_bird"]) if b in cv else "-" for b in nobird_blocks), f"{cv['all'].get('false_alarms_per_hour', float('nan')):.0f}"]
         cells += [_f(e["all"]["model"]["auc"])] + [_f(e[b]["model"]["auc"]) for b in eval_blocks] if e else ["-"] * (1 + len(eval_blocks))
         lines.append("| " + " | ".join(f"{mark}{c}{mark}" for c in cells) + " |")
     ref = rows[0]["crossval"]
-    cells = ["energy reference (2-8 kHz)", _f(ref["all"]["reference_auc"])] + [_f(ref[b]["reference_auc"]) for b in blocks] + ["-"] * len(strong) + ["-", "-", "-"]
+    cells = ["energy reference (2-8 kHz)", _f(ref["all"]["reference_auc"]), "-"] + [_f(ref[b]["reference_auc"]) for b in blocks] + ["-"] * len(strong) + ["-", "-", "-"]
     e = rows[0]["eval"]
     cells += [_f(e["all"]["reference"]["auc"])] + [_f(e[b]["reference"]["auc"]) for b in eval_blocks] if e else ["-"] * (1 + len(eval_blocks))
     lines.append("| " + " | ".join(cells) + " |")
