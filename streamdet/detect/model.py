@@ -372,8 +372,9 @@ class DecisionNet(nn.Module):
         pooled = sum(2 * 4 * v.channels for v in vaes)
         self.head = nn.Sequential(nn.Linear(pooled, head_hidden), nn.GELU(), nn.Linear(head_hidden, 1))
         # The head's logit enters each band's share at this weight, so the loss (their mean) holds
-        # it at this weight too.  1/n_mels (the default, every artifact before `head_gain`) left it
-        # a 64th of the contrast's scale at the start of training.
+        # it at this weight too.  1/n_mels is the default (every artifact before `head_gain`); full
+        # weight measured the same in cross-validation: training makes up for the 64th
+        # (docs/encoder-and-segments.md).
         self.head_gain = 1.0 / self.n_mels if head_gain is None else float(head_gain)
 
     @torch.jit.export
