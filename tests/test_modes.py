@@ -358,7 +358,7 @@ def test_evaluate_without_matplotlib_writes_the_curves_and_says_how_to_get_plots
     assert "pip install 'streamdet[plot]'" in " ".join(result.stdout.split())
 
 
-@pytest.mark.parametrize("levers", ["{}", "{clip_bags: 4}", "{pretrain_epochs: 3}"])
+@pytest.mark.parametrize("levers", ["{}", "{clip_bags: 4}", "{pretrain_epochs: 3}", "{lr_schedule: cosine, patience: 100}"])
 def test_vaes_trained_for_the_decision_rank_held_out_clips_and_keep_the_daemons_contract(dataset, held_out, tmp_path, levers):
     """training.objective decision: both VAEs and the head learn together; the artifact still says
     loss = mean of band_errors, loads in the daemon, and rebuilds eagerly with the same losses."""
@@ -370,6 +370,11 @@ def test_vaes_trained_for_the_decision_rank_held_out_clips_and_keep_the_daemons_
     path, _ = fit(config, tmp_path / "decision.pt")
     model = artifact.load(path, "cpu", optimise=True)
     assert model.meta["model"]["objective"] == "decision" and model.meta["model"]["norm"] is True
+    rates = [e["learning_rate"] for e in model.meta["provenance"]["history"]["decision"]]
+    if "cosine" in levers:  # the rate falls along a half cosine to 0 at the last step
+        assert rates[0] < 0.002 and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 1e-9, rates
+    else:
+        assert rates == [0.002] * len(rates), rates
     items = read_labels(held_out / "labels.csv")
     cache = FeatureCache(tmp_path / "cache", model.features)
     cache.ensure([i.path for i in items])

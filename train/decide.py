@@ -69,6 +69,7 @@ def fit_decision(config: TrainConfig, sets: dict[str, tuple[WindowSet, WindowSet
     optimiser = torch.optim.Adam(detector.parameters(), lr=t.learning_rate)
     (bg, bg_val), (bird, bird_val) = sets["background"], sets["bird"]
     batches = BagBatches(bg, bird, t.batch_size, t.clip_bags, generator) if t.clip_bags else WindowBatches(bg, bird, t.batch_size, generator)
+    schedule = rate_schedule(optimiser, t.lr_schedule, t.epochs * batches.steps)
     task = progress.add_task("training for the decision", total=t.epochs, info="") if progress else None
     started, best, history, stale = time.perf_counter(), (float("inf"), None), [], 0
     for epoch in range(1, t.epochs + 1):
@@ -82,9 +83,10 @@ def fit_decision(config: TrainConfig, sets: dict[str, tuple[WindowSet, WindowSet
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            schedule.step()
             total += loss.detach()
         held_out = _held_out_bce(detector, bg_val if len(bg_val) else bg, bird_val if len(bird_val) else bird, device, bags=bool(t.clip_bags))
-        history.append({"epoch": epoch, "train_loss": round(float(total) / batches.steps, 5), "val_bce": round(held_out, 5)})
+        history.append({"epoch": epoch, "train_loss": round(float(total) / batches.steps, 5), "val_bce": round(held_out, 5), "learning_rate": optimiser.param_groups[0]["lr"]})
         if held_out < best[0] - 1e-6:
             best, stale = (held_out, {k: v.detach().cpu().clone() for k, v in detector.state_dict().items()}), 0
         else:
@@ -96,6 +98,13 @@ def fit_decision(config: TrainConfig, sets: dict[str, tuple[WindowSet, WindowSet
     detector.load_state_dict(best[1])
     info = {"epochs": len(history), "stopped_early": len(history) < t.epochs, "best_val_bce": round(best[0], 5), "windows": len(bg) + len(bird), "seconds": round(time.perf_counter() - started, 2), "history": history}
     return detector.cpu().eval(), info
+
+
+def rate_schedule(optimiser: torch.optim.Optimizer, kind: str, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """training.lr_schedule: the rate held (constant) or falling along a half cosine to 0 (cosine)."""
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
 
 
 def smooth_max(logit: torch.Tensor, owner: torch.Tensor, bags: int) -> torch.Tensor:
