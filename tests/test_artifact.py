@@ -141,6 +141,33 @@ def test_a_decision_nets_head_gain_travels_in_its_artifact(tmp_path):
     assert (losses[1.0] - losses[None]).abs().min() > 1.0
 
 
+def test_a_decision_nets_own_head_convolution_travels_in_its_artifact(tmp_path):
+    """model.head_channels: the head's own convolution (with a batch-norm that is not the identity)
+    is part of the architecture, and the artifact scores as trained: scripted, rebuilt eagerly,
+    and in the inference form the daemon runs (batch-norm folded into it)."""
+    w = windows_of_noise()
+    torch.manual_seed(2)
+    vaes = [make_vae("conv", P.window_frames, P.n_mels, 0, 4, 4, norm=True, encoder="lean") for _ in range(2)]
+    net = DecisionNet(LogMel(P), vaes, torch.full((2, P.n_mels), -60.0), torch.full((2, P.n_mels), 12.0), P.window_frames, 8, 1.0, head_channels=6)
+    with torch.no_grad():
+        for stage in net.head_stages:
+            stage[1].running_mean.uniform_(-1.0, 1.0)
+            stage[1].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    meta = make_meta(net)
+    meta["model"] = architecture(net, "conv", 0, 4, 4)
+    assert meta["model"]["head_channels"] == 6 and net.head[0].in_features == 2 * 2 * 6
+    path = artifact.save(net, meta, tmp_path / "own.pt")
+    with torch.no_grad():
+        losses = net.errors(w)[0]
+        saved = artifact.load(path, "cpu")
+        eager = rebuild_eager(saved.module, saved.meta["model"], LogMel(P), P.window_frames, P.n_mels)
+        assert torch.allclose(eager.errors(w)[0], losses, atol=1e-4)
+        without = DecisionNet(LogMel(P), vaes, net.mean.reshape(2, -1), net.std.reshape(2, -1), P.window_frames, 8, 1.0)
+        assert "head_channels" not in architecture(without, "conv", 0, 4, 4)
+    assert np.allclose(artifact.load(path, "cpu", optimise=True).errors(w)[0], losses.numpy(), atol=1e-4)
+
+
 def test_bench_forms_times_every_candidate_against_the_artifact_as_saved(tmp_path):
     from rich.console import Console
 

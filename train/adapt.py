@@ -105,7 +105,8 @@ def fixed_parts(net: DecisionNet, windows: torch.Tensor) -> tuple[torch.Tensor, 
         h = vae.encode_map(x)
         mu, _ = vae.latent_of(h)
         contrast += net.signs[i] * (vae.decode(mu) - x).pow(2).reshape(b, net.window_frames, net.n_mels).mean(dim=1)
-        pooled.append(torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1))
+        seen = net.head_stages[i](h)
+        pooled.append(torch.cat([seen.amax(dim=(2, 3)), seen.mean(dim=(2, 3))], dim=1))
     return contrast, torch.cat(pooled, dim=1)
 
 

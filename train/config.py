@@ -67,6 +67,9 @@ class NetConfig:
     # decision: the weight of the head's logit in the loss; null: 1/n_mels, the head spread over the
     # bands and averaged with them (every decision-trained artifact before it)
     head_gain: float | None = field(default=None, metadata={"min": 0.0, "max": 1000.0})
+    # decision: 0, the head reads the encoders' last maps as they are; k, through a 3x3 convolution of
+    # k channels of its own per encoder, which only the decision trains (the ELBO never pulls on it)
+    head_channels: int = field(default=0, metadata={"min": 0, "max": 512})
 
     def problems(self):
         if self.kind == "conv" and self.encoder == "lean" and self.channels % 2:

@@ -52,7 +52,7 @@ def new_detector(config: TrainConfig, means: list[torch.Tensor], stds: list[torc
 
         return ReferenceNet(LogMel(p), torch.stack(means).mean(dim=0), torch.stack(stds).mean(dim=0), p.window_frames, m.channels)
     vaes = vaes or [make_vae("conv", p.window_frames, p.n_mels, m.hidden, m.latent, m.channels, norm=True, encoder=m.encoder) for _ in range(2)]
-    return DecisionNet(LogMel(p), vaes, torch.stack(means), torch.stack(stds), p.window_frames, head_gain=m.head_gain)
+    return DecisionNet(LogMel(p), vaes, torch.stack(means), torch.stack(stds), p.window_frames, head_gain=m.head_gain, head_channels=m.head_channels)
 
 
 def fit_decision(config: TrainConfig, sets: dict[str, tuple[WindowSet, WindowSet]], stats: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device, progress: Progress | None,

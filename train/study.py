@@ -85,6 +85,10 @@ LEVERS = [
     # epoch on a tenth of the data picks among them: a rate falling to 0 lets the training settle.
     ("rate falling along a cosine", {"training.lr_schedule": "cosine"}),
     ("rate falling along a cosine, ESC-50 split by its own folds (measured only: another grouping)", {"training.lr_schedule": "cosine", "training.group_runs": "[esc50:8]"}),
+    # The reference's features serve the decision alone; the head's read the VAEs' latent maps, which the
+    # ELBO shapes too: a 3x3 convolution of 64 channels (the reference's last width) of the head's own.
+    ("head with a convolution of its own", {"model.head_channels": "64"}),
+    ("head with a convolution of its own, ESC-50 split by its own folds (measured only: another grouping)", {"model.head_channels": "64", "training.group_runs": "[esc50:8]"}),
     # The recipe bundled before the lean encoders: strided encoders, no synthetic speech, one threshold over all blocks pooled.
     ("strided encoders, no synthetic speech, pooled calibration (bundled before)", {"model.encoder": "strided", NO_SPEECH: "", "calibration.per_block": "false", "select.strong": "none"}),
 ]

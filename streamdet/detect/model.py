@@ -260,6 +260,8 @@ def inference_form(net: nn.Module) -> nn.Module:
     for vae in net.vaes:
         if isinstance(vae, ConvVAE):
             vae.encoder, vae.decoder = _fused(vae.encoder), _fused(vae.decoder)
+    if isinstance(net, DecisionNet):
+        net.head_stages = nn.ModuleList([_fused(s) if isinstance(s, nn.Sequential) else s for s in net.head_stages])
     return net
 
 
@@ -348,14 +350,16 @@ class DecisionNet(nn.Module):
     a regulariser), and a window's loss is a logit, higher for birds, made of
       - the reconstruction contrast, per band: softplus(w_b) * (error_background,b - error_bird,b),
         the errors averaged over the window's frames, and
-      - a small head on what both encoders saw, max- and mean-pooled over time and frequency (a call
-        anywhere in the window counts the same), added to every band at the weight `head_gain`
-        (1/M by default: spread evenly over the bands).
+      - a small head on what both encoders saw (through a convolution of the head's own when
+        `head_channels` > 0), max- and mean-pooled over time and frequency (a call anywhere in the
+        window counts the same), added to every band at the weight `head_gain` (1/M by default:
+        spread evenly over the bands).
     So band_errors [B, M] are each band's share of the logit, and the loss is their mean: the
     daemon takes it as it takes any ReconstructNet's (top_bands 0), and which band peaks still says where
     the VAEs disagree.  Same contract as ReconstructNet."""
 
-    def __init__(self, frontend: LogMel, vaes: List[ConvVAE], mean: torch.Tensor, std: torch.Tensor, window_frames: int, head_hidden: int = 32, head_gain: Optional[float] = None):
+    def __init__(self, frontend: LogMel, vaes: List[ConvVAE], mean: torch.Tensor, std: torch.Tensor, window_frames: int, head_hidden: int = 32, head_gain: Optional[float] = None,
+                 head_channels: int = 0):
         super().__init__()
         if len(vaes) != 2 or mean.shape[0] != 2 or std.shape != mean.shape:
             raise ValueError("a background and a bird VAE, with one mean and one std row each")
@@ -369,7 +373,11 @@ class DecisionNet(nn.Module):
         self.log_errors, self.peak_frames, self.top_bands = False, 0, 0
         self.band_weight = nn.Parameter(torch.zeros(self.n_mels))
         self.bias = nn.Parameter(torch.zeros(1))
-        pooled = sum(2 * 4 * v.channels for v in vaes)
+        # The head reads each encoder's last map through a convolution of its own (head_channels > 0),
+        # which the ELBO never pulls on, or as it is (an Identity: no weights, so every artifact
+        # before it has the same state_dict).
+        self.head_stages = nn.ModuleList([head_stage(4 * v.channels, head_channels) for v in vaes])
+        pooled = sum(2 * (head_channels or 4 * v.channels) for v in vaes)
         self.head = nn.Sequential(nn.Linear(pooled, head_hidden), nn.GELU(), nn.Linear(head_hidden, 1))
         # The head's logit enters each band's share at this weight, so the loss (their mean) holds
         # it at this weight too.  1/n_mels is the default (every artifact before `head_gain`); full
@@ -388,17 +396,20 @@ class DecisionNet(nn.Module):
         contrast = torch.zeros(b, self.n_mels, device=windows.device, dtype=windows.dtype)
         pooled: List[torch.Tensor] = []
         elbo = torch.zeros((), device=windows.device, dtype=windows.dtype)
-        for i, vae in enumerate(self.vaes):
+        i = 0
+        for vae, stage in zip(self.vaes, self.head_stages):
             x = ((windows - self.mean[i]) / self.std[i]).reshape(b, -1)
             h = vae.encode_map(x)
             mu, logvar = vae.latent_of(h)
             err = (vae.decode(mu) - x).pow(2).reshape(b, self.window_frames, self.n_mels).mean(dim=1)
             contrast = contrast + self.signs[i] * err
-            pooled.append(torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1))
+            seen = stage(h)
+            pooled.append(torch.cat([seen.amax(dim=(2, 3)), seen.mean(dim=(2, 3))], dim=1))
             if len(elbo_mask) > i and bool(elbo_mask[i].any()):
                 m = elbo_mask[i]
                 z = mu[m] + torch.randn_like(mu[m]) * torch.exp(0.5 * logvar[m])
                 elbo = elbo + vae_loss(x[m], vae.decode(z), mu[m], logvar[m], beta)
+            i += 1
         logit = self.bias + self.head(torch.cat(pooled, dim=1))
         return nn.functional.softplus(self.band_weight) * contrast + logit * self.head_gain, elbo
 
@@ -420,6 +431,13 @@ class DecisionNet(nn.Module):
         return self.errors(windows)[0]
 
 
+def head_stage(width: int, channels: int) -> nn.Module:
+    """The decision head's own 3x3 convolution over an encoder's last map (channels > 0), or none."""
+    if not channels:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(width, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.GELU())
+
+
 ARCH_KINDS = {"mlp": "mlp_vae", "conv": "conv_vae"}
 ScoringNet = Union[ReconstructNet, DecisionNet]  # what an artifact scripts
 
@@ -434,6 +452,8 @@ def architecture(detector: ScoringNet, kind: str, hidden: int, latent: int, chan
         arch.update({"objective": "decision", "norm": True, "head_hidden": detector.head[0].out_features})
         if detector.head_gain != 1.0 / detector.n_mels:
             arch["head_gain"] = detector.head_gain  # absent: 1/n_mels, as every decision artifact before it
+        if isinstance(detector.head_stages[0], nn.Sequential):
+            arch["head_channels"] = detector.head_stages[0][0].out_channels  # absent: none, as every decision artifact before it
     return arch
 
 
@@ -444,7 +464,7 @@ def rebuild_eager(scripted: torch.nn.Module, arch: dict, frontend: LogMel, windo
     state = scripted.state_dict()
     k = len(arch["signs"])
     if arch.get("objective") == "decision":
-        detector = DecisionNet(frontend, vaes, state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch["head_hidden"], arch.get("head_gain"))
+        detector = DecisionNet(frontend, vaes, state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch["head_hidden"], arch.get("head_gain"), arch.get("head_channels", 0))
     else:
         detector = ReconstructNet(frontend, vaes, arch["signs"], state["mean"].reshape(k, -1), state["std"].reshape(k, -1), window_frames, arch.get("log_errors", False), arch.get("peak_frames", 0), arch.get("top_bands", 0))
     if arch.get("form") == INFERENCE_FORM:
