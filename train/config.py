@@ -68,7 +68,8 @@ class NetConfig:
     # bands and averaged with them (every decision-trained artifact before it)
     head_gain: float | None = field(default=None, metadata={"min": 0.0, "max": 1000.0})
     # decision: 0, the head reads the encoders' last maps as they are; k, through a 3x3 convolution of
-    # k channels of its own per encoder, which only the decision trains (the ELBO never pulls on it)
+    # k channels of its own per encoder, which only the decision trains (the ELBO never pulls on it;
+    # measured, not bundled: docs/encoder-and-segments.md)
     head_channels: int = field(default=0, metadata={"min": 0, "max": 512})
 
     def problems(self):
@@ -83,7 +84,8 @@ class TrainingConfig:
     batch_size: int = field(default=128, metadata={"min": 1})
     learning_rate: float = field(default=1e-3, metadata={"above": 0.0})
     # decision: constant, or cosine (the rate falls along a half cosine to 0 over all epochs' steps,
-    # so the last epochs settle instead of jumping between held-out losses a tenth apart).
+    # so the last epochs settle instead of jumping between held-out losses a tenth apart; measured,
+    # not better: docs/encoder-and-segments.md).
     lr_schedule: str = field(default="constant", metadata={"choices": ("constant", "cosine")})
     beta: float = field(default=0.1, metadata={"min": 0.0})
     val_fraction: float = field(default=0.25, metadata={"above": 0.0, "max": 0.9})
