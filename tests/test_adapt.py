@@ -104,6 +104,13 @@ def test_kshot_holds_each_block_out_of_training_and_adapts_on_k_of_its_clips(tmp
     assert result["siteA"]["clips"] == 16 and len(curve["draws"]) == 1
     for run in curve["draws"]:  # 6 reviewed, the other 10 scored by both models
         assert run["base"]["clips"] == run["adapted"]["clips"] == 10 and 0.0 <= run["adapted"]["auc"] <= 1.0
+        # Which birds were found, per recording (an ESC-50 class in the real block): the counts add
+        # up to the draw's birds found, by each model.
+        by_group = run["found_by_group"]
+        assert set(by_group) <= {f"siteA_r{r}" for r in (1, 3, 5, 7)} and sum(n for n, _, _ in by_group.values()) == run["adapted"]["bird"]
+        for who, column in (("base", 1), ("adapted", 2)):
+            assert sum(g[column] for g in by_group.values()) == round(run[who]["birds_found"] * run[who]["bird"])
+    assert set(curve["birds_found_by_group"]) == set(curve["draws"][0]["found_by_group"])
     kept = base.stat().st_mtime_ns
     again = kshot(config, ["siteA"], [6], 1, out, pulls=(1.0, 10.0))
     assert base.stat().st_mtime_ns == kept and set(again["siteA"]["curves"]) == {"1.0", "10.0"}

@@ -16,6 +16,8 @@ from train.cache import default_cache_dir
 from train.checkpoint import CheckpointError
 from train.datasets import DatasetError
 
+MAX_GROUPS_SHOWN = 8  # kshot prints birds found per group for a block of classes (ESC-50), not of hundreds of recordings
+
 
 def threads_arg(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on the CPU, measured 6-10x faster than torch's default on 2 cores)")
@@ -166,6 +168,9 @@ def cmd_kshot(args) -> int:
             for k, c in curve.items():
                 print(f"{block} ({r['clips']} clips, {r['bird']} bird), pull {pull}, k={k}: ROC AUC base {c['base_auc'][0]:.3f} adapted {c['adapted_auc'][0]:.3f} (sd {c['adapted_auc'][1]:.3f}); "
                   f"birds found {c['base_birds_found'][0]:.0%} -> {c['adapted_birds_found'][0]:.0%}; no-bird called bird {c['base_nobird_called_bird'][0]:.0%} -> {c['adapted_nobird_called_bird'][0]:.0%}")
+                groups = c.get("birds_found_by_group") or {}
+                if 1 < len(groups) <= MAX_GROUPS_SHOWN:
+                    print("    birds found per group: " + ", ".join(f"{g} {b:.0%} -> {a:.0%}" for g, (b, a) in groups.items()))
     from train.plot import PlotUnavailable, kshot_plot
 
     try:

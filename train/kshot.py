@@ -50,7 +50,7 @@ def draw(labels: np.ndarray, k: int, rng: np.random.Generator, keep: int = 5) ->
     return np.concatenate([rng.choice(birds, n_bird, replace=False), rng.choice(nobirds, n_nobird, replace=False)])
 
 
-def block_curve(net, threshold: float, site, ks: list[int], draws: int, seed: int, pull: float) -> dict:
+def block_curve(net, threshold: float, site, ks: list[int], draws: int, seed: int, pull: float, groups: np.ndarray) -> dict:
     labels = site.labels.numpy().astype(int)
     with torch.no_grad():
         base_all = clip_decisions(Head(net), site).numpy()
@@ -65,10 +65,27 @@ def block_curve(net, threshold: float, site, ks: list[int], draws: int, seed: in
             head, adapted_threshold, _ = adapted_head(net, subsite(site, chosen), seed + d, pull)
             with torch.no_grad():
                 adapted = clip_decisions(head, subsite(site, rest)).numpy()
-            runs.append({"base": site_figures(labels[rest], base_all[rest], threshold), "adapted": site_figures(labels[rest], adapted, adapted_threshold)})
+            runs.append({"base": site_figures(labels[rest], base_all[rest], threshold), "adapted": site_figures(labels[rest], adapted, adapted_threshold),
+                         "found_by_group": found_by_group(groups[rest], labels[rest], base_all[rest] >= threshold, adapted >= adapted_threshold)})
         if runs:
-            out[str(k)] = {"draws": runs, **{f"{who}_{m}": summary([r[who][m] for r in runs]) for who in ("base", "adapted") for m in ("auc", "birds_found", "nobird_called_bird")}}
+            out[str(k)] = {"draws": runs, **{f"{who}_{m}": summary([r[who][m] for r in runs]) for who in ("base", "adapted") for m in ("auc", "birds_found", "nobird_called_bird")},
+                           "birds_found_by_group": pooled_by_group([r["found_by_group"] for r in runs])}
     return out
+
+
+def found_by_group(groups: np.ndarray, labels: np.ndarray, base_called: np.ndarray, adapted_called: np.ndarray) -> dict:
+    """Per group of bird clips (an ESC-50 class, a recording): [clips, found by the base model, by
+    the adapted one]. Which birds a site's reviews teach, and which they do not."""
+    return {str(g): [int(m.sum()), int(base_called[m].sum()), int(adapted_called[m].sum())] for g in np.unique(groups[labels == 1]) for m in [(groups == g) & (labels == 1)]}
+
+
+def pooled_by_group(runs: list[dict]) -> dict:
+    """Every draw's counts per group added up: {group: [share found by the base, by the adapted model]}."""
+    total: dict[str, np.ndarray] = {}
+    for run in runs:
+        for g, counts in run.items():
+            total[g] = total.get(g, np.zeros(3, dtype=int)) + counts
+    return {g: [round(c[1] / c[0], 4), round(c[2] / c[0], 4)] for g, c in sorted(total.items())}
 
 
 def summary(values: list) -> list[float] | None:
@@ -95,7 +112,7 @@ def kshot(config: TrainConfig, blocks: list[str], ks: list[int], draws: int, out
             entry = results.setdefault(block, {"clips": len(used), "bird": int(site.labels.sum()), "curves": {}})
             for pull in pulls:
                 if str(pull) not in entry["curves"]:
-                    entry["curves"][str(pull)] = block_curve(net, threshold, site, ks, draws, seed, pull)
+                    entry["curves"][str(pull)] = block_curve(net, threshold, site, ks, draws, seed, pull, np.array([i.group for i in used]))
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_text(json.dumps(results, indent=1))
             progress.update(task, advance=1, info=block)
