@@ -102,11 +102,28 @@ def test_a_curve_proxy_admits_allowed_stations_and_subscribers_only(tiny_model, 
         assert proxy.wait(10) == 0
 
 
-def test_a_curve_proxy_stops_on_sigterm_whichever_thread_the_kernel_hands_it_to(tmp_path):
-    """With CURVE the proxy has an authenticator thread; a SIGTERM delivered to it (the kernel may
-    choose any thread) must still stop the proxy, which sits in ZeroMQ's C code meanwhile."""
-    import ctypes
+def _unblocked_threads(pid: int) -> list[int]:
+    """The process's threads but the main one that do not block SIGTERM (ZeroMQ's own threads block
+    every signal, so the kernel never hands one to them), in the order they were made."""
     import os
+    import signal
+
+    out = []
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid):
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        blocked = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+        if not blocked >> (signal.SIGTERM - 1) & 1:
+            out.append(tid)
+    return out
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["older-thread", "newer-thread"])
+def test_a_curve_proxy_stops_on_sigterm_whichever_thread_the_kernel_hands_it_to(tmp_path, which):
+    """With CURVE the proxy has an authenticator thread and runs zmq_proxy in a thread of its own;
+    a SIGTERM delivered to either (the kernel may choose any thread that does not block it) must
+    still stop the proxy.  One signal per run: a second one sent while the first is shutting the
+    proxy down may arrive after Python has put back the default action, and kill it (rc -15)."""
+    import ctypes
     import signal
 
     from streamdet.demo import free_tcp_endpoint
@@ -116,13 +133,13 @@ def test_a_curve_proxy_stops_on_sigterm_whichever_thread_the_kernel_hands_it_to(
     proxy = subprocess.Popen(streamdet_command("proxy", "--frontend", free_tcp_endpoint(), "--backend", free_tcp_endpoint(), "--curve-secret-key", str(hub_secret), "--curve-clients", str(tmp_path / "allowed")),
                              cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
-        assert "subscribers connect to" in proxy.stderr.readline()  # up: its threads are running
-        others = [int(t) for t in os.listdir(f"/proc/{proxy.pid}/task") if int(t) != proxy.pid]
-        assert others
-        libc = ctypes.CDLL(None, use_errno=True)
+        assert "subscribers connect to" in proxy.stderr.readline()  # up: the proxy thread is starting
+        deadline = time.monotonic() + 10
+        while len(threads := _unblocked_threads(proxy.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(threads) == 2, threads  # the authenticator's and the proxy's
         SYS_tgkill = 234  # x86-64
-        for tid in others:  # SIGTERM to every thread but the main one
-            libc.syscall(SYS_tgkill, proxy.pid, tid, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).syscall(SYS_tgkill, proxy.pid, threads[which], signal.SIGTERM)
         assert proxy.wait(10) == 0
     finally:
         if proxy.poll() is None:
