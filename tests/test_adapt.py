@@ -71,6 +71,7 @@ def test_fifty_reviews_teach_the_bundled_model_a_site_nuisance_and_keep_its_bird
     base, site = artifact.load(None, "cpu"), artifact.load(out, "cpu")  # the daemon's own checks
     p = site.meta["provenance"]
     assert p["adapted_from"]["sha256"] == base.sha256 and (p["site"]["bird"], p["site"]["no_bird"]) == (10, 40)
+    assert p["site"]["nobird_called_at_most"] == 0.05
     # The site's other clips, never reviewed: the squeak is no longer a bird, the birds still are.
     fresh = range(50_000, 50_012)
     assert called(base, "squeak", fresh) >= 10
@@ -85,6 +86,28 @@ def test_too_few_reviews_of_either_label_are_refused_in_one_line_naming_what_it_
     assert "too few reviewed clips" in line and "3 bird and 12 no-bird" in line and "at least 5 bird" in line
     result = adapt("--reviews", str(tmp_path / "missing"), "--out", str(tmp_path / "site.pt"))
     assert result.returncode == 2 and "missing: not a folder" in result.stderr
+    for share in ("0", "1.5", "-0.1"):  # refused before any clip or model is read: the folder is not even looked at
+        result = adapt("--reviews", str(tmp_path / "missing"), "--out", str(tmp_path / "site.pt"), "--nobird-called", share)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"train: error: --nobird-called: a share of the site's no-bird clips, between 0 and 1 (0.05 is 5%), found {float(share)}"
+
+
+def test_the_share_of_no_bird_clips_let_through_sets_the_adapted_threshold():
+    """--nobird-called: a station that would rather find more birds lets more of its no-bird
+    clips through; the threshold comes down, and holds that share of the out-of-fold decisions."""
+    from train.adapt import SiteWindows, adapted_head, decision_net
+
+    net = decision_net(artifact.load(None, "cpu"))
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([1.0] * 20 + [0.0] * 40)
+    clip_of = torch.arange(60).repeat_interleave(3)  # three windows a clip
+    pooled = torch.randn(180, net.head[0].in_features, generator=g) + 0.8 * labels[clip_of, None]
+    site = SiteWindows(torch.randn(180, net.n_mels, generator=g).abs(), pooled, clip_of, torch.zeros(180, dtype=torch.bool), labels)
+    levels = {}
+    for share in (0.05, 0.3):
+        _, levels[share], oof = adapted_head(net, site, nobird_called=share)
+        nobird = oof[labels.numpy() == 0]
+        assert np.mean(nobird >= levels[share]) <= share and np.mean(nobird >= levels[share]) > share - 1 / 40  # as many as allowed
+    assert levels[0.3] < levels[0.05]
 
 
 def test_kshot_holds_each_block_out_of_training_and_adapts_on_k_of_its_clips(tmp_path):

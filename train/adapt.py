@@ -37,7 +37,7 @@ STEPS, LEARNING_RATE, PULL = 1000, 0.01, 0.01  # full-batch Adam; PULL weighs th
 # 300 steps left a head far from its base short of converging (with a base trained at ELBO weight
 # 0.01, which scored a site's squeak above its birds); 1000 measured the same as 300 on the kshot
 # blocks (docs/adapting.md).
-CLIP_FPR = 0.05  # at most this share of the site's no-bird clips reach the adapted threshold
+CLIP_FPR = 0.05  # at most this share of the site's no-bird clips reach the adapted threshold (--nobird-called)
 FOLDS = 5
 
 
@@ -66,6 +66,11 @@ def decision_net(model: Model) -> DecisionNet:
         raise AdaptError(f"{model.path}: adapting a model whose decision adds the band energy is not supported (scoring.energy.weight > 0)")
     p = model.features
     return rebuild_eager(model.module, arch, LogMel(p), p.window_frames, p.n_mels)
+
+
+def check_share(nobird_called: float) -> None:
+    if not 0.0 < nobird_called < 1.0:
+        raise AdaptError(f"--nobird-called: a share of the site's no-bird clips, between 0 and 1 (0.05 is 5%), found {nobird_called}")
 
 
 def check_counts(items: list[Item]) -> None:
@@ -185,10 +190,11 @@ def out_of_fold(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float 
     return out
 
 
-def adapted_head(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float | None = None) -> tuple[Head, float, np.ndarray]:
-    """(the head tuned on every clip of `site`, its threshold from out-of-fold decisions, those decisions)."""
+def adapted_head(net: DecisionNet, site: SiteWindows, seed: int = 0, pull: float | None = None, nobird_called: float = CLIP_FPR) -> tuple[Head, float, np.ndarray]:
+    """(the head tuned on every clip of `site`, its threshold from out-of-fold decisions, those
+    decisions): at most `nobird_called` of the site's no-bird clips reach it."""
     oof = out_of_fold(net, site, seed, pull).numpy()
-    return tune(net, site, seed, pull), fpr_level(oof[site.labels.numpy() == 0], CLIP_FPR), oof
+    return tune(net, site, seed, pull), fpr_level(oof[site.labels.numpy() == 0], nobird_called), oof
 
 
 def site_figures(labels: np.ndarray, decisions: np.ndarray, threshold: float) -> dict:
@@ -198,9 +204,11 @@ def site_figures(labels: np.ndarray, decisions: np.ndarray, threshold: float) ->
             "nobird_called_bird": round(float(np.mean(decisions[nobirds] >= threshold)), 4) if nobirds.any() else None}
 
 
-def adapt(model: Model, items: list[Item], cache: FeatureCache, seed: int = 0, progress=None) -> tuple[DecisionNet, dict]:
-    """The adapted network and what its artifact says about it: the new threshold and the site's
-    figures (out of fold, against the base model on the same clips)."""
+def adapt(model: Model, items: list[Item], cache: FeatureCache, seed: int = 0, progress=None, nobird_called: float = CLIP_FPR) -> tuple[DecisionNet, dict]:
+    """The adapted network and what its artifact says about it: the new threshold (at most
+    `nobird_called` of the site's no-bird clips reach it) and the site's figures (out of fold,
+    against the base model on the same clips)."""
+    check_share(nobird_called)
     net = decision_net(model)
     check_counts(items)
     task = progress.add_task("adapting to the site", total=2, info="reading the clips") if progress else None
@@ -210,12 +218,12 @@ def adapt(model: Model, items: list[Item], cache: FeatureCache, seed: int = 0, p
         progress.update(task, advance=1, info=f"{len(used)} clips: tuning, out of fold and on all")
     with torch.no_grad():
         base = clip_decisions(Head(net), site).numpy()
-    head, threshold, oof = adapted_head(net, site, seed)
+    head, threshold, oof = adapted_head(net, site, seed, nobird_called=nobird_called)
     if progress:
         progress.update(task, advance=1, info="done")
     labels = site.labels.numpy().astype(int)
     figures = {"base": site_figures(labels, base, float(model.meta["scoring"]["threshold"])), "adapted_out_of_fold": site_figures(labels, oof, threshold)}
-    return head.into(net), {"threshold": threshold, "figures": figures, "clips": [str(i.path) for i in used]}
+    return head.into(net), {"threshold": threshold, "nobird_called": nobird_called, "figures": figures, "clips": [str(i.path) for i in used]}
 
 
 def adapted_meta(model: Model, result: dict, items: list[Item], source: str) -> dict:
@@ -230,7 +238,8 @@ def adapted_meta(model: Model, result: dict, items: list[Item], source: str) -> 
         "code_version": base.get("code_version"),
         "adapted_from": {"path": str(model.path), "sha256": model.sha256, "trained_at": base.get("trained_at")},
         "site": {"reviews": source, "bird": sum(i.label == 1 for i in items), "no_bird": sum(i.label == 0 for i in items),
-                 "clips_sha256": hashlib.sha256("\n".join(sorted(result["clips"])).encode()).hexdigest()[:16], "figures": result["figures"]},
+                 "clips_sha256": hashlib.sha256("\n".join(sorted(result["clips"])).encode()).hexdigest()[:16], "figures": result["figures"],
+                 "nobird_called_at_most": result["nobird_called"]},
     }
     return meta
 

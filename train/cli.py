@@ -101,6 +101,8 @@ def add_scoring(sub) -> None:
     ad.add_argument("--out", type=Path, required=True, help="the adapted artifact to write (the daemon loads it on SIGHUP)")
     ad.add_argument("--cache", type=Path, default=default_cache_dir())
     ad.add_argument("--seed", type=int, default=0)
+    ad.add_argument("--nobird-called", type=float, metavar="SHARE",
+                    help="the threshold lets at most this share of the site's no-bird reviews through, out of fold (default 0.05); more finds more birds")
     threads_arg(ad)
     ad.set_defaults(handler=cmd_adapt)
 
@@ -133,19 +135,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_adapt(args) -> int:
     from streamdet.detect import artifact
-    from train.adapt import adapt, adapted_meta, read_reviews
+    from train.adapt import CLIP_FPR, adapt, adapted_meta, check_share, read_reviews
     from train.cache import FeatureCache
     from train.datasets import read_labels
     from train.progress import progress_bar
 
     if (args.reviews is None) == (args.labels is None) or (args.labels is not None and args.data is None):
         raise ValueError("adapt: give either --data DIR --labels LABELS, or --reviews CLIPS_DIR")
+    share = CLIP_FPR if args.nobird_called is None else args.nobird_called
+    check_share(share)  # before the model and the clips are read
     model = artifact.load(args.model, "cpu")
     items = read_reviews(args.reviews) if args.reviews else read_labels(args.labels, args.data, None, False)
     cache = FeatureCache(args.cache, model.features)
     with progress_bar() as progress:
         cache.ensure([i.path for i in items], progress)
-        net, result = adapt(model, items, cache, args.seed, progress)
+        net, result = adapt(model, items, cache, args.seed, progress, share)
     meta = adapted_meta(model, result, items, str(args.reviews or args.labels))
     path = artifact.save(net, meta, args.out)
     f = result["figures"]
